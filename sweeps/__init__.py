@@ -1,0 +1,1 @@
+"""Sweeps and the `trh` command (the top layer: nothing imports it)."""
