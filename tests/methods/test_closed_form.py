@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from methods import get_method
+from methods import PolicyBatch, get_method
 from tests.methods.helpers import token_batch
 
 L = math.log
@@ -141,16 +141,20 @@ def test_cppo_dynamic_budget_is_the_clamped_p90():
     assert get_method("cppo", divergence="binary_tv", horizon=2)(big).metrics["delta_b_mean"] == pytest.approx(0.04)
 
 
+def one_token_topk_batch(mu_probs, pi_probs, sampled, top_ids, advantage=1.0):
+    """One response of one token over a small vocabulary, with μ's top-K ids given explicitly."""
+    mu, pi = torch.tensor(mu_probs).log(), torch.tensor(pi_probs).log()
+    k = len(top_ids)
+    return PolicyBatch(
+        logp=pi[sampled].reshape(1, 1).clone().requires_grad_(True), rollout_logp=mu[sampled].reshape(1, 1),
+        advantages=torch.tensor([advantage]), response_mask=torch.ones(1, 1, dtype=torch.bool),
+        response_ids=torch.tensor([[sampled]]), rollout_topk_ids=torch.tensor([[top_ids]]),
+        rollout_topk_logp=mu[top_ids].reshape(1, 1, k), policy_topk_logp=pi[top_ids].reshape(1, 1, k))
+
+
 def test_dppo_with_topk_tv_by_hand():
     # V = 4; μ = (.5, .3, .1, .1), π = (.4, .4, .1, .1); K = 2 → S = {0, 1}; sampled token 1 (in S)
-    mu = torch.tensor([0.5, 0.3, 0.1, 0.1]).log()
-    pi = torch.tensor([0.4, 0.4, 0.1, 0.1]).log()
-    from methods import PolicyBatch
-    batch = PolicyBatch(
-        logp=pi[1].reshape(1, 1).clone().requires_grad_(True), rollout_logp=mu[1].reshape(1, 1),
-        advantages=torch.tensor([1.0]), response_mask=torch.ones(1, 1, dtype=torch.bool),
-        response_ids=torch.tensor([[1]]), rollout_topk_ids=torch.tensor([[[0, 1]]]),
-        rollout_topk_logp=mu[[0, 1]].reshape(1, 1, 2), policy_topk_logp=pi[[0, 1]].reshape(1, 1, 2))
+    batch = one_token_topk_batch([0.5, 0.3, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1], sampled=1, top_ids=[0, 1])
     # TV = ½(|.5−.4| + |.3−.4| + |.2−.2|) = 0.1; KL = .5 log(.5/.4) + .3 log(.3/.4) + .2 log 1
     tv = get_method("dppo", top_k=2, delta=0.15, horizon=1)(batch)
     assert tv.details["divergence"].item() == pytest.approx(0.1, abs=1e-6)
@@ -220,15 +224,19 @@ def test_ties_are_kept(name, at_tie, below):
 @pytest.mark.parametrize("name", ["dppo", "cppo", "cppo_soft"])
 def test_unchanged_sampled_token_counts_as_toward_mu(name):
     # ρ = 1 exactly (A(ρ−1) = 0 ≤ 0) while π moved mass among other tokens: D = 0.2 > δ, still kept
-    from methods import PolicyBatch
-    mu = torch.tensor([0.5, 0.3, 0.1, 0.1]).log()
-    pi = torch.tensor([0.3, 0.3, 0.3, 0.1]).log()
-    batch = PolicyBatch(
-        logp=pi[1].reshape(1, 1).clone().requires_grad_(True), rollout_logp=mu[1].reshape(1, 1),
-        advantages=torch.tensor([1.0]), response_mask=torch.ones(1, 1, dtype=torch.bool),
-        response_ids=torch.tensor([[1]]), rollout_topk_ids=torch.tensor([[[0, 1]]]),
-        rollout_topk_logp=mu[[0, 1]].reshape(1, 1, 2), policy_topk_logp=pi[[0, 1]].reshape(1, 1, 2))
+    batch = one_token_topk_batch([0.5, 0.3, 0.1, 0.1], [0.3, 0.3, 0.3, 0.1], sampled=1, top_ids=[0, 1])
     out = get_method(name, top_k=2, horizon=1, budget="fixed")(batch) if name != "dppo" else \
         get_method(name, top_k=2, horizon=1)(batch)
     assert out.details["divergence"].item() == pytest.approx(0.2, abs=1e-6)
     assert out.mask.item() == 1.0
+
+
+def test_sampled_token_outside_topk_replaces_the_kth_entry():
+    # μ = (.5, .3, .1, .1), π = (.4, .2, .2, .2), K = 2 → top ids {0, 1}; sampled token 3 replaces id 1:
+    # S = {0, 3}: ½(|.5−.4| + |.1−.2| + |.4−.4|) = 0.1   (without forcing, {0, 1} would give 0.2)
+    batch = one_token_topk_batch([0.5, 0.3, 0.1, 0.1], [0.4, 0.2, 0.2, 0.2], sampled=3, top_ids=[0, 1])
+    out = get_method("dppo", top_k=2, horizon=1)(batch)
+    assert out.details["divergence"].item() == pytest.approx(0.1, abs=1e-6)
+    # and with the sampled token already in the set nothing is replaced: sampled 1 → S = {0, 1}
+    batch = one_token_topk_batch([0.5, 0.3, 0.1, 0.1], [0.4, 0.2, 0.2, 0.2], sampled=1, top_ids=[0, 1])
+    assert get_method("dppo", top_k=2, horizon=1)(batch).details["divergence"].item() == pytest.approx(0.2, abs=1e-6)
