@@ -38,6 +38,25 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from harness.config import ConfigError, compose
+    from harness.train import run, summary_line
+    from methods import MethodConfigError
+
+    try:
+        cfg = compose(args.overrides)
+        status = run(cfg)
+    except (HydraException, OmegaConfBaseException, ConfigError, MethodConfigError) as err:
+        print(f"trh train: {err}", file=sys.stderr)
+        return 2
+    print(f"run folder: {status['run_dir']}")
+    print(summary_line(status))
+    return 0 if status["state"] in ("done", "collapsed") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trh", description="trust-region-harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.add_argument("-v", "--verbose", action="store_true", help="also print each parameter's meaning")
     methods.set_defaults(func=cmd_methods)
+    train = sub.add_parser("train", help="one training run on the embedded default (Hydra overrides allowed)",
+                           description="e.g. trh train method=cppo setting=base_s seed=1 method.delta=0.2")
+    train.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

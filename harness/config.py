@@ -1,0 +1,137 @@
+"""Hydra config → a validated RunSpec. Errors name the config key and the allowed values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from methods import list_methods
+
+from .store import config_hash
+
+CONFIG_DIR = Path(__file__).parent / "conf"
+# keys that do not change what a run computes, so they stay out of its id
+NON_SEMANTIC = ("logging", "run_dir", "results_root")
+
+
+class ConfigError(ValueError):
+    """A run config value is invalid; the message names the key."""
+
+
+@dataclass
+class RunSpec:
+    resolved: dict
+    config_hash: str
+    run_dir: Path
+    seed: int
+    method_name: str
+    method_params: dict
+    setting_name: str
+    t_stop: int
+    steps: int
+    task: dict
+    model: dict
+    warmup: dict
+    rl: dict
+    eval: dict
+    collapse: dict
+    engine: dict
+    logging: dict
+
+
+def compose(overrides=()) -> DictConfig:
+    """The config of ``trh train`` with Hydra overrides, without Hydra's app wrapper."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def _require(section: dict, where: str, keys: dict) -> None:
+    for key, check in keys.items():
+        if key not in section:
+            raise ConfigError(f"{where}.{key} is missing")
+        value = section[key]
+        ok, allowed = check(value)
+        if not ok:
+            raise ConfigError(f"{where}.{key} must be {allowed}, got {value!r}")
+
+
+def _pos_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"
+
+
+def _pos_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"
+
+
+def _nonneg(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"
+
+
+def _prob(v):
+    return isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]"
+
+
+def _bool(v):
+    return isinstance(v, bool), "true or false"
+
+
+def resolve(cfg: DictConfig) -> RunSpec:
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # noqa: BLE001 - interpolation errors come in many types
+        raise ConfigError(f"config does not resolve: {err}") from None
+    for section in ("method", "setting", "task", "model", "warmup", "rl", "eval", "collapse", "engine"):
+        if not isinstance(resolved.get(section), dict):
+            raise ConfigError(f"config section '{section}' is missing")
+    method = dict(resolved["method"])
+    name = method.pop("name", None)
+    known = [m["name"] for m in list_methods()]
+    if name not in known:
+        raise ConfigError(f"method.name must be one of {known}, got {name!r}")
+    setting = resolved["setting"]
+    _require(setting, "setting", {"name": lambda v: (isinstance(v, str), "a string"), "t_stop": _pos_int,
+                                  "steps": _pos_int})
+    if setting["steps"] < setting["t_stop"]:
+        raise ConfigError(f"setting.steps ({setting['steps']}) must be >= setting.t_stop ({setting['t_stop']})")
+    _require(resolved["task"], "task", {"digits": _pos_int})
+    _require(resolved["model"], "model", {"hidden": _pos_int, "layers": _pos_int, "mlp": _pos_int,
+                                          "heads": _pos_int, "kv_heads": _pos_int})
+    model = resolved["model"]
+    if model["hidden"] % (2 * model["heads"]) or model["heads"] % model["kv_heads"]:
+        raise ConfigError(f"model.hidden ({model['hidden']}) must be a multiple of 2·model.heads "
+                          f"({2 * model['heads']}: an even rotary head dimension), and model.heads a multiple "
+                          f"of model.kv_heads ({model['kv_heads']})")
+    _require(resolved["warmup"], "warmup", {"seed": lambda v: (isinstance(v, int), "an integer"), "lr": _pos_num,
+                                            "batch_size": _pos_int, "max_steps": _pos_int, "check_every": _pos_int,
+                                            "probe_size": _pos_int, "target_accuracy": _prob})
+    _require(resolved["rl"], "rl", {"prompts_per_iter": _pos_int, "samples_per_prompt": _pos_int,
+                                    "updates_per_iter": _pos_int, "lr": _pos_num, "weight_decay": _nonneg,
+                                    "grad_clip": _pos_num, "std_normalize": _bool})
+    if resolved["rl"]["samples_per_prompt"] < 2:
+        raise ConfigError("rl.samples_per_prompt must be >= 2 (group advantages need a group)")
+    _require(resolved["eval"], "eval", {"every": _pos_int, "problems_per_split": _pos_int, "samples": _pos_int,
+                                        "temperature": _pos_num, "top_p": _prob, "position_bins": _pos_int})
+    _require(resolved["collapse"], "collapse", {"peak_at_least": _nonneg, "floor": _nonneg})
+    engine = resolved["engine"]
+    if engine.get("name") != "local":
+        raise ConfigError(f"engine.name must be 'local' for harness.train, got {engine.get('name')!r}")
+    _require(engine.get("mismatch", {}), "engine.mismatch", {"bf16_rollout": _bool, "logit_noise": _nonneg,
+                                                              "lag": lambda v: (isinstance(v, int) and v >= 0, "an integer >= 0")})
+    _require(engine, "engine", {"checkpoint_every": _pos_int})
+    seed = resolved.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+
+    semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC and k != "hydra"}
+    digest = config_hash(semantic)
+    run_dir = resolved.get("run_dir") or str(
+        Path(resolved.get("results_root") or "results/runs") / f"{setting['name']}-{name}-s{seed}-{digest}")
+    return RunSpec(resolved=semantic, config_hash=digest, run_dir=Path(run_dir), seed=seed, method_name=name,
+                   method_params=method, setting_name=setting["name"], t_stop=setting["t_stop"],
+                   steps=setting["steps"], task=resolved["task"], model=model, warmup=resolved["warmup"],
+                   rl=resolved["rl"], eval=resolved["eval"], collapse=resolved["collapse"], engine=engine,
+                   logging=resolved.get("logging") or {})

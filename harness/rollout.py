@@ -1,0 +1,112 @@
+"""Sampling with a KV cache that records what the rollout policy μ emitted.
+
+For every sampled token the sampler keeps μ's log-prob and μ's top-K ids and log-probs (the full
+softmax at the sampling temperature), exactly what an inference engine returns. Simulated
+training/inference mismatch: a bf16 rollout copy, Gaussian logit noise, or weights lagging k updates
+are applied by the caller's choice of rollout model and ``logit_noise``; μ is whatever was sampled from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor        # [N, P]
+    response_ids: torch.Tensor      # [N, T] (pad after the end token)
+    response_mask: torch.Tensor     # [N, T] bool, end token included
+    finished: torch.Tensor          # [N] bool: the end token was sampled within the budget
+    rollout_logp: Optional[torch.Tensor] = None       # [N, T] log μ(y_t)
+    rollout_topk_ids: Optional[torch.Tensor] = None   # [N, T, K]
+    rollout_topk_logp: Optional[torch.Tensor] = None  # [N, T, K]
+
+
+def _nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Log-probs renormalised over the smallest set whose mass reaches top_p."""
+    sorted_logp, order = logp.sort(-1, descending=True)
+    mass_before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()
+    sorted_logp = sorted_logp.masked_fill(mass_before >= top_p, float("-inf"))
+    kept = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
+    return kept.log_softmax(-1)
+
+
+def _force_sampled(ids, values, token, token_logp):
+    """Like an inference engine's top-K record: a sampled token outside μ's top-K replaces the K-th entry."""
+    absent = ~(ids == token[:, None]).any(-1)
+    ids, values = ids.clone(), values.clone()
+    ids[:, -1] = torch.where(absent, token, ids[:, -1])
+    values[:, -1] = torch.where(absent, token_logp, values[:, -1])
+    return ids, values
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    record_top_k: int = 0,
+    logit_noise: float = 0.0,
+) -> Rollout:
+    """Sample ``max_new_tokens`` at most per prompt (all prompts have the same length).
+
+    With ``record_top_k`` > 0, μ's log-prob of each sampled token and μ's top-K are recorded; μ is
+    the distribution actually sampled from (noise and temperature included, no top-p for training);
+    the sampled token is always in the recorded set.
+    """
+    n = prompt_ids.shape[0]
+    device = prompt_ids.device
+    out = model(input_ids=prompt_ids, cache=DynamicCache(), use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    tokens, logps, top_ids, top_logps = [], [], [], []
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    alive = []
+    for step in range(max_new_tokens):
+        logits = logits.float()
+        if logit_noise > 0:
+            logits = logits + logit_noise * torch.randn(logits.shape, generator=generator, device=device)
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            logp = (logits / temperature).log_softmax(-1)
+            dist = _nucleus(logp, top_p) if top_p < 1.0 else logp
+            token = torch.multinomial(dist.exp(), 1, generator=generator).squeeze(-1)
+            if record_top_k:
+                logps.append(logp.gather(-1, token[:, None]).squeeze(-1))
+                top = logp.topk(record_top_k, dim=-1)
+                ids, vals = _force_sampled(top.indices, top.values, token, logps[-1])
+                top_ids.append(ids)
+                top_logps.append(vals)
+        alive.append(~finished)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        finished = finished | (token == eos_id)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        out = model(input_ids=token[:, None], cache=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    rollout = Rollout(prompt_ids=prompt_ids, response_ids=torch.stack(tokens, 1),
+                      response_mask=torch.stack(alive, 1), finished=finished)
+    if record_top_k and not greedy:
+        rollout.rollout_logp = torch.stack(logps, 1)
+        rollout.rollout_topk_ids = torch.stack(top_ids, 1)
+        rollout.rollout_topk_logp = torch.stack(top_logps, 1)
+    return rollout
+
+
+def response_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced logits at the response positions: [N, T, V] predicting response_ids."""
+    inputs = torch.cat([prompt_ids, response_ids], dim=1)
+    logits = model(input_ids=inputs).logits
+    p = prompt_ids.shape[1]
+    return logits[:, p - 1: p - 1 + response_ids.shape[1]]

@@ -1,0 +1,131 @@
+"""The results store: the one place that knows a run folder's format.
+
+    RUN_DIR/config.yaml       the resolved config (its hash is the run id)
+    RUN_DIR/status.json       {"state": running|done|collapsed|failed, "step", "reason", ...}
+    RUN_DIR/metrics.jsonl     one row per training step (validation scores on eval steps)
+    RUN_DIR/diagnostics.jsonl per-position diagnostics on eval steps
+    RUN_DIR/checkpoint.pt     while running (model, optimizer, step); removed when the run ends
+
+Every write of status and checkpoint is atomic (temp file + rename), so a kill never leaves a
+half-written file, and a folder is finished only when its status says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+FINISHED = ("done", "collapsed")
+
+
+def config_hash(resolved: dict) -> str:
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunStore:
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+
+    # status ------------------------------------------------------------------------------
+    def read_status(self) -> Optional[dict]:
+        path = self.dir / "status.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def write_status(self, **status) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.dir / "status.json", json.dumps(status, indent=1, default=_json_default).encode())
+
+    def is_finished(self) -> bool:
+        status = self.read_status()
+        return bool(status) and status.get("state") in FINISHED
+
+    # config ------------------------------------------------------------------------------
+    def write_config(self, yaml_text: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.dir / "config.yaml", yaml_text.encode())
+
+    # metrics -----------------------------------------------------------------------------
+    def append(self, name: str, row: dict) -> None:
+        with open(self.dir / name, "a") as f:
+            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.flush()
+
+    def read(self, name: str = "metrics.jsonl") -> list[dict]:
+        path = self.dir / name
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill: everything after it is redone
+                break
+        return rows
+
+    def truncate(self, name: str, last_step: int) -> None:
+        """Keep rows up to ``last_step`` (rows past the checkpoint are recomputed on resume)."""
+        rows = [r for r in self.read(name) if r["step"] <= last_step]
+        _atomic_write(self.dir / name, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    # checkpoints -------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def save_checkpoint(self, state: dict) -> None:
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        _atomic_write(self.checkpoint_path, buffer.getvalue())
+
+    def load_checkpoint(self) -> Optional[dict]:
+        import torch
+
+        if not self.checkpoint_path.exists():
+            return None
+        try:
+            return torch.load(self.checkpoint_path, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing
+            raise RuntimeError(f"checkpoint {self.checkpoint_path} is corrupted ({err}); "
+                               "delete it to restart the run from step 0") from None
+
+    def remove_checkpoint(self) -> None:
+        self.checkpoint_path.unlink(missing_ok=True)
+
+
+def best_within_window(rows: Iterable[dict], t_stop: int, key: str = "headline") -> Optional[dict]:
+    """The matched-window rule: the row with the best ``key`` among eval rows with step ≤ t_stop;
+    ties go to the earlier step. None when no eval row is in the window."""
+    best = None
+    for row in rows:
+        value = row.get(key)
+        if value is None or row["step"] > t_stop or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if best is None or value > best[key] or (value == best[key] and row["step"] < best["step"]):
+            best = row
+    return best
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

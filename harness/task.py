@@ -1,0 +1,98 @@
+"""Multi-digit addition with a per-digit scratchpad: a procedural RLVR task with an exact verifier.
+
+Prompt ``0123+0456=``; response, right to left, one ``x+y+c=CS;`` step per digit (C the new carry,
+S the digit), then ``>`` and the sum, then the end token::
+
+    3+6+0=09;2+5+0=07;1+4+0=05;0+0+0=00;>579
+
+D digits give a response of 9·D + len(answer) + 2 tokens, so D is the horizon knob. The reward is
+1 iff the text after the last ``>`` is exactly ``str(a + b)`` and the response ended with the end
+token; the scratchpad is not checked (as with math answers). Train and the three validation splits
+are disjoint by a hash of the operand pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+SPLITS = ("val_a", "val_b", "val_c")  # stand-ins for AIME24/25/26
+_BUCKETS = 20  # pairs hashing to 17, 18, 19 are held out for val_a, val_b, val_c
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    b: int
+    digits: int
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.a:0{self.digits}d}+{self.b:0{self.digits}d}="
+
+    @property
+    def answer(self) -> str:
+        return str(self.a + self.b)
+
+    def solution(self) -> str:
+        """The reference response (without the end token)."""
+        steps, carry = [], 0
+        xs, ys = f"{self.a:0{self.digits}d}"[::-1], f"{self.b:0{self.digits}d}"[::-1]
+        for x, y in zip(xs, ys):
+            total = int(x) + int(y) + carry
+            steps.append(f"{x}+{y}+{carry}={total // 10}{total % 10};")
+            carry = total // 10
+        return "".join(steps) + ">" + self.answer
+
+
+def response_length(digits: int) -> int:
+    """Upper bound of a correct response's length in tokens, end token included."""
+    return 9 * digits + (digits + 1) + 2
+
+
+def _bucket(a: int, b: int, digits: int) -> int:
+    h = hashlib.blake2b(f"{digits}:{a}:{b}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") % _BUCKETS
+
+
+def split_of(problem: Problem) -> str:
+    bucket = _bucket(problem.a, problem.b, problem.digits)
+    return SPLITS[bucket - (_BUCKETS - 3)] if bucket >= _BUCKETS - 3 else "train"
+
+
+def sample_problems(split: str, count: int, digits: int, seed: int) -> list[Problem]:
+    """``count`` problems of ``split`` ('train' or a validation split), deterministic in ``seed``."""
+    if split != "train" and split not in SPLITS:
+        raise ValueError(f"split must be 'train' or one of {SPLITS}, got {split!r}")
+    if digits < 1:
+        raise ValueError(f"task.digits must be >= 1, got {digits}")
+    if split != "train" and 10 ** (2 * digits) < 200 * count:
+        raise ValueError(f"task.digits={digits} is too small for {count} held-out problems per split")
+    rng = random.Random(f"{split}:{digits}:{seed}")
+    limit = 10 ** digits
+    out: list[Problem] = []
+    while len(out) < count:
+        p = Problem(rng.randrange(limit), rng.randrange(limit), digits)
+        if split_of(p) == split:
+            out.append(p)
+    return out
+
+
+def validation_set(split: str, count: int, digits: int) -> list[Problem]:
+    """The fixed held-out problems of a validation split (distinct pairs, seed-independent)."""
+    seen, out = set(), []
+    for p in sample_problems(split, count * 4, digits, seed=0):
+        if (p.a, p.b) not in seen:
+            seen.add((p.a, p.b))
+            out.append(p)
+        if len(out) == count:
+            return out
+    raise ValueError(f"could not draw {count} distinct problems for {split} with {digits} digits")
+
+
+def reward(problem: Problem, response: str, finished: bool) -> float:
+    """1.0 iff the response ended (end token) and its final answer is exactly right."""
+    if not finished or ">" not in response:
+        return 0.0
+    return 1.0 if response.rsplit(">", 1)[1] == problem.answer else 0.0

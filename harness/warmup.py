@@ -1,0 +1,112 @@
+"""Supervised warm-up on reference solutions, so that RL starts with signal.
+
+Deterministic and cached by a hash of its config: every method and seed of a comparison starts
+from the same checkpoint. It trains until the *sampled* accuracy (temperature 1, the RL rollout
+temperature) on a probe set of training problems reaches ``target_accuracy`` ("base" ≈ 0.3–0.4,
+"post-trained" higher), checking every ``check_every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import task as tasks
+from .model import CharTokenizer, ModelSize, build_model
+from .rollout import response_logits, sample
+from .store import _atomic_write, config_hash
+
+CODE_VERSION = 1  # bump when the warm-up procedure changes, so old caches are not reused
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TRH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trust-region-harness")
+    return Path(root) / "warmup"
+
+
+def encode_problems(tokenizer: CharTokenizer, problems) -> torch.Tensor:
+    return torch.tensor([[tokenizer.bos_id] + tokenizer.encode(p.prompt) for p in problems])
+
+
+def sampled_accuracy(model, tokenizer, problems, max_new: int, seed: int, temperature: float = 1.0,
+                     top_p: float = 1.0, samples: int = 1, greedy: bool = False) -> float:
+    prompts = encode_problems(tokenizer, problems).repeat_interleave(samples, 0)
+    gen = torch.Generator().manual_seed(seed)
+    roll = sample(model, prompts, max_new, tokenizer.eos_id, tokenizer.pad_id, gen,
+                  temperature=temperature, top_p=top_p, greedy=greedy)
+    total = 0.0
+    for i, p in enumerate([p for p in problems for _ in range(samples)]):
+        total += tasks.reward(p, tokenizer.decode(roll.response_ids[i]), bool(roll.finished[i]))
+    return total / len(prompts)
+
+
+def _sft_batch(tokenizer, problems):
+    prompts = encode_problems(tokenizer, problems)
+    targets = [tokenizer.encode(p.solution()) + [tokenizer.eos_id] for p in problems]
+    width = max(len(t) for t in targets)
+    ids = torch.full((len(problems), width), tokenizer.pad_id)
+    mask = torch.zeros(len(problems), width, dtype=torch.bool)
+    for i, t in enumerate(targets):
+        ids[i, : len(t)] = torch.tensor(t)
+        mask[i, : len(t)] = True
+    return prompts, ids, mask
+
+
+def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = False):
+    """The warm-up state dict for this (model, warm-up, task) config: from the cache or trained now.
+    Returns ``(state_dict, info)``."""
+    tokenizer = CharTokenizer()
+    key = config_hash({"model": model_cfg, "warmup": warmup_cfg, "digits": digits,
+                       "vocab": tokenizer.itos, "version": CODE_VERSION})
+    path = cache_dir() / f"{key}.pt"
+    if path.exists():
+        blob = torch.load(path, weights_only=False)
+        return blob["state"], blob["info"]
+
+    size = ModelSize(**model_cfg)
+    max_new = tasks.response_length(digits)
+    model = build_model(size, tokenizer.vocab_size, 4 * digits + max_new + 8, seed=warmup_cfg["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=warmup_cfg["lr"], weight_decay=0.0)
+    probe = tasks.sample_problems("train", warmup_cfg["probe_size"], digits, seed=10**6 + warmup_cfg["seed"])
+    accuracy, step, history = 0.0, 0, []
+    bar = _progress(warmup_cfg["max_steps"], "warm-up", progress)
+    while step < warmup_cfg["max_steps"]:
+        problems = tasks.sample_problems("train", warmup_cfg["batch_size"], digits, seed=warmup_cfg["seed"] * 7919 + step)
+        prompts, ids, mask = _sft_batch(tokenizer, problems)
+        logits = response_logits(model, prompts, ids)
+        loss = torch.nn.functional.cross_entropy(logits[mask], ids[mask])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        if step % warmup_cfg["check_every"] == 0:
+            accuracy = sampled_accuracy(model, tokenizer, probe, max_new, seed=step)
+            history.append({"step": step, "loss": loss.item(), "sampled_accuracy": accuracy})
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
+            if accuracy >= warmup_cfg["target_accuracy"]:
+                break
+    if bar is not None:
+        bar.close()
+    info = {"key": key, "steps": step, "sampled_accuracy": accuracy, "history": history,
+            "reached_target": accuracy >= warmup_cfg["target_accuracy"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+    buffer = io.BytesIO()
+    torch.save({"state": model.state_dict(), "info": info}, buffer)
+    _atomic_write(path, buffer.getvalue())
+    (path.with_suffix(".json")).write_text(json.dumps(info, indent=1))
+    return model.state_dict(), info
+
+
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

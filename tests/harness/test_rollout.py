@@ -1,0 +1,37 @@
+"""The sampler records μ exactly as a teacher-forced forward sees it."""
+
+import torch
+
+from harness.model import CharTokenizer, ModelSize, build_model
+from harness.rollout import response_logits, sample
+
+
+def test_recorded_logprobs_match_teacher_forcing_and_topk_holds_the_sampled_token():
+    tok = CharTokenizer()
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    prompts = torch.tensor([[tok.bos_id] + tok.encode("12+34=")] * 6)
+    roll = sample(model, prompts, 20, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), record_top_k=3)
+    with torch.no_grad():
+        logp_full = response_logits(model, prompts, roll.response_ids).log_softmax(-1)
+    teacher = logp_full.gather(-1, roll.response_ids[..., None]).squeeze(-1)
+    valid = roll.response_mask
+    assert valid.any() and (teacher[valid] - roll.rollout_logp[valid]).abs().max() <= 1e-5
+    # top-3 of μ, with the sampled token forced in when it is not among them
+    assert bool((roll.rollout_topk_ids == roll.response_ids[..., None]).any(-1)[valid].all())
+    recorded = logp_full.gather(-1, roll.rollout_topk_ids)
+    assert (recorded - roll.rollout_topk_logp)[valid].abs().max() <= 1e-5
+    # the response mask ends at (and includes) the end token; padding after it
+    for row in range(6):
+        n = int(valid[row].sum())
+        if roll.finished[row]:
+            assert roll.response_ids[row, n - 1] == tok.eos_id
+        assert bool((roll.response_ids[row, n:] == tok.pad_id).all())
+
+
+def test_sampling_is_deterministic_in_the_generator():
+    tok = CharTokenizer()
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    prompts = torch.tensor([[tok.bos_id] + tok.encode("12+34=")] * 4)
+    a = sample(model, prompts, 10, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(3), record_top_k=4)
+    b = sample(model, prompts, 10, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(3), record_top_k=4)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.rollout_logp, b.rollout_logp)

@@ -1,0 +1,62 @@
+"""The addition task: generator, reference solutions, splits and the verifier."""
+
+import pytest
+
+from harness import task as tasks
+from harness.model import CharTokenizer
+
+
+def test_reference_solution_and_answer():
+    p = tasks.Problem(123, 456, 3)
+    assert p.prompt == "123+456="
+    assert p.solution() == "3+6+0=09;2+5+0=07;1+4+0=05;>579"
+    carry = tasks.Problem(95, 17, 2)
+    assert carry.solution() == "5+7+0=12;9+1+1=11;>112"
+    assert len(CharTokenizer().encode(carry.solution())) + 1 <= tasks.response_length(2)
+
+
+@pytest.mark.parametrize("response, finished, expected", [
+    ("3+6+0=09;2+5+0=07;1+4+0=05;>579", True, 1.0),      # correct
+    ("garbage scratchpad>579", True, 1.0),                 # only the final answer is verified
+    ("3+6+0=09;2+5+0=07;1+4+0=05;>578", True, 0.0),      # wrong
+    ("3+6+0=09;2+5+0=07;1+4+0=05;>0579", True, 0.0),     # not exactly the answer
+    ("3+6+0=09;2+5+0=07;1+4+0=05;579", True, 0.0),       # malformed: no answer marker
+    ("3+6+0=09;>57+9", True, 0.0),                        # malformed answer
+    (">579>5", True, 0.0),                                # the last marker counts
+    ("3+6+0=09;2+5+0=07;1+4+0=05;>579", False, 0.0),     # truncated: no end token
+    ("3+6+0=09;2+5", False, 0.0),                          # truncated mid-scratchpad
+    ("", True, 0.0),
+])
+def test_verifier(response, finished, expected):
+    assert tasks.reward(tasks.Problem(123, 456, 3), response, finished) == expected
+
+
+def test_splits_are_disjoint_deterministic_and_seeded():
+    train = tasks.sample_problems("train", 400, 3, seed=0)
+    assert train == tasks.sample_problems("train", 400, 3, seed=0)
+    assert train != tasks.sample_problems("train", 400, 3, seed=1)
+    pairs = {split: {(p.a, p.b) for p in tasks.validation_set(split, 40, 3)} for split in tasks.SPLITS}
+    train_pairs = {(p.a, p.b) for p in train}
+    for split in tasks.SPLITS:
+        assert len(pairs[split]) == 40
+        assert not pairs[split] & train_pairs
+        for other in tasks.SPLITS:
+            if other != split:
+                assert not pairs[split] & pairs[other]
+
+
+def test_bad_task_arguments():
+    with pytest.raises(ValueError, match="split"):
+        tasks.sample_problems("test", 3, 3, 0)
+    with pytest.raises(ValueError, match="digits"):
+        tasks.sample_problems("train", 3, 0, 0)
+    with pytest.raises(ValueError, match="too small"):
+        tasks.validation_set("val_a", 100, 1)
+
+
+def test_tokenizer_round_trip_and_alphabet_errors():
+    tok = CharTokenizer()
+    text = "12+34=4+2+0=06;>46"
+    assert tok.decode(tok.encode(text) + [tok.eos_id, 5, 6]) == text
+    with pytest.raises(ValueError, match="alphabet"):
+        tok.encode("1a")

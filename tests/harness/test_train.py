@@ -1,0 +1,131 @@
+"""End-to-end runs on the tiny smoke setting: verdicts, records, determinism, resume, bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from harness import train as train_mod
+from harness.config import ConfigError, compose
+from harness.store import RunStore
+
+SMOKE = ["setting=smoke", "logging=quiet", "engine.threads=1"]
+
+
+def run(tmp_path, *overrides, name="run"):
+    cfg = compose(SMOKE + [f"run_dir={tmp_path / name}", *overrides])
+    return train_mod.run(cfg), RunStore(tmp_path / name)
+
+
+def strip_times(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def test_smoke_run_records_a_verdict_metrics_and_diagnostics(tmp_path):
+    status, store = run(tmp_path)
+    assert status["state"] == "done" and status["step"] == 4
+    rows = store.read()
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert {"val_a", "val_b", "val_c", "headline", "greedy_accuracy"} <= set(rows[0])
+    assert rows[2]["headline"] == pytest.approx((rows[2]["val_a"] + rows[2]["val_b"] + rows[2]["val_c"]) / 3)
+    trained = [r for r in rows[1:] if r["updates"] > 0]
+    assert trained, "the smoke warm-up must give groups with reward variance"
+    for key in ("mask_fraction", "budget_mask_share", "mismatch_abs_logp", "entropy", "grad_norm", "delta_b_mean"):
+        assert key in trained[0]
+    best = max((r for r in rows if "headline" in r), key=lambda r: (r["headline"], -r["step"]))
+    assert status["best_headline"] == best["headline"] and status["best_step"] == best["step"]
+    diag = store.read("diagnostics.jsonl")
+    assert diag and len(diag[0]["mean_dev"]) == 8
+    assert not store.checkpoint_path.exists()
+    assert (store.dir / "config.yaml").exists()
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    _, a = run(tmp_path, name="a")
+    _, b = run(tmp_path, name="b")
+    assert strip_times(a.read()) == strip_times(b.read())
+    _, c = run(tmp_path, "seed=1", name="c")
+    assert strip_times(a.read()) != strip_times(c.read())
+
+
+def test_a_finished_run_is_not_rerun(tmp_path):
+    status, store = run(tmp_path)
+    before = (store.dir / "metrics.jsonl").read_text()
+    again, _ = run(tmp_path)
+    assert again == status
+    assert (store.dir / "metrics.jsonl").read_text() == before
+
+
+def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    _, reference = run(tmp_path, name="reference")
+    real_evaluate = train_mod.evaluate
+
+    def crash_at_step_3(model, tokenizer, spec, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_evaluate(model, tokenizer, spec, step)
+
+    monkeypatch.setattr(train_mod, "evaluate", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "eval.every=3", "engine.checkpoint_every=2", name="resumed")
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    store = RunStore(tmp_path / "resumed")
+    assert store.checkpoint_path.exists()
+    assert store.read_status()["state"] in ("running", "failed")
+    status, _ = run(tmp_path, "eval.every=3", "engine.checkpoint_every=2", name="resumed")
+    assert status["state"] == "done"
+    _, uninterrupted = run(tmp_path, "eval.every=3", "engine.checkpoint_every=2", name="uninterrupted")
+    assert strip_times(store.read()) == strip_times(uninterrupted.read())
+    assert [r["step"] for r in store.read()] == [0, 1, 2, 3, 4]
+
+
+def test_collapse_is_a_recorded_result_not_a_crash(tmp_path):
+    # a floor above every possible headline: the first evaluation after a "peak" of ≥ 0 is a collapse
+    status, store = run(tmp_path, "collapse.peak_at_least=0", "collapse.floor=1.0")
+    assert status["state"] == "collapsed" and status["collapse_step"] == 2
+    assert store.read_status()["state"] == "collapsed"
+    assert store.read()[-1]["step"] == 2
+
+
+def test_non_finite_parameters_are_a_collapse(tmp_path):
+    status, _ = run(tmp_path, "method=pg_is", "rl.lr=1e30")
+    assert status["state"] == "collapsed" and "non-finite" in status["reason"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("setting.steps=2", "setting.steps"),
+    ("model.hidden=30", "model.hidden"),
+    ("rl.samples_per_prompt=1", "samples_per_prompt"),
+    ("method.delta=-1", "delta"),
+    ("eval.top_p=1.5", "eval.top_p"),
+])
+def test_bad_config_values_name_the_key(tmp_path, override, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        run(tmp_path, override)
+
+
+def test_unknown_setting_or_method_lists_the_options(tmp_path):
+    from hydra.errors import MissingConfigException
+    with pytest.raises(MissingConfigException, match="base_s"):
+        compose(["setting=nope"])
+    with pytest.raises(MissingConfigException, match="cppo"):
+        compose(["method=nope"])
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    store = RunStore(tmp_path / "run")
+    store.dir.mkdir(parents=True)
+    store.checkpoint_path.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="corrupted"):
+        run(tmp_path)
+    assert store.read_status()["state"] == "failed"
+    assert not store.is_finished()
+
+
+def test_trh_train_command(tmp_path, capsys):
+    from sweeps.cli import main
+    assert main(["train", *SMOKE, f"run_dir={tmp_path / 'cli'}"]) == 0
+    out = capsys.readouterr().out
+    assert "best headline within [0, 4]" in out and "verdict: done" in out
+    assert main(["train", "setting=nope"]) == 2
