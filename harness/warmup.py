@@ -3,13 +3,15 @@
 Deterministic and cached by a hash of its config: every method and seed of a comparison starts
 from the same checkpoint. It trains until the *sampled* accuracy (temperature 1, the RL rollout
 temperature) on a probe set of training problems reaches ``target_accuracy`` ("base" ≈ 0.3–0.4,
-"post-trained" higher), checking every ``check_every`` steps.
+"post-trained" higher), checking every ``check_every`` steps. It always runs on one thread, so the cached weights are the
+same whatever the core count of the machine that made them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -66,6 +68,16 @@ def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = 
         blob = torch.load(path, weights_only=False)
         return blob["state"], blob["info"]
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the cached weights do not depend on the machine's core count
+    try:
+        return _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress):
+    started = time.perf_counter()
     size = ModelSize(**model_cfg)
     max_new = tasks.response_length(digits)
     model = build_model(size, tokenizer.vocab_size, 4 * digits + max_new + 8, seed=warmup_cfg["seed"])
@@ -95,6 +107,7 @@ def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = 
     if bar is not None:
         bar.close()
     info = {"key": key, "steps": step, "sampled_accuracy": accuracy, "history": history,
+            "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
             "reached_target": accuracy >= warmup_cfg["target_accuracy"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     import io
