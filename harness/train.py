@@ -125,6 +125,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
         rows.append(row)
         peak_headline = row["headline"]
 
+    sink = _wandb_sink(spec, store)
     rollout_model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, 4 * digits + horizon + 8, seed=0)
     bar = _bar(spec, start)
     verdict = {"state": "done", "reason": ""}
@@ -204,6 +205,8 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
                            "reason": f"headline {row['headline']:.3f} ≤ {col['floor']} after a peak of {peak_headline:.3f}"}
         store.append("metrics.jsonl", row)
         rows.append(row)
+        if sink is not None:
+            sink.log({k: v for k, v in row.items() if k != "step"}, step=step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(reward=f"{row['train_reward']:.2f}", headline=f"{peak_headline:.3f}")
@@ -223,6 +226,9 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
               "warmup": warm_info_brief(warm_info)}
     store.write_status(**status)
     store.remove_checkpoint()
+    if sink is not None:
+        sink.summary.update({k: v for k, v in status.items() if not isinstance(v, dict)})
+        sink.finish()
     return status
 
 
@@ -259,6 +265,15 @@ def _mean_metrics(rows: list[dict]) -> dict:
 
 def _params_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _wandb_sink(spec: RunSpec, store: RunStore):
+    """An offline wandb run in the run folder when logging.wandb is true (the store stays the truth)."""
+    if not spec.logging.get("wandb"):
+        return None
+    import wandb
+    return wandb.init(mode="offline", dir=str(store.dir), config=spec.resolved, reinit="finish_previous",
+                      name=store.dir.name, id=f"{spec.config_hash}", resume="allow")
 
 
 def _bar(spec: RunSpec, start: int):

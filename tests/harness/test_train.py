@@ -129,3 +129,29 @@ def test_trh_train_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "best headline within [0, 4]" in out and "verdict: done" in out
     assert main(["train", "setting=nope"]) == 2
+
+
+def test_wandb_offline_run_in_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    status, store = run(tmp_path, "logging.wandb=true")
+    assert status["state"] == "done"
+    runs = list((store.dir / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+@pytest.mark.parametrize("override", ["engine.mismatch.logit_noise=0.5", "engine.mismatch.bf16_rollout=true",
+                                      "engine.mismatch.lag=2"])
+def test_simulated_rollout_mismatch_moves_mu_away_from_the_trainer(tmp_path, override):
+    _, clean = run(tmp_path, "setting.steps=3", "setting.t_stop=3", name="clean")
+    status, noisy = run(tmp_path, "setting.steps=3", "setting.t_stop=3", override, name="noisy")
+    assert status["state"] == "done"
+    step = 3 if "lag" in override else 1  # lagging weights differ from the trainer's only after updates
+    a = next(r for r in clean.read() if r["step"] == step)
+    b = next(r for r in noisy.read() if r["step"] == step)
+    assert b["mismatch_abs_logp"] > a["mismatch_abs_logp"]
+
+
+def test_unknown_override_is_a_clear_error(capsys):
+    from sweeps.cli import main
+    assert main(["train", "setting=smoke", "nosuchkey.value=1"]) == 2
+    assert "nosuchkey" in capsys.readouterr().err
