@@ -3,8 +3,11 @@
     python benchmarks/engine_throughput.py                # S model, 64 × 40 tokens, 1 thread
     python benchmarks/engine_throughput.py --run-dir DIR  # phase shares of an existing run
 
-Both samplers draw from the full softmax at temperature 1 on the same model and prompts; the
-harness sampler also records μ's log-prob and top-K per token (an inference engine's work).
+Both samplers draw from the full softmax at temperature 1 on the same model and prompts and stop a
+row at its end token (the random-init model ends a row with probability 1/17 per token, so lengths
+vary as in a real rollout); tokens/s counts response tokens up to and including the end token.
+The harness sampler also records μ's log-prob and top-K per token (an inference engine's work) and
+drops finished rows from the batch; ``generate`` keeps computing them until every row is done.
 Rounds alternate the two, medians are reported. Target: harness / generate tokens/s ≥ 1.0.
 """
 
@@ -29,18 +32,20 @@ def sampler_throughput(batch: int, new_tokens: int, rounds: int, hidden: int, la
     tok = CharTokenizer()
     model = build_model(ModelSize(hidden, layers, mlp), tok.vocab_size, 128, seed=0).eval()
     prompts = torch.randint(3, tok.vocab_size, (batch, 8), generator=torch.Generator().manual_seed(0))
-    no_eos = tok.vocab_size + 7  # neither sampler stops early: both generate exactly new_tokens per row
-
     def harness():
-        roll = sample(model, prompts, new_tokens, no_eos, tok.pad_id, torch.Generator().manual_seed(1),
+        roll = sample(model, prompts, new_tokens, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(1),
                       record_top_k=min(20, tok.vocab_size))
         return int(roll.response_mask.sum())
 
     def generate():
+        torch.manual_seed(1)
         with torch.no_grad():
-            out = model.generate(prompts, do_sample=True, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=0)
-        return (out.shape[1] - prompts.shape[1]) * batch
+            out = model.generate(prompts, do_sample=True, max_new_tokens=new_tokens, temperature=1.0, top_k=0,
+                                 top_p=1.0, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        response = out[:, prompts.shape[1]:]
+        ended = (response == tok.eos_id).int()
+        after_end = (ended.cumsum(1) - ended) > 0  # positions after a row's end token are padding
+        return int((~after_end).sum())
 
     times = {"harness": [], "generate": []}
     for round_ in range(rounds + 1):  # round 0 warms up

@@ -35,6 +35,13 @@ def _nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept.log_softmax(-1)
 
 
+def _scatter(values: torch.Tensor, rows: torch.Tensor, shape, fill) -> torch.Tensor:
+    """Values of the active rows placed into a full-batch tensor (finished rows get ``fill``)."""
+    out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
+    out[rows] = values
+    return out
+
+
 def _force_sampled(ids, values, token, token_logp):
     """Like an inference engine's top-K record: a sampled token outside μ's top-K replaces the K-th entry."""
     absent = ~(ids == token[:, None]).any(-1)
@@ -62,15 +69,16 @@ def sample(
 
     With ``record_top_k`` > 0, μ's log-prob of each sampled token and μ's top-K are recorded; μ is
     the distribution actually sampled from (noise and temperature included, no top-p for training);
-    the sampled token is always in the recorded set.
+    the sampled token is always in the recorded set. Rows that sampled the end token leave the batch
+    (and the KV cache), so short responses stop costing compute.
     """
     n = prompt_ids.shape[0]
     device = prompt_ids.device
-    out = model(input_ids=prompt_ids, cache=DynamicCache(), use_cache=True)
+    out = model(input_ids=prompt_ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
     cache, logits = out.past_key_values, out.logits[:, -1]
-    tokens, logps, top_ids, top_logps = [], [], [], []
+    active = torch.arange(n, device=device)  # rows still generating, in the cache's row order
     finished = torch.zeros(n, dtype=torch.bool, device=device)
-    alive = []
+    tokens, alive, logps, top_ids, top_logps = [], [], [], [], []
     for step in range(max_new_tokens):
         logits = logits.float()
         if logit_noise > 0:
@@ -82,17 +90,22 @@ def sample(
             dist = _nucleus(logp, top_p) if top_p < 1.0 else logp
             token = torch.multinomial(dist.exp(), 1, generator=generator).squeeze(-1)
             if record_top_k:
-                logps.append(logp.gather(-1, token[:, None]).squeeze(-1))
+                token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
                 top = logp.topk(record_top_k, dim=-1)
-                ids, vals = _force_sampled(top.indices, top.values, token, logps[-1])
-                top_ids.append(ids)
-                top_logps.append(vals)
-        alive.append(~finished)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        tokens.append(token)
-        finished = finished | (token == eos_id)
-        if bool(finished.all()) or step == max_new_tokens - 1:
+                ids, vals = _force_sampled(top.indices, top.values, token, token_logp)
+                logps.append(_scatter(token_logp, active, (n,), 0.0))
+                top_ids.append(_scatter(ids, active, (n, record_top_k), 0))
+                top_logps.append(_scatter(vals, active, (n, record_top_k), 0.0))
+        tokens.append(_scatter(token, active, (n,), pad_id))
+        alive.append(_scatter(torch.ones_like(token, dtype=torch.bool), active, (n,), False))
+        ended = token == eos_id
+        finished[active[ended]] = True
+        if bool(ended.all()) or step == max_new_tokens - 1:
             break
+        if bool(ended.any()):  # finished rows leave the batch and the KV cache
+            keep = (~ended).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            active, token = active[keep], token[keep]
         out = model(input_ids=token[:, None], cache=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
     rollout = Rollout(prompt_ids=prompt_ids, response_ids=torch.stack(tokens, 1),

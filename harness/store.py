@@ -27,6 +27,16 @@ def config_hash(resolved: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def atomic_torch_save(path: Path, obj) -> None:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic_write(Path(path), buffer.getvalue())
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -89,13 +99,7 @@ class RunStore:
         return self.dir / "checkpoint.pt"
 
     def save_checkpoint(self, state: dict) -> None:
-        import io
-
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        _atomic_write(self.checkpoint_path, buffer.getvalue())
+        atomic_torch_save(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> Optional[dict]:
         import torch

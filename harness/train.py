@@ -15,7 +15,7 @@ from collections import deque
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from methods import LossTotals, MethodConfigError, PolicyBatch, get_method, policy_logprobs_from_logits
+from methods import LossTotals, PolicyBatch, get_method, list_methods, policy_logprobs_from_logits
 
 from . import task as tasks
 from .config import RunSpec, resolve
@@ -237,12 +237,10 @@ def warm_info_brief(info: dict) -> dict:
 
 
 def _topk_param(name, params, top_k):
+    """Top-K methods use K = min(configured, vocabulary size): the rollout records that many."""
     params = dict(params)
-    try:
-        fields = get_method(name, horizon=1, **params).params.__dataclass_fields__
-    except MethodConfigError as err:
-        raise MethodConfigError(f"method config: {err}") from None
-    if "top_k" in fields:
+    takes_top_k = any(p["name"] == "top_k" for m in list_methods() if m["name"] == name for p in m["params"])
+    if takes_top_k:
         params["top_k"] = min(params.get("top_k", top_k), top_k)
     return params
 

@@ -9,6 +9,7 @@ same whatever the core count of the machine that made them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -19,7 +20,7 @@ import torch
 from . import task as tasks
 from .model import CharTokenizer, ModelSize, build_model
 from .rollout import response_logits, sample
-from .store import _atomic_write, config_hash
+from .store import atomic_torch_save, config_hash
 
 CODE_VERSION = 1  # bump when the warm-up procedure changes, so old caches are not reused
 
@@ -64,16 +65,19 @@ def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = 
     key = config_hash({"model": model_cfg, "warmup": warmup_cfg, "digits": digits,
                        "vocab": tokenizer.itos, "version": CODE_VERSION})
     path = cache_dir() / f"{key}.pt"
-    if path.exists():
-        blob = torch.load(path, weights_only=False)
-        return blob["state"], blob["info"]
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the cached weights do not depend on the machine's core count
-    try:
-        return _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress)
-    finally:
-        torch.set_num_threads(threads)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one process trains a given warm-up; others started meanwhile wait for it and load the result
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            blob = torch.load(path, weights_only=False)
+            return blob["state"], blob["info"]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one thread: the cached weights do not depend on the core count
+        try:
+            return _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress):
@@ -109,11 +113,7 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
     info = {"key": key, "steps": step, "sampled_accuracy": accuracy, "history": history,
             "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
             "reached_target": accuracy >= warmup_cfg["target_accuracy"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import io
-    buffer = io.BytesIO()
-    torch.save({"state": model.state_dict(), "info": info}, buffer)
-    _atomic_write(path, buffer.getvalue())
+    atomic_torch_save(path, {"state": model.state_dict(), "info": info})
     (path.with_suffix(".json")).write_text(json.dumps(info, indent=1))
     return model.state_dict(), info
 

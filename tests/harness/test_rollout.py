@@ -15,6 +15,7 @@ def test_recorded_logprobs_match_teacher_forcing_and_topk_holds_the_sampled_toke
         logp_full = response_logits(model, prompts, roll.response_ids).log_softmax(-1)
     teacher = logp_full.gather(-1, roll.response_ids[..., None]).squeeze(-1)
     valid = roll.response_mask
+    assert roll.finished.any() and not roll.finished.all()  # rows left the batch at different steps
     assert valid.any() and (teacher[valid] - roll.rollout_logp[valid]).abs().max() <= 1e-5
     # top-3 of μ, with the sampled token forced in when it is not among them
     assert bool((roll.rollout_topk_ids == roll.response_ids[..., None]).any(-1)[valid].all())

@@ -13,6 +13,7 @@ from harness.config import compose
 SHORT = ["setting=stress", "setting.steps=30", "setting.t_stop=30", "logging=quiet", "engine.threads=1"]
 
 
+@pytest.mark.xdist_group("stress")  # one worker: the three runs share one base_s warm-up
 @pytest.mark.parametrize("method, survives", [("pg_is", False), ("grpo", True), ("dppo", True)])
 def test_stress_collapses_only_without_a_trust_region(tmp_path, method, survives):
     status = train_mod.run(compose(SHORT + [f"method={method}", f"run_dir={tmp_path / method}"]))
