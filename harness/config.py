@@ -115,7 +115,9 @@ def resolve(cfg: DictConfig) -> RunSpec:
         raise ConfigError("rl.samples_per_prompt must be >= 2 (group advantages need a group)")
     _require(resolved["eval"], "eval", {"every": _pos_int, "problems_per_split": _pos_int, "samples": _pos_int,
                                         "temperature": _pos_num, "top_p": _prob, "position_bins": _pos_int})
-    _require(resolved["collapse"], "collapse", {"peak_at_least": _nonneg, "floor": _nonneg})
+    _require(resolved["collapse"], "collapse", {"peak_at_least": _nonneg, "floor": _nonneg,
+                                                "floor_fraction": lambda v: (isinstance(v, (int, float)) and 0 <= v < 1,
+                                                                             "a number in [0, 1)")})
     engine = resolved["engine"]
     if engine.get("name") != "local":
         raise ConfigError(f"engine.name must be 'local' for harness.train, got {engine.get('name')!r}")

@@ -12,6 +12,8 @@ half-written file, and a folder is finished only when its status says so.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -20,6 +22,10 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 FINISHED = ("done", "collapsed")
+
+
+class RunInUse(RuntimeError):
+    """Another process is running in this run folder."""
 
 
 def config_hash(resolved: dict) -> str:
@@ -49,6 +55,20 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class RunStore:
     def __init__(self, run_dir):
         self.dir = Path(run_dir)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Hold the folder's lock for the life of a run; RunInUse if another process holds it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunInUse(f"run folder {self.dir} is in use by another process") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # status ------------------------------------------------------------------------------
     def read_status(self) -> Optional[dict]:

@@ -65,6 +65,11 @@ def run(cfg: DictConfig) -> dict:
     if spec.engine.get("threads"):
         torch.set_num_threads(int(spec.engine["threads"]))
     store = RunStore(spec.run_dir)
+    with store.exclusive():  # one process per run folder: a second one fails fast instead of interleaving
+        return _run_locked(spec, store)
+
+
+def _run_locked(spec: RunSpec, store: RunStore) -> dict:
     previous = store.read_status()
     if previous and previous.get("state") in ("done", "collapsed") and previous.get("config_hash") == spec.config_hash:
         return previous  # finished already: never rerun a finished cell
@@ -199,10 +204,9 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
             if diag_records:
                 store.append("diagnostics.jsonl", {"step": step, **position_diagnostics(diag_records, horizon, spec.eval["position_bins"])})
             peak_headline = max(peak_headline, row["headline"])
-            col = spec.collapse
-            if peak_headline >= col["peak_at_least"] and row["headline"] <= col["floor"]:
-                verdict = {"state": "collapsed", "collapse_step": step,
-                           "reason": f"headline {row['headline']:.3f} ≤ {col['floor']} after a peak of {peak_headline:.3f}"}
+            reason = headline_collapse(row["headline"], peak_headline, spec.collapse)
+            if reason:
+                verdict = {"state": "collapsed", "collapse_step": step, "reason": reason}
         store.append("metrics.jsonl", row)
         rows.append(row)
         if sink is not None:
@@ -230,6 +234,14 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
         sink.summary.update({k: v for k, v in status.items() if not isinstance(v, dict)})
         sink.finish()
     return status
+
+
+def headline_collapse(headline: float, peak: float, rule: dict):
+    """The reason a headline counts as collapsed (fallen to ≈ 0 after a real peak), else None."""
+    floor = max(rule["floor"], rule["floor_fraction"] * peak)
+    if peak >= rule["peak_at_least"] and headline <= floor:
+        return f"headline {headline:.3f} ≤ {floor:.3f} after a peak of {peak:.3f}"
+    return None
 
 
 def warm_info_brief(info: dict) -> dict:

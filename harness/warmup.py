@@ -22,7 +22,7 @@ from .model import CharTokenizer, ModelSize, build_model
 from .rollout import response_logits, sample
 from .store import atomic_torch_save, config_hash
 
-CODE_VERSION = 1  # bump when the warm-up procedure changes, so old caches are not reused
+CODE_VERSION = 2  # bump when the warm-up procedure (or the sampler it probes with) changes
 
 
 def cache_dir() -> Path:

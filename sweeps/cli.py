@@ -43,13 +43,14 @@ def cmd_train(args) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from harness.config import ConfigError, compose
+    from harness.store import RunInUse
     from harness.train import run, summary_line
     from methods import MethodConfigError
 
     try:
         cfg = compose(args.overrides)
         status = run(cfg)
-    except (HydraException, OmegaConfBaseException, ConfigError, MethodConfigError) as err:
+    except (HydraException, OmegaConfBaseException, ConfigError, MethodConfigError, RunInUse) as err:
         print(f"trh train: {err}", file=sys.stderr)
         return 2
     print(f"run folder: {status['run_dir']}")

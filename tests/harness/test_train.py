@@ -155,3 +155,24 @@ def test_unknown_override_is_a_clear_error(capsys):
     from sweeps.cli import main
     assert main(["train", "setting=smoke", "nosuchkey.value=1"]) == 2
     assert "nosuchkey" in capsys.readouterr().err
+
+
+def test_a_run_folder_in_use_is_refused_without_touching_it(tmp_path):
+    from harness.store import RunInUse
+    store = RunStore(tmp_path / "run")
+    with store.exclusive():
+        with pytest.raises(RunInUse, match="in use"):
+            run(tmp_path)
+    assert store.read_status() is None and not (store.dir / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("headline, peak, collapsed", [
+    (0.05, 0.6, True),     # below 10% of the peak
+    (0.07, 0.6, False),    # above it
+    (0.02, 0.15, True),    # below the absolute floor
+    (0.0, 0.05, False),    # never had a real peak: not a collapse, just no learning
+    (0.06, 0.6, True),     # ties count
+])
+def test_collapse_rule_is_relative_to_the_peak(headline, peak, collapsed):
+    rule = {"peak_at_least": 0.1, "floor": 0.02, "floor_fraction": 0.1}
+    assert bool(train_mod.headline_collapse(headline, peak, rule)) == collapsed
