@@ -51,6 +51,11 @@ def response_length(digits: int) -> int:
     return 9 * digits + (digits + 1) + 2
 
 
+def max_positions(digits: int) -> int:
+    """Positions the policy must handle: bos + prompt (2·D + 2) + the longest response, with slack."""
+    return 4 * digits + response_length(digits) + 8
+
+
 def _bucket(a: int, b: int, digits: int) -> int:
     h = hashlib.blake2b(f"{digits}:{a}:{b}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") % _BUCKETS

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from methods import LossTotals, PolicyBatch, get_method, list_methods, policy_logprobs_from_logits
 
 from . import task as tasks
-from .config import RunSpec, resolve
+from .config import ConfigError, RunSpec, resolve
 from .model import CharTokenizer, ModelSize, build_model
 from .rollout import response_logits, sample
 from .store import RunStore, best_within_window
@@ -71,7 +71,10 @@ def run(cfg: DictConfig) -> dict:
 
 def _run_locked(spec: RunSpec, store: RunStore) -> dict:
     previous = store.read_status()
-    if previous and previous.get("state") in ("done", "collapsed") and previous.get("config_hash") == spec.config_hash:
+    if previous and previous.get("config_hash") != spec.config_hash:
+        raise ConfigError(f"run folder {store.dir} holds a run of another config ({previous.get('config_hash')}, "
+                          f"not {spec.config_hash}); choose another run_dir")
+    if previous and previous.get("state") in ("done", "collapsed"):
         return previous  # finished already: never rerun a finished cell
     store.write_config(OmegaConf.to_yaml(spec.resolved))
     try:
@@ -95,7 +98,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
 
     # --- policy, warm start, method, optimiser -----------------------------------------------
     state, warm_info = warm_start(spec.model, spec.warmup, digits, progress=spec.logging.get("progress", True))
-    model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, 4 * digits + horizon + 8, seed=spec.seed)
+    model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, tasks.max_positions(digits), seed=spec.seed)
     model.load_state_dict(state)
     method = get_method(spec.method_name, horizon=horizon, **_topk_param(spec.method_name, spec.method_params, top_k))
     optimizer = torch.optim.AdamW(model.parameters(), lr=rl["lr"], betas=(0.9, 0.999),
@@ -131,7 +134,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
         peak_headline = row["headline"]
 
     sink = _wandb_sink(spec, store)
-    rollout_model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, 4 * digits + horizon + 8, seed=0)
+    rollout_model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, tasks.max_positions(digits), seed=0)
     bar = _bar(spec, start)
     verdict = {"state": "done", "reason": ""}
     for step in range(start + 1, spec.steps + 1):

@@ -84,7 +84,7 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
     started = time.perf_counter()
     size = ModelSize(**model_cfg)
     max_new = tasks.response_length(digits)
-    model = build_model(size, tokenizer.vocab_size, 4 * digits + max_new + 8, seed=warmup_cfg["seed"])
+    model = build_model(size, tokenizer.vocab_size, tasks.max_positions(digits), seed=warmup_cfg["seed"])
     opt = torch.optim.AdamW(model.parameters(), lr=warmup_cfg["lr"], weight_decay=0.0)
     probe = tasks.sample_problems("train", warmup_cfg["probe_size"], digits, seed=10**6 + warmup_cfg["seed"])
     accuracy, step, history = 0.0, 0, []

@@ -176,3 +176,11 @@ def test_a_run_folder_in_use_is_refused_without_touching_it(tmp_path):
 def test_collapse_rule_is_relative_to_the_peak(headline, peak, collapsed):
     rule = {"peak_at_least": 0.1, "floor": 0.02, "floor_fraction": 0.1}
     assert bool(train_mod.headline_collapse(headline, peak, rule)) == collapsed
+
+
+def test_a_run_folder_of_another_config_is_not_overwritten(tmp_path):
+    status, store = run(tmp_path)
+    before = (store.dir / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="another config"):
+        run(tmp_path, "seed=5")
+    assert (store.dir / "metrics.jsonl").read_text() == before and store.read_status() == status
