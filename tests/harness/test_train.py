@@ -184,3 +184,17 @@ def test_a_run_folder_of_another_config_is_not_overwritten(tmp_path):
     with pytest.raises(ConfigError, match="another config"):
         run(tmp_path, "seed=5")
     assert (store.dir / "metrics.jsonl").read_text() == before and store.read_status() == status
+
+
+def test_hydra_multirun(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-m", "harness.train", "-m", "method=grpo,dppo", *SMOKE,
+                          f"results_root={tmp_path / 'runs'}"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    folders = sorted(p.name.split("-")[1] for p in (tmp_path / "runs").iterdir())
+    assert folders == ["dppo", "grpo"]
+    for folder in (tmp_path / "runs").iterdir():
+        assert RunStore(folder).read_status()["state"] == "done"
