@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from transformers import DynamicCache
 
+from methods import insert_sampled
+
 
 @dataclass
 class Rollout:
@@ -40,15 +42,6 @@ def _scatter(values: torch.Tensor, rows: torch.Tensor, shape, fill) -> torch.Ten
     out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
     out[rows] = values
     return out
-
-
-def _force_sampled(ids, values, token, token_logp):
-    """Like an inference engine's top-K record: a sampled token outside μ's top-K replaces the K-th entry."""
-    absent = ~(ids == token[:, None]).any(-1)
-    ids, values = ids.clone(), values.clone()
-    ids[:, -1] = torch.where(absent, token, ids[:, -1])
-    values[:, -1] = torch.where(absent, token_logp, values[:, -1])
-    return ids, values
 
 
 @torch.no_grad()
@@ -92,7 +85,7 @@ def sample(
             if record_top_k:
                 token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
                 top = logp.topk(record_top_k, dim=-1)
-                ids, vals = _force_sampled(top.indices, top.values, token, token_logp)
+                ids, vals = insert_sampled(top.indices, (top.values,), token, (token_logp,))
                 logps.append(_scatter(token_logp, active, (n,), 0.0))
                 top_ids.append(_scatter(ids, active, (n, record_top_k), 0))
                 top_logps.append(_scatter(vals, active, (n, record_top_k), 0.0))

@@ -22,7 +22,7 @@ from .config import ConfigError, RunSpec, resolve
 from .model import CharTokenizer, ModelSize, build_model
 from .rollout import response_logits, sample
 from .store import RunStore, best_within_window
-from .warmup import encode_problems, sampled_accuracy, warm_start
+from .warmup import encode_problems, rollout_rewards, sampled_accuracy, warm_start
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -150,8 +150,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
                       record_top_k=top_k, logit_noise=mismatch["logit_noise"])
         if mismatch["bf16_rollout"]:
             rollout_model.float()
-        rewards = torch.tensor([tasks.reward(problems[i // n], tokenizer.decode(roll.response_ids[i]),
-                                             bool(roll.finished[i])) for i in range(len(prompts))])
+        rewards = rollout_rewards(tokenizer, [p for p in problems for _ in range(n)], roll).float()
         t1 = time.perf_counter()
 
         # --- 2. group advantages; zero-variance groups are skipped --------------------------------

@@ -40,10 +40,13 @@ def sampled_accuracy(model, tokenizer, problems, max_new: int, seed: int, temper
     gen = torch.Generator().manual_seed(seed)
     roll = sample(model, prompts, max_new, tokenizer.eos_id, tokenizer.pad_id, gen,
                   temperature=temperature, top_p=top_p, greedy=greedy)
-    total = 0.0
-    for i, p in enumerate([p for p in problems for _ in range(samples)]):
-        total += tasks.reward(p, tokenizer.decode(roll.response_ids[i]), bool(roll.finished[i]))
-    return total / len(prompts)
+    return float(rollout_rewards(tokenizer, [p for p in problems for _ in range(samples)], roll).mean())
+
+
+def rollout_rewards(tokenizer: CharTokenizer, row_problems, roll) -> torch.Tensor:
+    """The verifier's reward of each sampled row; ``row_problems[i]`` is row i's problem."""
+    return torch.tensor([tasks.reward(p, tokenizer.decode(roll.response_ids[i]), bool(roll.finished[i]))
+                         for i, p in enumerate(row_problems)], dtype=torch.float64)
 
 
 def _sft_batch(tokenizer, problems):

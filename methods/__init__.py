@@ -10,8 +10,8 @@ loss form −A·M·sg(W)·logp, aggregated with denominators that masking never 
 
 from .aggregation import aggregate
 from .batch import BatchError, LossTotals, PolicyBatch, unpack_packed
-from .divergence import (binary_kl, binary_tv, exact_kl, exact_tv, force_sampled_token, k2, k3,
-                         token_divergence, topk_kl, topk_tv)
+from .divergence import (binary_kl, binary_tv, exact_kl, exact_tv, force_sampled_token, insert_sampled, k2,
+                         k3, token_divergence, topk_kl, topk_tv)
 from .logits import policy_logprobs_from_logits
 from .params import AGGREGATIONS, DIVERGENCES, MethodConfigError
 from .registry import METRIC_NAMES, LossOutput, Method, MethodSpec, get_method, list_methods, method_names, register
@@ -19,6 +19,6 @@ from .registry import METRIC_NAMES, LossOutput, Method, MethodSpec, get_method, 
 __all__ = [
     "AGGREGATIONS", "DIVERGENCES", "METRIC_NAMES", "BatchError", "LossOutput", "LossTotals", "Method",
     "MethodConfigError", "MethodSpec", "PolicyBatch", "aggregate", "binary_kl", "binary_tv", "exact_kl",
-    "exact_tv", "force_sampled_token", "get_method", "k2", "k3", "list_methods", "method_names",
+    "exact_tv", "force_sampled_token", "get_method", "insert_sampled", "k2", "k3", "list_methods", "method_names",
     "policy_logprobs_from_logits", "register", "token_divergence", "topk_kl", "topk_tv", "unpack_packed",
 ]

@@ -21,14 +21,22 @@ def log_ratio(logp: torch.Tensor, rollout_logp: torch.Tensor) -> torch.Tensor:
     return (logp - rollout_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
+def insert_sampled(topk_ids, topk_values, token, token_values):
+    """Where the sampled ``token`` is not among ``topk_ids`` it replaces the K-th entry (ids and each
+    value tensor), so the set always holds exactly K tokens, as the DPPO reference rollout records it.
+    Returns ``(ids, *values)``."""
+    absent = ~(topk_ids == token[..., None]).any(-1)
+    out = []
+    for tensor, fill in ((topk_ids, token), *zip(topk_values, token_values)):
+        tensor = tensor.clone()
+        tensor[..., -1] = torch.where(absent, fill, tensor[..., -1])
+        out.append(tensor)
+    return tuple(out)
+
+
 def force_sampled_token(topk_ids, rollout_topk_logp, policy_topk_logp, response_ids, rollout_logp, logp):
-    """Put the sampled token into μ's top-K set: where it is absent it replaces the K-th entry, so the
-    set always holds exactly K tokens (as the DPPO reference rollout does)."""
-    absent = ~(topk_ids == response_ids[..., None]).any(-1)
-    mu = rollout_topk_logp.clone()
-    pi = policy_topk_logp.clone()
-    mu[..., -1] = torch.where(absent, rollout_logp, mu[..., -1])
-    pi[..., -1] = torch.where(absent, logp, pi[..., -1])
+    """μ's and π's log-probs on μ's top-K set with the sampled token forced in (see insert_sampled)."""
+    _, mu, pi = insert_sampled(topk_ids, (rollout_topk_logp, policy_topk_logp), response_ids, (rollout_logp, logp))
     return mu, pi
 
 
