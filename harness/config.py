@@ -43,10 +43,20 @@ class RunSpec:
 
 def compose(overrides=()) -> DictConfig:
     """The config of ``trh train`` with Hydra overrides, without Hydra's app wrapper."""
+    return compose_many([overrides])[0]
+
+
+def compose_many(override_lists) -> list[DictConfig]:
+    """Compose several configs under one Hydra initialisation (a sweep composes all its cells)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return hydra_compose("config", overrides=list(overrides))
+        return [hydra_compose("config", overrides=list(o)) for o in override_lists]
+
+
+def available(group: str) -> list[str]:
+    """The option names of a config group (``setting``, ``method``, ...)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def _require(section: dict, where: str, keys: dict) -> None:

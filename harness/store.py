@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -44,7 +45,8 @@ def atomic_torch_save(path: Path, obj) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # a unique temp name: two processes writing the same file never share a half-written temp file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -53,8 +55,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class RunStore:
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, tags: Optional[dict] = None):
         self.dir = Path(run_dir)
+        self.tags = dict(tags or {})  # added to every status write (e.g. the launcher's job id)
+
+    def in_use(self) -> bool:
+        """Whether a process holds the folder's lock right now (it is training this run)."""
+        if not (self.dir / ".lock").exists():
+            return False
+        with open(self.dir / ".lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
 
     @contextlib.contextmanager
     def exclusive(self):
@@ -79,6 +94,7 @@ class RunStore:
 
     def write_status(self, **status) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        status = {**status, **self.tags}
         _atomic_write(self.dir / "status.json", json.dumps(status, indent=1, default=_json_default).encode())
 
     def is_finished(self) -> bool:

@@ -60,11 +60,13 @@ def position_diagnostics(records: list[dict], horizon: int, bins: int) -> dict:
     return out
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, tags: dict | None = None) -> dict:
+    """Train one run to its verdict (or return the verdict of a finished one). ``tags`` (e.g. the
+    launcher's job id) are recorded in the run's status."""
     spec = resolve(cfg)
     if spec.engine.get("threads"):
         torch.set_num_threads(int(spec.engine["threads"]))
-    store = RunStore(spec.run_dir)
+    store = RunStore(spec.run_dir, tags=tags)
     with store.exclusive():  # one process per run folder: a second one fails fast instead of interleaving
         return _run_locked(spec, store)
 
@@ -75,13 +77,13 @@ def _run_locked(spec: RunSpec, store: RunStore) -> dict:
         raise ConfigError(f"run folder {store.dir} holds a run of another config ({previous.get('config_hash')}, "
                           f"not {spec.config_hash}); choose another run_dir")
     if previous and previous.get("state") in ("done", "collapsed"):
-        return previous  # finished already: never rerun a finished cell
+        return {**previous, "skipped": True}  # finished already: never rerun a finished cell
     store.write_config(OmegaConf.to_yaml(spec.resolved))
     try:
         return _train(spec, store)
     except Exception as err:  # a crash is recorded as a verdict, then re-raised
         store.write_status(state="failed", reason=f"{type(err).__name__}: {err}", config_hash=spec.config_hash,
-                           step=_last_step(store))
+                           step=_last_step(store), resumed_from=(store.read_status() or {}).get("resumed_from", []))
         raise
 
 
@@ -107,6 +109,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
     lagged = deque(maxlen=int(mismatch["lag"]) + 1)  # weights of the last k+1 updates; [0] is used for rollout
 
     start = 0
+    resumed_from = list((store.read_status() or {}).get("resumed_from", []))
     ckpt = store.load_checkpoint()
     if ckpt is not None:
         if ckpt["config_hash"] != spec.config_hash:
@@ -116,6 +119,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         lagged.extend(ckpt["lagged"])
         start = ckpt["step"]
+        resumed_from.append(start)
         store.truncate("metrics.jsonl", start)
         store.truncate("diagnostics.jsonl", start)
     else:
@@ -123,7 +127,8 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
             (store.dir / name).unlink(missing_ok=True)
     if not lagged:
         lagged.append(copy.deepcopy(model.state_dict()))
-    store.write_status(state="running", step=start, config_hash=spec.config_hash, warmup=warm_info_brief(warm_info))
+    store.write_status(state="running", step=start, config_hash=spec.config_hash, resumed_from=resumed_from,
+                       warmup=warm_info_brief(warm_info))
 
     rows = store.read()
     peak_headline = max([r["headline"] for r in rows if "headline" in r], default=0.0)
@@ -221,7 +226,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
         if step % spec.engine["checkpoint_every"] == 0 and step < spec.steps:
             store.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "lagged": list(lagged), "step": step, "config_hash": spec.config_hash})
-            store.write_status(state="running", step=step, config_hash=spec.config_hash)
+            store.write_status(state="running", step=step, config_hash=spec.config_hash, resumed_from=resumed_from)
     if bar is not None:
         bar.close()
 
@@ -229,7 +234,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
     status = {**verdict, "step": rows[-1]["step"], "config_hash": spec.config_hash, "t_stop": spec.t_stop,
               "run_dir": str(store.dir),
               "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None,
-              "warmup": warm_info_brief(warm_info)}
+              "resumed_from": resumed_from, "warmup": warm_info_brief(warm_info)}
     store.write_status(**status)
     store.remove_checkpoint()
     if sink is not None:

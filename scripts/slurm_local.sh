@@ -4,6 +4,11 @@
 # cluster is left alone. `scripts/slurm_local.sh stop` stops it.
 set -euo pipefail
 
+# root does it directly; anyone else through sudo
+if [[ $EUID -ne 0 ]]; then
+    exec sudo -E bash "$0" "$@"
+fi
+
 if [[ "${1:-start}" == "stop" ]]; then
     pkill -x slurmd || true; pkill -x slurmctld || true; pkill -x munged || true
     exit 0

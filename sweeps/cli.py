@@ -58,6 +58,98 @@ def cmd_train(args) -> int:
     return 0 if status["state"] in ("done", "collapsed") else 1
 
 
+def _user_errors():
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from harness.config import ConfigError
+    from methods import MethodConfigError
+
+    from .spec import SweepError
+    return (SweepError, ConfigError, MethodConfigError, HydraException, OmegaConfBaseException)
+
+
+def cmd_sweep(args) -> int:
+    from .driver import sweep
+    from .spec import spec_names
+
+    if args.list:
+        from .spec import load_raw
+        for name in spec_names():
+            raw, _ = load_raw(name)
+            print(f"{name:<24} {raw.get('kind', 'grid'):<7} {raw.get('feeds', '')}: {raw.get('description', '')}")
+        return 0
+    if not args.name:
+        print("trh sweep: name a sweep (trh sweep --list shows them)", file=sys.stderr)
+        return 2
+    if args.status:
+        return _print_status(args)
+    try:
+        result = sweep(args.name, args.overrides, executor=args.executor, workers=args.workers,
+                       results_root=args.results, progress=not args.no_progress, max_retries=args.retries)
+    except _user_errors() as err:
+        print(f"trh sweep: {err}", file=sys.stderr)
+        return 2
+    _print_sweep_summary(result)
+    failed = sum(o.state == "failed" for o in result["outcomes"])
+    return 1 if failed else 0
+
+
+def _print_status(args) -> int:
+    import pandas as pd
+
+    from .driver import cell_states
+    try:
+        rows = pd.DataFrame(cell_states(args.name, args.overrides, args.results))
+    except _user_errors() as err:
+        print(f"trh sweep: {err}", file=sys.stderr)
+        return 2
+    counts = rows["verdict"].str.replace(r" \(step \d+\)", "", regex=True).value_counts()
+    print(f"{args.name}: {len(rows)} cells — " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    columns = ["setting", "label", "seed", "id", "verdict", "steps_run", "best_headline", "best_step"]
+    with pd.option_context("display.width", 160, "display.max_rows", 500):
+        print(rows[columns].to_string(index=False))
+    return 0
+
+
+def _print_sweep_summary(result) -> None:
+    import pandas as pd
+
+    rows = pd.DataFrame(result["rows"])
+    cells = result["outcomes"]
+    trained = sum(o.seconds is not None for o in cells)
+    print(f"sweep {result['spec'].name}: {len(cells)} cells ({trained} run now, {len(cells) - trained} finished "
+          f"before), wall {result['wall_s']:.0f} s; per cell: {result['sweep_dir'] / 'summary.csv'}")
+    table = (rows.assign(collapsed=rows["state"].eq("collapsed"), failed=rows["state"].eq("failed"))
+             .groupby(["setting", "label"], sort=False)
+             .agg(seeds=("seed", "count"), best_mean=("best_headline", "mean"), best_std=("best_headline", "std"),
+                  collapsed=("collapsed", "sum"), failed=("failed", "sum")))
+    with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):
+        print("matched window (best headline within [0, T_stop], mean and std over seeds):")
+        print(table.to_string())
+
+
+def cmd_search(args) -> int:
+    from .search import search
+
+    try:
+        result = search(args.name, args.trials, args.overrides, storage=args.storage, executor=args.executor,
+                        workers=args.workers, results_root=args.results, progress=not args.no_progress)
+    except _user_errors() as err:
+        print(f"trh search: {err}", file=sys.stderr)
+        return 2
+    summary = result["summary"]
+    print(f"search {summary['study']}: trials {summary['trials']}, wall {result['wall_s']:.0f} s; "
+          f"{result['out_dir'] / 'trials.csv'}, {result['out_dir'] / 'best.json'}")
+    best = summary["best"]
+    if best is None:
+        print("no trial completed")
+        return 1
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    print(f"best: trial {best['number']}, {best['value']:.4f} ({params})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trh", description="trust-region-harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,11 +162,47 @@ def build_parser() -> argparse.ArgumentParser:
                            description="e.g. trh train method=cppo setting=base_s seed=1 method.delta=0.2")
     train.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     train.set_defaults(func=cmd_train)
+    sw = sub.add_parser("sweep", help="run a sweep spec's grid (missing cells only) and summarise it",
+                        description="e.g. trh sweep demo --workers 2; trh sweep paper_main seed=0,1 "
+                                    "'setting=base_*' rl.lr=2e-4 --executor slurm slurm.partition=gpu")
+    sw.add_argument("name", nargs="?", help="a spec under sweeps/specs/ (or a path to a .yaml)")
+    sw.add_argument("overrides", nargs="*", help="grid axes (setting=, seed=, method=), Hydra overrides for every "
+                                                  "cell, resources (slurm.*, local.*)")
+    sw.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
+    sw.add_argument("--workers", type=int, default=None,
+                    help="cells running at once (default: cores / local.cpus_per_task here, "
+                         "slurm.array_parallelism on SLURM)")
+    sw.add_argument("--results", default="results", help="results root (default: results)")
+    sw.add_argument("--retries", type=int, default=2, help="resubmissions of a job that dies without a verdict")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.add_argument("--list", action="store_true", help="list the sweep and search specs")
+    sw.add_argument("--status", action="store_true", help="show each cell's state on disk; run nothing")
+    sw.set_defaults(func=cmd_sweep)
+    se = sub.add_parser("search", help="an Optuna study over a search spec (resumes after a kill)",
+                        description="e.g. trh search search_cppo --trials 20 --workers 2 "
+                                    "[--storage sqlite:///results/searches/cppo.db]")
+    se.add_argument("name", help="a search spec under sweeps/specs/ (kind: search)")
+    se.add_argument("overrides", nargs="*", help="setting=, seed=, method=, Hydra overrides, slurm.*/local.*")
+    se.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    se.add_argument("--storage", default=None,
+                    help="Optuna storage: a journal file path (default results/searches/NAME/journal.log) or an RDB URL")
+    se.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
+    se.add_argument("--workers", type=int, default=None, help="cells running at once (default as trh sweep)")
+    se.add_argument("--results", default="results")
+    se.add_argument("--no-progress", action="store_true")
+    se.set_defaults(func=cmd_search)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may come after options (trh sweep demo --workers 2 seed=0,1): collect the strays
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     return args.func(args)
 
 

@@ -1,0 +1,1 @@
+"""Results → tables and figures. Reads run folders through harness.store only; never trains."""

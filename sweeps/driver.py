@@ -1,0 +1,162 @@
+"""``trh sweep``: expand a spec into cells, run the missing ones, summarise with the matched-window rule.
+
+    results/
+      runs/<setting>-<method>-s<seed>-<hash>/     one folder per cell (shared by every sweep: a cell
+                                                  that two sweeps name is trained once)
+      sweeps/<name>/manifest.json                 the cells of the sweep, its spec, overrides, and one
+                                                  entry per invocation (git commit, executor, time)
+      sweeps/<name>/summary.csv                   one row per cell: verdict, best headline, best step
+      sweeps/<name>/submitit/<job id>/            launcher logs
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+from harness.store import RunStore, _atomic_write
+
+from .executors import git_state, make_executor, resources
+from .runner import CellRunner, Outcome
+from .spec import Cell, SweepSpec, expand, load_raw, parse, split_overrides
+
+
+def prepare(name: str, overrides=(), results_root="results", executor="local"):
+    """Everything that can fail on bad input, before anything runs: spec, grid, configs, resources."""
+    raw, path = load_raw(name)
+    if raw.get("kind") == "search":
+        from .spec import SweepError
+        raise SweepError(f"{name!r} is a search spec: run it with `trh search {name}`")
+    axes, hydra_overrides, resource_overrides = split_overrides(overrides)
+    spec = parse(raw, path, axes)
+    res = resources(spec.resources, resource_overrides)
+    threads = res["slurm" if executor == "slurm" else "local"]["cpus_per_task"]
+    cells = expand(spec, Path(results_root), hydra_overrides, threads=threads)
+    return spec, cells, res, hydra_overrides
+
+
+def default_workers(executor: str, res: dict) -> int:
+    """SLURM: the array parallelism; locally: as many cells as the cores allow at cpus_per_task each."""
+    import os
+
+    if executor == "slurm":
+        return res["slurm"]["array_parallelism"]
+    return max(1, len(os.sched_getaffinity(0)) // res["local"]["cpus_per_task"])
+
+
+def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Path, overrides, executor: str) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / "manifest.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    invocation = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "executor": executor,
+                  "overrides": list(overrides), "git": git_state(), "cells": len(cells)}
+    manifest = {"sweep": spec.name, "feeds": spec.feeds, "description": spec.description, "spec": spec.raw,
+                "settings": spec.settings, "labels": [v.label for v in spec.variants], "seeds": spec.seeds,
+                "cells": [c.manifest_row(root) for c in cells],
+                "invocations": previous.get("invocations", []) + [invocation]}
+    _atomic_write(path, json.dumps(manifest, indent=1, default=str).encode())
+    for cell in cells:  # snapshot each cell's config now: later edits to the config files change nothing
+        store = RunStore(cell.run_dir)
+        if not (cell.run_dir / "config.yaml").exists():
+            from omegaconf import OmegaConf
+            store.write_config(OmegaConf.to_yaml(OmegaConf.create(cell.config)))
+
+
+def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: bool = True, poll_s: float = 1.0,
+              label: str = "cells") -> list[Outcome]:
+    pending = list(cells)
+    outcomes: dict[str, Outcome] = {}
+    durations: list[float] = []
+    bar = _progress_bar(len(cells), label) if progress else None
+    while pending or runner.in_flight or runner.elsewhere:
+        room = max(0, workers - runner.in_flight)
+        batch, pending = pending[:room], pending[room:]
+        new = runner.start(batch) + runner.poll()
+        for outcome in new:
+            outcomes[outcome.cell.id] = outcome
+            if outcome.seconds is not None and outcome.state != "failed":
+                durations.append(outcome.seconds)
+            if outcome.state == "failed":
+                runner.log(f"{outcome.cell.describe()} failed: {outcome.status.get('reason')}")
+        if bar is not None:
+            failed = sum(o.state == "failed" for o in outcomes.values())
+            bar.n = len(outcomes)
+            bar.set_postfix_str(f"running {runner.in_flight}, elsewhere {len(runner.elsewhere)}, failed {failed}, "
+                                f"ETA {_eta(durations, len(cells) - len(outcomes), workers)}")
+            bar.refresh()
+        if pending or runner.in_flight or runner.elsewhere:
+            time.sleep(poll_s)
+    if bar is not None:
+        bar.close()
+    return [outcomes[c.id] for c in cells]
+
+
+def _eta(durations: list[float], remaining: int, workers: int) -> str:
+    if remaining == 0:
+        return "0s"
+    if not durations:
+        return "?"
+    seconds = statistics.median(durations) * math.ceil(remaining / max(1, workers))
+    return f"{seconds / 60:.0f}m" if seconds >= 90 else f"{seconds:.0f}s"
+
+
+def _progress_bar(total: int, label: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=label, unit="cell", dynamic_ncols=True)
+
+
+def sweep(name: str, overrides=(), executor: str = "local", workers: int | None = None,
+          results_root="results", progress: bool = True, max_retries: int = 2, poll_s: float = 1.0,
+          log=print) -> dict:
+    spec, cells, res, hydra_overrides = prepare(name, overrides, results_root, executor)
+    root = Path(results_root)
+    sweep_dir = root / "sweeps" / spec.name
+    if workers is None:
+        workers = default_workers(executor, res)
+    if workers < 1:
+        from .spec import SweepError
+        raise SweepError(f"--workers must be >= 1, got {workers}")
+    ex = make_executor(executor, sweep_dir / "submitit", res, job_name=f"trh-{spec.name}")
+    write_manifest(sweep_dir, spec, cells, root, overrides, executor)
+    runner = CellRunner(ex, executor, max_retries=max_retries, log=log)
+    started = time.time()
+    outcomes = run_cells(cells, runner, 1 if executor == "debug" else workers, progress, poll_s, label=spec.name)
+    table = summary_rows(outcomes)
+    write_summary(sweep_dir / "summary.csv", table)
+    return {"spec": spec, "cells": cells, "outcomes": outcomes, "rows": table, "sweep_dir": sweep_dir,
+            "wall_s": time.time() - started}
+
+
+def cell_states(name: str, overrides=(), results_root="results") -> list[dict]:
+    """``trh sweep NAME --status``: each cell's state on disk, without running anything."""
+    from analysis.cells import cell_row
+
+    _, cells, _, _ = prepare(name, overrides, results_root)
+    rows = []
+    for cell in cells:
+        store = RunStore(cell.run_dir)
+        status = store.read_status()
+        row = cell_row(status, store.read(), cell.t_stop)
+        busy = store.in_use()
+        if status is None and busy:
+            row["verdict"] = "running"  # (still in its warm-up: no status yet)
+        elif status and status.get("state") == "running" and not busy:
+            row["verdict"] = "interrupted"  # no process holds it: the next sweep resumes it
+        rows.append({"setting": cell.setting, "label": cell.label, "seed": cell.seed, "id": cell.id, **row})
+    return rows
+
+
+def summary_rows(outcomes: list[Outcome]) -> list[dict]:
+    from analysis.cells import cell_row
+    return [{"id": o.cell.id, "setting": o.cell.setting, "label": o.cell.label, "method": o.cell.method,
+             "seed": o.cell.seed, **cell_row(o.status, RunStore(o.cell.run_dir).read(), o.cell.t_stop),
+             "run_dir": str(o.cell.run_dir)} for o in outcomes]
+
+
+def write_summary(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+    _atomic_write(path, pd.DataFrame(rows).to_csv(index=False).encode())

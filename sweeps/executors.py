@@ -1,0 +1,103 @@
+"""submitit executors for cells: ``local`` (a process per cell), ``slurm`` (a job per cell, submitted
+as arrays) and ``debug`` (in-process, sequential; for tests and pdb). Resources come from
+``sweeps/resources.yaml``, the spec's ``resources:`` and ``slurm.*``/``local.*`` overrides."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .spec import SweepError
+
+EXECUTORS = ("local", "slurm", "debug")
+RESOURCES_FILE = Path(__file__).parent / "resources.yaml"
+
+
+def resources(spec_resources: dict | None, overrides=()) -> dict:
+    base = OmegaConf.load(RESOURCES_FILE)
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.create(spec_resources or {}), OmegaConf.from_dotlist(list(overrides)))
+    except Exception as err:  # noqa: BLE001 - a typo'd or ill-typed resource key
+        raise SweepError(f"resources: {err}") from None
+    out = OmegaConf.to_container(merged, resolve=True)
+    for kind in ("local", "slurm"):
+        unknown = sorted(set(out[kind]) - set(OmegaConf.to_container(base)[kind]))
+        if unknown:
+            raise SweepError(f"resources.{kind}: unknown key(s) {unknown}; allowed: {sorted(base[kind])}")
+        cpus = out[kind]["cpus_per_task"]
+        if not isinstance(cpus, int) or cpus < 1:
+            raise SweepError(f"resources.{kind}.cpus_per_task must be a positive integer, got {cpus!r}")
+    return out
+
+
+def check_slurm() -> None:
+    """Fail before any submission when no SLURM controller answers."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        raise SweepError("--executor slurm: sbatch/scontrol are not on PATH (is SLURM installed here? "
+                         "scripts/slurm_local.sh starts a one-node cluster on localhost)")
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise SweepError("--executor slurm: the SLURM controller is unreachable (`scontrol ping` timed out)") from None
+    text = (ping.stdout + ping.stderr).strip()
+    if ping.returncode != 0 or "UP" not in text:
+        raise SweepError(f"--executor slurm: the SLURM controller is unreachable (`scontrol ping`: {text or ping.returncode})")
+
+
+def make_executor(kind: str, folder: Path, res: dict, job_name: str):
+    import submitit
+
+    if kind not in EXECUTORS:
+        raise SweepError(f"--executor must be one of {list(EXECUTORS)}, got {kind!r}")
+    folder = Path(folder) / "%j"
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=res["local"]["timeout_min"])
+        return executor
+    check_slurm()
+    _quiet_sacct()
+    s = res["slurm"]
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=s["max_num_timeout"])
+    params = dict(job_name=job_name, time=s["timeout_min"], cpus_per_task=s["cpus_per_task"],
+                  mem=f"{s['mem_gb']}G", array_parallelism=s["array_parallelism"], setup=list(s["setup"]),
+                  additional_parameters=dict(s["additional"]))
+    if s["gpus_per_node"]:
+        params["gpus_per_node"] = s["gpus_per_node"]
+    for key in ("partition", "account", "qos", "constraint"):
+        if s[key]:
+            params[key] = s[key]
+    executor.update_parameters(**params)
+    return executor
+
+
+class _NoSacctNoise:
+    """Clusters without accounting make submitit warn on every status poll; the runner falls back
+    on squeue for those, so the warning says nothing new."""
+
+    def filter(self, record) -> bool:
+        return "sacct" not in record.getMessage()
+
+
+def _quiet_sacct() -> None:
+    import logging
+
+    logger = logging.getLogger("submitit")
+    if not any(isinstance(f, _NoSacctNoise) for f in logger.filters):
+        logger.addFilter(_NoSacctNoise())
+    for handler in logger.handlers:
+        if not any(isinstance(f, _NoSacctNoise) for f in handler.filters):
+            handler.addFilter(_NoSacctNoise())
+
+
+def git_state(cwd: Path | None = None) -> dict:
+    """The commit the sweep was submitted from (and whether the tree had local changes)."""
+    def git(*args):
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd or Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain")) if commit else None}

@@ -1,0 +1,257 @@
+"""Sweep specs: a YAML file names a grid (settings × variants × seeds); ``expand`` turns it into cells,
+one training run each, identified by the hash of the cell's resolved config.
+
+    name: ablation_gate
+    feeds: Fig. 5c
+    settings: [post_s]
+    seeds: [0, 1, 2]
+    variants:                      # label → method (+ params, Hydra overrides); or `methods: [grpo, ...]`
+      CPPO: {method: cppo}
+      CPPO (Binary TV): {method: cppo, params: {divergence: binary_tv}}
+      CPPO (soft gate): {method: cppo_soft}
+      DPPO: {method: dppo}
+    overrides: []                  # Hydra overrides for every cell
+    resources: {slurm: {mem_gb: 4}}
+
+On the command line ``setting=a,b`` / ``seed=0,1`` / ``method=x,y`` replace or filter a grid axis
+(``setting=qwen3_*`` globs), and every other ``key=value`` is a Hydra override for every cell.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from harness.config import ConfigError, available, compose_many, resolve
+
+SPEC_DIR = Path(__file__).parent / "specs"
+GRID_KEYS = ("setting", "seed", "method")
+SPEC_KEYS = {"name", "kind", "feeds", "description", "settings", "seeds", "methods", "variants", "overrides",
+             "resources", "setting", "method", "space", "sampler", "pruner", "direction", "collapse_score"}
+
+
+class SweepError(ValueError):
+    """A sweep or search spec (or its command-line overrides) is invalid; raised before any run starts."""
+
+
+@dataclass
+class Variant:
+    label: str
+    method: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    feeds: str
+    description: str
+    settings: list[str]
+    variants: list[Variant]
+    seeds: list[int]
+    overrides: list[str]
+    resources: dict
+    raw: dict
+    kind: str = "grid"
+
+
+@dataclass
+class Cell:
+    """One training run of a sweep. ``id`` is its config hash; ``config`` its resolved config."""
+    id: str
+    setting: str
+    label: str
+    method: str
+    seed: int
+    t_stop: int
+    run_dir: Path
+    config: dict
+    overrides: list[str]
+
+    def describe(self) -> str:
+        return f"{self.setting}/{self.label}/s{self.seed}"
+
+    def manifest_row(self, root: Path) -> dict:
+        try:
+            run_dir = str(self.run_dir.resolve().relative_to(root.resolve()))
+        except ValueError:
+            run_dir = str(self.run_dir.resolve())
+        return {"id": self.id, "setting": self.setting, "label": self.label, "method": self.method,
+                "seed": self.seed, "t_stop": self.t_stop, "run_dir": run_dir, "overrides": self.overrides}
+
+
+def spec_names() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+
+
+def load_raw(name_or_path: str) -> tuple[dict, Path]:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = SPEC_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise SweepError(f"unknown sweep {name_or_path!r}; known sweeps: {', '.join(spec_names())} "
+                         f"(or a path to a spec .yaml)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise SweepError(f"sweep spec {path} must be a mapping")
+    unknown = sorted(set(raw) - SPEC_KEYS)
+    if unknown:
+        raise SweepError(f"sweep spec {path}: unknown key(s) {unknown}; allowed: {sorted(SPEC_KEYS)}")
+    raw.setdefault("name", path.stem)
+    return raw, path
+
+
+def split_overrides(overrides) -> tuple[dict, list[str], list[str]]:
+    """Command-line arguments → (grid axes, Hydra overrides, resource overrides ``slurm.*``/``local.*``)."""
+    axes, hydra_overrides, resources = {}, [], []
+    for item in overrides:
+        if "=" not in item:
+            raise SweepError(f"override {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        if key in GRID_KEYS:
+            values = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+            axes[key] = values
+        elif key.split(".")[0] in ("slurm", "local"):
+            resources.append(item)
+        else:
+            hydra_overrides.append(item)
+    return axes, hydra_overrides, resources
+
+
+def _as_list(raw: dict, key: str, where: str) -> list:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SweepError(f"{where}: '{key}' must be a list, got {value!r}")
+    return value
+
+
+def _int_seeds(values, where: str) -> list[int]:
+    seeds = []
+    for v in values:
+        try:
+            seeds.append(int(v))
+        except (TypeError, ValueError):
+            raise SweepError(f"{where}: seeds must be integers, got {v!r}") from None
+    return seeds
+
+
+def _match_settings(patterns: list[str], where: str) -> list[str]:
+    known, out = available("setting"), []
+    for pattern in patterns:
+        hits = [s for s in known if fnmatch.fnmatchcase(s, pattern)]
+        if not hits:
+            raise SweepError(f"{where}: unknown setting {pattern!r}; allowed: {', '.join(known)}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _override_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
+    """Validate a grid spec and apply the command line's grid axes."""
+    axes = axes or {}
+    where = f"sweep {raw['name']!r}"
+    settings = _match_settings(axes.get("setting") or [str(s) for s in _as_list(raw, "settings", where)], where)
+    seeds = _int_seeds(axes.get("seed") or _as_list(raw, "seeds", where), where)
+    methods_known = available("method")
+    if raw.get("variants") is not None and raw.get("methods") is not None:
+        raise SweepError(f"{where}: give either 'methods' or 'variants', not both")
+    variants = []
+    if isinstance(raw.get("variants"), dict):
+        for label, body in raw["variants"].items():
+            if not isinstance(body, dict) or "method" not in body:
+                raise SweepError(f"{where}: variant {label!r} must be a mapping with a 'method'")
+            unknown = sorted(set(body) - {"method", "params", "overrides"})
+            if unknown:
+                raise SweepError(f"{where}, variant {label!r}: unknown key(s) {unknown}; allowed: method, params, overrides")
+            params = body.get("params") or {}
+            if not isinstance(params, dict):
+                raise SweepError(f"{where}, variant {label!r}: 'params' must map method parameters to values")
+            extra = [f"++method.{k}={_override_value(v)}" for k, v in params.items()]
+            extra += [str(o) for o in _as_list(body, "overrides", f"{where}, variant {label!r}")]
+            variants.append(Variant(str(label), str(body["method"]), extra))
+    elif raw.get("variants") is not None:
+        raise SweepError(f"{where}: 'variants' must map labels to {{method, overrides}}")
+    else:
+        variants = [Variant(str(m), str(m)) for m in _as_list(raw, "methods", where)]
+    for v in variants:
+        if v.method not in methods_known:
+            raise SweepError(f"{where}: unknown method {v.method!r} (variant {v.label!r}); "
+                             f"allowed: {', '.join(methods_known)}")
+    if axes.get("method"):
+        for m in axes["method"]:
+            if m not in methods_known:
+                raise SweepError(f"method={m}: unknown method; allowed: {', '.join(methods_known)}")
+        variants = [v for v in variants if v.method in axes["method"] or v.label in axes["method"]]
+    if not settings or not variants or not seeds:
+        raise SweepError(f"{where}: the grid is empty (settings={settings}, variants={[v.label for v in variants]}, "
+                         f"seeds={seeds}); each axis needs at least one value")
+    return SweepSpec(name=str(raw["name"]), feeds=str(raw.get("feeds", "")),
+                     description=str(raw.get("description", "")), settings=settings, variants=variants,
+                     seeds=seeds, overrides=[str(o) for o in _as_list(raw, "overrides", where)],
+                     resources=raw.get("resources") or {}, raw=raw, kind=str(raw.get("kind", "grid")))
+
+
+def cell_configs(base_overrides_by_key: dict, seeds_by_key: dict, results_root: Path, threads: int,
+                 where: str) -> dict:
+    """Compose one config per distinct override list, then copy it per seed (Hydra's compose takes
+    ≈ 0.2 s, so composing per seed would make large grids slow to start)."""
+    keys = list(base_overrides_by_key)
+    try:
+        composed = compose_many([base_overrides_by_key[k] + [f"results_root={results_root}",
+                                                             f"engine.threads={threads}", "logging=quiet"]
+                                 for k in keys])
+    except Exception as err:  # noqa: BLE001 - Hydra raises many types; all mean a bad override
+        raise SweepError(f"{where}: the overrides do not compose: {err}") from None
+    out = {}
+    for key, cfg in zip(keys, composed):
+        for seed in seeds_by_key[key]:
+            one = copy.deepcopy(cfg)
+            one.seed = seed
+            try:
+                spec = resolve(one)
+            except ConfigError as err:
+                raise SweepError(f"{where}: {err}") from None
+            out[(key, seed)] = (spec, OmegaConf.to_container(one, resolve=False))
+    return out
+
+
+def expand(spec: SweepSpec, results_root: Path, overrides=(), threads: int = 1) -> list[Cell]:
+    """The cells of a grid, in submission order: settings interleaved, so that parallel workers warm
+    up different settings first instead of queueing on one warm-up."""
+    bases, seeds, meta = {}, {}, {}
+    for v in spec.variants:
+        for s in spec.settings:
+            key = (s, v.label)
+            bases[key] = [f"setting={s}", f"method={v.method}", *spec.overrides, *v.overrides, *overrides]
+            seeds[key] = spec.seeds
+            meta[key] = v
+    built = cell_configs(bases, seeds, Path(results_root) / "runs", threads, f"sweep {spec.name!r}")
+    cells = []
+    for seed in spec.seeds:
+        for v in spec.variants:
+            for s in spec.settings:
+                run, container = built[((s, v.label), seed)]
+                cells.append(Cell(id=run.config_hash, setting=s, label=v.label, method=v.method, seed=seed,
+                                  t_stop=run.t_stop, run_dir=run.run_dir, config=container,
+                                  overrides=bases[(s, v.label)][2:]))
+    seen = {}
+    for c in cells:
+        if c.id in seen:
+            raise SweepError(f"sweep {spec.name!r}: cells {seen[c.id].describe()} and {c.describe()} have the "
+                             f"same config (variants that differ only in their label)")
+        seen[c.id] = c
+    return cells

@@ -1,0 +1,187 @@
+"""Sweep specs → cells, and every bad input rejected before anything runs (no training here)."""
+
+import os
+import stat
+
+import pytest
+
+from sweeps.driver import prepare
+from sweeps.executors import check_slurm, resources
+from sweeps.search import open_storage, parse_search
+from sweeps.spec import SweepError, load_raw, spec_names
+
+GRIDS = {"paper_main": 84, "ablation_mechanism": 12, "ablation_ordering": 9, "ablation_gate": 9, "sensitivity": 12,
+         "divergence_kl_tv": 12, "divergence_binary_topk": 9, "position_diagnostics": 2, "smoke": 4, "demo": 7}
+
+
+def test_every_paper_artefact_has_a_spec():
+    assert set(GRIDS) | {"search_cppo", "search_smoke"} == set(spec_names())
+
+
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_grid_specs_expand(name, tmp_path):
+    spec, cells, _, _ = prepare(name, [], tmp_path)
+    assert len(cells) == GRIDS[name]
+    assert len({c.id for c in cells}) == len(cells)  # one config per cell
+    assert all(c.run_dir.parent == tmp_path / "runs" and c.id in c.run_dir.name for c in cells)
+    assert all(c.config["engine"]["threads"] == 1 and c.config["seed"] == c.seed for c in cells)
+    assert not (tmp_path / "runs").exists()  # expanding runs nothing
+
+
+def test_paper_main_grid_and_order(tmp_path):
+    spec, cells, _, _ = prepare("paper_main", [], tmp_path)
+    assert spec.settings == ["post_s", "base_s", "base_m", "long_s"]
+    assert [v.method for v in spec.variants] == ["grpo", "minpro", "cispo", "dppo", "trm_max", "trm_avg", "cppo"]
+    assert {(c.setting, c.method, c.seed) for c in cells} == {
+        (s, v.method, seed) for s in spec.settings for v in spec.variants for seed in (0, 1, 2)}
+    # settings interleaved: parallel workers warm up different settings first
+    assert [c.setting for c in cells[:4]] == spec.settings
+    assert {c.setting: c.t_stop for c in cells} == {"post_s": 60, "base_s": 60, "base_m": 40, "long_s": 40}
+
+
+def test_cells_are_config_hashes_shared_across_sweeps(tmp_path):
+    _, main, _, _ = prepare("paper_main", [], tmp_path)
+    _, gate, _, _ = prepare("ablation_gate", [], tmp_path)
+    _, sens, _, _ = prepare("sensitivity", [], tmp_path)
+    _, kl, _, _ = prepare("divergence_kl_tv", [], tmp_path)
+    main_ids = {(c.setting, c.method, c.seed): c.id for c in main}
+    gate_cppo = [c for c in gate if c.label == "CPPO"]
+    assert [c.id for c in gate_cppo] == [main_ids[("post_s", "cppo", s)] for s in (0, 1, 2)]
+    # the same method with other parameters is another cell
+    default = {c.seed: c.id for c in sens if c.label.startswith("CPPO (dyn δ_b, w_min 0.8")}
+    assert default == {s: main_ids[("base_s", "cppo", s)] for s in (0, 1, 2)}
+    assert {c.id for c in sens if "0.6" in c.label}.isdisjoint(main_ids.values())
+    kl_cell = next(c for c in kl if c.label == "CPPO (KL)" and c.seed == 0)
+    assert kl_cell.config["method"]["divergence"] == "topk_kl"
+    assert kl_cell.config["setting"]["delta"] == 0.1 and kl_cell.config["setting"]["delta_b"] == 0.002
+
+
+def test_adding_a_seed_or_an_override_changes_only_what_it_should(tmp_path):
+    _, three, _, _ = prepare("demo", ["seed=0,1,2"], tmp_path)
+    _, four, _, _ = prepare("demo", ["seed=0,1,2,3"], tmp_path)
+    assert {c.id for c in three} < {c.id for c in four} and len(four) - len(three) == 7
+    _, lr, _, _ = prepare("demo", ["rl.lr=2e-4"], tmp_path)
+    assert {c.id for c in lr}.isdisjoint({c.id for c in three})
+    assert all(c.config["rl"]["lr"] == 2e-4 for c in lr)
+
+
+def test_command_line_axes(tmp_path):
+    _, cells, _, _ = prepare("paper_main", ["setting=base_*", "method=cppo,dppo", "seed=5"], tmp_path)
+    assert sorted((c.setting, c.method, c.seed) for c in cells) == [
+        ("base_m", "cppo", 5), ("base_m", "dppo", 5), ("base_s", "cppo", 5), ("base_s", "dppo", 5)]
+
+
+def test_resources_merge_and_reject_unknown_keys():
+    res = resources({"slurm": {"mem_gb": 8}}, ["slurm.partition=gpu", "local.cpus_per_task=2"])
+    assert res["slurm"]["mem_gb"] == 8 and res["slurm"]["partition"] == "gpu" and res["local"]["cpus_per_task"] == 2
+    with pytest.raises(SweepError, match="resources.slurm: unknown key.*'gpus'"):
+        resources({}, ["slurm.gpus=2"])
+    with pytest.raises(SweepError, match="cpus_per_task must be a positive integer"):
+        resources({}, ["local.cpus_per_task=0"])
+
+
+def _spec_file(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, overrides, match", [
+    ("settings: [base_s]\nmethods: [nope]\nseeds: [0]\n", [], r"unknown method 'nope'.*allowed: .*cppo"),
+    ("settings: [nowhere]\nmethods: [grpo]\nseeds: [0]\n", [], r"unknown setting 'nowhere'; allowed: .*base_s"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: []\n", [], r"the grid is empty.*seeds=\[\]"),
+    ("settings: [base_s]\nmethods: []\nseeds: [0]\n", [], r"the grid is empty"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["method=cppo"], r"the grid is empty"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["method=bogus"], r"method=bogus: unknown method"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [x]\n", [], r"seeds must be integers"),
+    ("settings: [base_s]\nmethod: [grpo]\nseeds: [0]\ncolour: red\n", [], r"unknown key\(s\) \['colour'\]"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["rl.nonexistent_knob=1"], r"do not compose"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["rl.lr=-1"], r"rl.lr must be a positive number"),
+    ("settings: [base_s]\nvariants: {A: {method: cppo}, B: {method: cppo}}\nseeds: [0]\n", [], r"same config"),
+    ("settings: [base_s]\nvariants: {A: {method: cppo, paramz: {}}}\nseeds: [0]\n", [], r"unknown key\(s\) \['paramz'\]"),
+])
+def test_bad_grid_specs_fail_before_running(tmp_path, text, overrides, match):
+    with pytest.raises(SweepError, match=match):
+        prepare(_spec_file(tmp_path, text), overrides, tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_sweep_lists_the_known_ones(tmp_path):
+    with pytest.raises(SweepError, match=r"unknown sweep 'paper_mian'; known sweeps: .*paper_main"):
+        prepare("paper_mian", [], tmp_path)
+
+
+def test_search_spec_is_not_a_grid(tmp_path):
+    with pytest.raises(SweepError, match="trh search search_cppo"):
+        prepare("search_cppo", [], tmp_path)
+
+
+@pytest.mark.parametrize("space, match", [
+    ({"setting.delta_b": {"low": 0.05, "high": 0.005}}, r"low \(0.05\) must be < high \(0.005\)"),
+    ({"setting.delta_b": {"low": 0.0, "high": 0.05, "log": True}}, r"log scale needs low > 0"),
+    ({"setting.delta_b": {"low": "a", "high": 0.05}}, r"must be numbers"),
+    ({"setting.delta_b": {"high": 0.05}}, r"needs low and high"),
+    ({"setting.w_min": {"choices": []}}, r"non-empty list"),
+])
+def test_bad_search_spaces(space, match):
+    raw = {"name": "s", "kind": "search", "setting": "smoke", "method": "cppo", "seeds": [0], "space": space}
+    with pytest.raises(SweepError, match=match):
+        parse_search(raw, {})
+
+
+def test_search_defaults_to_the_paper_space():
+    raw, _ = load_raw("search_cppo")
+    raw = {k: v for k, v in raw.items() if k != "space"}
+    spec = parse_search(raw, {})
+    assert spec.space == {"setting.delta_b": {"low": 0.005, "high": 0.05, "log": True},
+                          "setting.w_min": {"low": 0.5, "high": 1.0}}
+
+
+def test_bad_storage_url_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SweepError, match=r"--storage 'sqlite:////.*cannot be opened"):
+        open_storage(f"sqlite:///{blocker}/sub/x.db", tmp_path / "j.log")
+    with pytest.raises(SweepError, match=r"--storage .*cannot be opened"):
+        open_storage("nosuchdialect://host/db", tmp_path / "j.log")
+    with pytest.raises(SweepError, match=r"cannot be opened"):
+        open_storage(str(blocker / "journal.log"), tmp_path / "j.log")
+
+
+def test_search_cli_errors_before_any_trial(tmp_path, capsys):
+    from sweeps.cli import main
+
+    code = main(["search", "search_smoke", "--trials", "2", "--results", str(tmp_path),
+                 "--storage", f"sqlite:///{tmp_path}/no/such/dir/x.db"])
+    assert code == 2 and "cannot be opened" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert main(["search", "search_smoke", "--trials", "2", "--results", str(tmp_path), "setting=nowhere"]) == 2
+    assert "unknown setting 'nowhere'" in capsys.readouterr().err
+
+
+def _fake_slurm(tmp_path, ping_output, code):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in {"sbatch": "exit 0", "scontrol": f"echo '{ping_output}'; exit {code}"}.items():
+        path = bin_dir / tool
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def test_unreachable_slurm_controller(tmp_path, monkeypatch, capsys):
+    bin_dir = _fake_slurm(tmp_path, "Slurmctld(primary) at nohost is DOWN", 1)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(SweepError, match=r"SLURM controller is unreachable.*DOWN"):
+        check_slurm()
+    from sweeps.cli import main
+
+    assert main(["sweep", "smoke", "--executor", "slurm", "--results", str(tmp_path / "r")]) == 2
+    assert "unreachable" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "runs").exists()
+
+
+def test_missing_slurm_tools(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SweepError, match=r"sbatch/scontrol are not on PATH"):
+        check_slurm()
