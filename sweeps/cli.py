@@ -150,6 +150,20 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from analysis.report import build_report
+
+    split = lambda text: [x for x in text.split(",") if x]  # noqa: E731
+    try:
+        result = build_report(args.results_dir, args.out, split(args.format), split(args.figures))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"trh report: {err}", file=sys.stderr)
+        return 2
+    print(result["index"])
+    print(f"written to {result['out']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trh", description="trust-region-harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--results", default="results")
     se.add_argument("--no-progress", action="store_true")
     se.set_defaults(func=cmd_search)
+    rp = sub.add_parser("report", help="tables and figures from a results folder (never trains)",
+                        description="e.g. trh report results; trh report results/embedded --figures png,pdf")
+    rp.add_argument("results_dir", nargs="?", default="results", help="a results root or one sweep folder")
+    rp.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/report)")
+    rp.add_argument("--format", default="md,tex,csv", help="table formats: md, tex, csv")
+    rp.add_argument("--figures", default="png", help="figure formats: png, pdf ('' for none)")
+    rp.set_defaults(func=cmd_report)
     return parser
 
 

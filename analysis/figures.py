@@ -1,0 +1,228 @@
+"""The paper's figures from results folders (never retraining). Seeds are drawn as a mean line with a
+min–max band; colours follow the paper (CPPO blue, DPPO red, TRM-Avg gold, TRM-Max brown, CISPO
+mauve, GRPO green, MinPRO black)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .load import Results  # noqa: E402
+from .tables import display_name, paper  # noqa: E402
+
+EXTRA_COLORS = ["#9467bd", "#ff7f0e", "#17becf", "#7f7f7f", "#bcbd22", "#e377c2"]
+
+
+def colour_map(cells: pd.DataFrame) -> dict:
+    """label → colour: the first label of each method gets the paper's colour for that method, further
+    variants of the same method get spare colours."""
+    colours, used, spare = {}, set(), iter(EXTRA_COLORS * 3)
+    for label, method in cells[["label", "method"]].drop_duplicates().itertuples(index=False):
+        colour = paper()["methods"].get(method, {}).get("color")
+        colours[label] = colour if colour and colour not in used else next(spare)
+        used.add(colours[label])
+    return colours
+
+
+def _legend_name(label: str, method: str) -> str:
+    return display_name(method) if label == method else label
+
+
+def seed_curves(results: Results, group: pd.DataFrame, key: str, smooth: int = 1):
+    """(steps, mean, low, high) of ``key`` over the seeds of one (setting, label) group."""
+    series = []
+    for run_dir in group["run_dir"]:
+        frame = results.curves(run_dir)
+        if frame.empty or key not in frame:
+            continue
+        s = frame[["step", key]].dropna().set_index("step")[key]
+        if smooth > 1:
+            s = s.rolling(smooth, min_periods=1).mean()
+        series.append(s)
+    if not series:
+        return None
+    table = pd.concat(series, axis=1)
+    return table.index.to_numpy(), table.mean(axis=1).to_numpy(), table.min(axis=1).to_numpy(), table.max(axis=1).to_numpy()
+
+
+def plot_curves(ax, results: Results, cells: pd.DataFrame, key: str, colours: dict, smooth: int = 1,
+                scale: float = 1.0, labels=None):
+    labels = labels or list(dict.fromkeys(cells["label"]))
+    for label in labels:
+        group = cells[cells["label"] == label]
+        curve = seed_curves(results, group, key, smooth)
+        if curve is None:
+            continue
+        steps, mean, low, high = curve
+        colour = colours.get(label)
+        ax.plot(steps, mean * scale, color=colour, lw=1.6, label=_legend_name(label, group["method"].iloc[0]),
+                marker="o" if len(steps) <= 12 else None, ms=3)
+        if len(group) > 1:
+            ax.fill_between(steps, low * scale, high * scale, color=colour, alpha=0.15, lw=0)
+    ax.grid(alpha=0.3)
+
+
+def _t_stop_line(ax, cells):
+    t_stop = cells["t_stop"].max()
+    ax.axvline(t_stop, color="0.5", ls=":", lw=1)
+
+
+def _save(fig, out: Path, stem: str, formats) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def fig_validation(results: Results, sweep: str, settings: list[str], out: Path, stem: str, title: str,
+                   formats=("png",)) -> list[Path]:
+    """Fig. 4 (and Figs. 5–6 panels): validation headline vs step, one panel per setting."""
+    cells = results.sweep_cells(sweep)
+    settings = [s for s in settings if s in set(cells["setting"])]
+    if not settings:
+        return []
+    colours = colour_map(cells)
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        sub = cells[cells["setting"] == setting]
+        plot_curves(ax, results, sub, "headline", colours, scale=100)
+        _t_stop_line(ax, sub)
+        ax.set_title(f"{setting} ({paper()['settings'].get(setting, '—')})", fontsize=10)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("validation headline (Avg@4, %)")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return _save(fig, out, stem, formats)
+
+
+def fig_panels(results: Results, panels: list[tuple[str, str]], out: Path, stem: str, title: str,
+               formats=("png",)) -> list[Path]:
+    """Figs. 5 and 6: one panel per ablation sweep (its single setting), validation headline vs step."""
+    panels = [(s, t) for s, t in panels if results.has(s)]
+    if not panels:
+        return []
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+    for ax, (sweep, panel_title) in zip(axes[0], panels):
+        cells = results.sweep_cells(sweep)
+        plot_curves(ax, results, cells, "headline", colour_map(cells), scale=100)
+        _t_stop_line(ax, cells)
+        ax.set_title(f"{panel_title} — {cells['setting'].iloc[0]}", fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("validation headline (Avg@4, %)")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out, stem, formats)
+
+
+def fig_warmup(results: Results, sweep: str, settings: list[str], out: Path, formats=("png",)) -> list[Path]:
+    """Fig. 7: per setting (columns), CPPO's mean effective δ_b per step and the budget-mask share."""
+    cells = results.sweep_cells(sweep)
+    cells = cells[cells["method"] == "cppo"]
+    settings = [s for s in settings if s in set(cells["setting"])]
+    if not settings:
+        return []
+    fig, axes = plt.subplots(2, len(settings), figsize=(4.2 * len(settings), 5.6), squeeze=False, sharex="col")
+    colour = paper()["methods"]["cppo"]["color"]
+    for col, setting in enumerate(settings):
+        sub = cells[cells["setting"] == setting]
+        for row, (key, ylabel) in enumerate([("delta_b_mean", "mean effective δ_b"),
+                                             ("budget_mask_share", "budget-mask share")]):
+            ax = axes[row][col]
+            plot_curves(ax, results, sub, key, {label: colour for label in sub["label"]}, smooth=3)
+            ax.set_ylabel(ylabel if col == 0 else "")
+            if row == 0:
+                ax.set_title(setting, fontsize=10)
+            else:
+                ax.set_ylim(-0.02, 1.02)
+                ax.set_xlabel("step")
+    fig.suptitle("CPPO warm-up diagnostics (3-step moving average; band = seed range)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out, "fig7_warmup_diagnostics", formats)
+
+
+GRID_PANELS = [("val_a", "val_a (≈ AIME24) Avg@4, %", 100, 1), ("val_b", "val_b (≈ AIME25) Avg@4, %", 100, 1),
+               ("val_c", "val_c (≈ AIME26) Avg@4, %", 100, 1), ("train_reward", "training reward (5-step avg)", 1, 5),
+               ("response_length", "mean response length (tokens)", 1, 1),
+               ("mismatch_abs_logp", "|log π − log μ| (rollout vs training)", 1, 3)]
+
+
+def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem: str, formats=("png",)) -> list[Path]:
+    """Figs. 8–11: 2×3 per setting — the three validation splits, training reward, response length,
+    log-prob mismatch."""
+    cells = results.sweep_cells(sweep)
+    cells = cells[cells["setting"] == setting]
+    if cells.empty:
+        return []
+    colours = colour_map(results.sweep_cells(sweep))
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.2))
+    for ax, (key, ylabel, scale, smooth) in zip(axes.flat, GRID_PANELS):
+        plot_curves(ax, results, cells, key, colours, smooth=smooth, scale=scale)
+        ax.set_title(ylabel, fontsize=9)
+        ax.set_xlabel("step")
+    _legend_below(fig, axes[1][0], ncol=7)
+    fig.suptitle(f"{setting} (stands in for Qwen3-{paper()['settings'].get(setting, '?')})", fontsize=11)
+    return _save(fig, out, stem, formats)
+
+
+def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> list[Path]:
+    """Fig. 2: |π(y_t) − μ(y_t)| of the sampled token by position bin (mean, top-10% tail), pooled over
+    eval steps after step 0, and the position-weighted threshold δ/w_t against position."""
+    from harness.store import RunStore
+    from harness.task import response_length
+
+    cells = results.sweep_cells(sweep)
+    if cells.empty:
+        return []
+    colours = colour_map(cells)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for label, group in cells.groupby("label", sort=False):
+        rows = [r for run_dir in group["run_dir"] for r in RunStore(run_dir).read("diagnostics.jsonl")]
+        if not rows:
+            continue
+        centres = (np.array(rows[0]["bin_start"]) + np.array(rows[0]["bin_end"])) / 2
+        for ax, key in zip(axes[:2], ("mean_dev", "top10_dev")):
+            values = np.array([[np.nan if v is None else v for v in r[key]] for r in rows], dtype=float)
+            ax.plot(centres, np.nanmean(values, 0), marker="o", color=colours[label],
+                    label=_legend_name(label, group["method"].iloc[0]))
+            ax.fill_between(centres, np.nanmin(values, 0), np.nanmax(values, 0), color=colours[label], alpha=0.12)
+    axes[0].set_title("mean |π(y_t) − μ(y_t)| per position bin", fontsize=10)
+    axes[1].set_title("top-10% |π(y_t) − μ(y_t)| per position bin", fontsize=10)
+    for ax in axes[:2]:
+        ax.set_xlabel("response position")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    import yaml
+    cfg = yaml.safe_load((Path(cells["run_dir"].iloc[0]) / "config.yaml").read_text())
+    delta, w_min = cfg["setting"]["delta"], cfg["setting"]["w_min"]
+    horizon = response_length(cfg["task"]["digits"])
+    t = np.arange(1, horizon + 1)
+    w = 1 - (1 - w_min) * (t - 1) / max(horizon - 1, 1)
+    axes[2].plot(t, delta / w, color=paper()["methods"]["cppo"]["color"])
+    axes[2].axhline(delta, color="0.5", ls=":", lw=1)
+    axes[2].set_title(f"token threshold δ/w_t (δ = {delta}, w_min = {w_min}, T = {horizon})", fontsize=10)
+    axes[2].set_xlabel("response position t")
+    axes[2].grid(alpha=0.3)
+    fig.suptitle(f"Position diagnostic ({cells['setting'].iloc[0]}; pooled over eval steps, band = range)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out, "fig2_position_diagnostic", formats)
+
+
+def _legend_below(fig, ax, ncol: int = 4):
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), fontsize=8,
+                   bbox_to_anchor=(0.5, 0.0), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))

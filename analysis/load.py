@@ -1,0 +1,84 @@
+"""Results folders → pandas. Reads what ``trh sweep`` wrote (``sweeps/<name>/manifest.json`` and the
+run folders it names) through harness.store; a root without manifests is read run folder by run
+folder (each run its own label)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from harness.store import RunStore
+
+from .cells import cell_row
+
+
+@dataclass
+class Results:
+    root: Path
+    cells: pd.DataFrame          # one row per (sweep, cell): labels, verdict, matched-window score
+    sweeps: dict                 # sweep name → manifest
+    _curves: dict = field(default_factory=dict)
+
+    def sweep_cells(self, name: str) -> pd.DataFrame:
+        return self.cells[self.cells["sweep"] == name]
+
+    def has(self, name: str) -> bool:
+        return name in self.sweeps and not self.sweep_cells(name).empty
+
+    def curves(self, run_dir: str, name: str = "metrics.jsonl") -> pd.DataFrame:
+        key = (run_dir, name)
+        if key not in self._curves:
+            self._curves[key] = pd.DataFrame(RunStore(run_dir).read(name))
+        return self._curves[key]
+
+
+def _resolve_run_dir(root: Path, run_dir: str) -> Path:
+    path = Path(run_dir)
+    return path if path.is_absolute() else root / path
+
+
+def load_results(root) -> Results:
+    """A results root (``results/``: every sweep under it) or one sweep folder (``results/sweeps/x``)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"results folder {root} does not exist")
+    if (root / "manifest.json").exists():  # one sweep folder: cells are relative to the results root
+        manifests = {root.name: root / "manifest.json"}
+        base = root.parent.parent
+    else:
+        manifests = {p.parent.name: p for p in sorted((root / "sweeps").glob("*/manifest.json"))}
+        base = root
+    rows, sweeps = [], {}
+    for name, path in manifests.items():
+        manifest = json.loads(path.read_text())
+        sweeps[name] = manifest
+        for cell in manifest["cells"]:
+            rows.append(_row(base, cell, name, manifest.get("feeds", "")))
+    if not manifests:  # plain run folders (trh train, Hydra multirun)
+        for config in sorted((root / "runs").glob("*/config.yaml")) + sorted(root.glob("*/config.yaml")):
+            cfg = yaml.safe_load(config.read_text())
+            cell = {"id": config.parent.name.rsplit("-", 1)[-1], "setting": cfg["setting"]["name"],
+                    "label": cfg["method"]["name"], "method": cfg["method"]["name"], "seed": cfg["seed"],
+                    "t_stop": cfg["setting"]["t_stop"], "run_dir": str(config.parent)}
+            rows.append(_row(base, cell, "runs", ""))
+    cells = pd.DataFrame(rows)
+    if cells.empty:
+        raise FileNotFoundError(f"{root} holds no sweep manifests (sweeps/*/manifest.json) and no run folders")
+    return Results(root=root, cells=cells, sweeps=sweeps)
+
+
+def _row(base: Path, cell: dict, sweep: str, feeds: str) -> dict:
+    run_dir = _resolve_run_dir(base, cell["run_dir"])
+    store = RunStore(run_dir)
+    status = store.read_status()
+    if status is not None and status.get("config_hash") not in (None, cell["id"]):
+        status = None  # a folder of another config: not this cell's result
+    score = cell_row(status, store.read() if status else [], cell["t_stop"])
+    if status and status.get("state") == "running" and not store.in_use():
+        score["verdict"] = "interrupted"
+    return {"sweep": sweep, "feeds": feeds, "setting": cell["setting"], "label": cell["label"],
+            "method": cell["method"], "seed": cell["seed"], "id": cell["id"], "run_dir": str(run_dir), **score}

@@ -1,0 +1,182 @@
+"""The paper's tables from results: Table 1 (matched-window best, mean ± std over seeds, best bold and
+second underlined, collapses marked), Table 4 (per validation split at the best step), the per-cell
+provenance table, and the paper's Table 1 beside ours with each column's method ranking."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+SPLITS = ("val_a", "val_b", "val_c")
+
+
+@lru_cache(maxsize=1)
+def paper() -> dict:
+    return yaml.safe_load((Path(__file__).parent / "paper.yaml").read_text())
+
+
+def display_name(method: str) -> str:
+    return paper()["methods"].get(method, {}).get("name", method)
+
+
+def _collapse_note(group: pd.DataFrame) -> str | None:
+    collapsed = group[group["state"] == "collapsed"]
+    if collapsed.empty:
+        return None
+    steps = sorted(int(s) for s in collapsed["collapse_step"].dropna())
+    where = f"step {steps[0]}" if len(set(steps)) == 1 else f"steps {', '.join(map(str, steps))}"
+    return f"collapse ({where})"
+
+
+def aggregate(cells: pd.DataFrame, row_key: str = "label") -> pd.DataFrame:
+    """One row per (row_key, setting): the matched-window best over seeds, and what is missing."""
+    out = []
+    for (key, setting), group in cells.groupby([row_key, "setting"], sort=False):
+        scored = group[group["state"].isin(["done", "collapsed"])]
+        values = scored["best_headline"].dropna().astype(float)
+        out.append({row_key: key, "method": group["method"].iloc[0], "setting": setting,
+                    "seeds": len(group), "finished": len(scored), "mean": values.mean() if len(values) else None,
+                    "std": values.std(ddof=1) if len(values) > 1 else (0.0 if len(values) == 1 else None),
+                    "collapsed": int((group["state"] == "collapsed").sum()), "collapse": _collapse_note(group),
+                    "failed": int((group["state"] == "failed").sum()),
+                    "unfinished": int((~group["state"].isin(["done", "collapsed", "failed"])).sum()),
+                    "best_step_median": scored["best_step"].median() if len(scored) else None})
+    return pd.DataFrame(out)
+
+
+def rank_column(agg: pd.DataFrame) -> pd.Series:
+    """1 = best mean, 2 = second, …; entries with a collapsed seed or no finished seed are not ranked
+    (the paper prints them as 'collapse (step N)')."""
+    eligible = agg["mean"].notna() & (agg["collapsed"] == 0)
+    ranks = agg.loc[eligible, "mean"].rank(ascending=False, method="min")
+    return ranks.reindex(agg.index)
+
+
+def table1(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label",
+           scale: float = 100.0) -> pd.DataFrame:
+    """Long form: one row per (row, setting) with mean, std, rank and the cell text (no markup)."""
+    agg = aggregate(cells, row_key)
+    agg = agg[agg["setting"].isin(settings) & agg[row_key].isin(rows)].copy()
+    agg["rank"] = None
+    for setting in settings:
+        idx = agg["setting"] == setting
+        agg.loc[idx, "rank"] = rank_column(agg[idx])
+    agg["text"] = [_cell_text(r, scale) for r in agg.to_dict("records")]
+    return agg
+
+
+def _cell_text(r: dict, scale: float) -> str:
+    if r["mean"] is None or pd.isna(r["mean"]):
+        if r["failed"]:
+            return f"failed ({r['failed']}/{r['seeds']})"
+        return "missing" if not r["unfinished"] else f"running ({r['unfinished']}/{r['seeds']})"
+    text = f"{r['mean'] * scale:.1f} ± {r['std'] * scale:.1f}" if r["finished"] > 1 else f"{r['mean'] * scale:.1f}"
+    if r["collapsed"]:
+        text = r["collapse"] if r["collapsed"] == r["seeds"] else f"{text}, {r['collapse']} in {r['collapsed']}/{r['seeds']}"
+    missing = r["seeds"] - r["finished"]
+    if missing and r["collapsed"] != r["seeds"]:
+        text += f" ({r['finished']}/{r['seeds']} seeds)"
+    return text
+
+
+def pivot(long: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label",
+          markup: str | None = None) -> pd.DataFrame:
+    """Rows × settings of cell text; ``markup`` 'md' or 'tex' bolds rank 1 and underlines rank 2."""
+    def mark(r):
+        text = r["text"]
+        if markup == "md":
+            text = text.replace("|", "\\|")
+            return f"**{text}**" if r["rank"] == 1 else f"<u>{text}</u>" if r["rank"] == 2 else text
+        if markup == "tex":
+            text = text.replace("±", "$\\pm$").replace("&", "\\&").replace("%", "\\%")
+            return f"\\textbf{{{text}}}" if r["rank"] == 1 else f"\\underline{{{text}}}" if r["rank"] == 2 else text
+        return text
+    frame = long.assign(shown=long.apply(mark, axis=1)).pivot(index=row_key, columns="setting", values="shown")
+    frame = frame.reindex(index=[r for r in rows if r in frame.index], columns=[s for s in settings if s in frame.columns])
+    return frame.fillna("missing")
+
+
+def table4(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label",
+           scale: float = 100.0) -> pd.DataFrame:
+    """Per validation split at each cell's best step, mean over finished seeds (Table 4)."""
+    scored = cells[cells["state"].isin(["done", "collapsed"]) & cells["setting"].isin(settings)
+                   & cells[row_key].isin(rows)]
+    columns = {f"best_{s}": s for s in SPLITS} | {"best_headline": "headline"}
+    agg = scored.groupby(["setting", row_key], sort=False)[list(columns)].mean() * scale
+    agg = agg.rename(columns=columns).reset_index()
+    agg["setting"] = pd.Categorical(agg["setting"], settings, ordered=True)
+    agg[row_key] = pd.Categorical(agg[row_key], rows, ordered=True)
+    return agg.sort_values(["setting", row_key]).reset_index(drop=True)
+
+
+def provenance(cells: pd.DataFrame) -> pd.DataFrame:
+    keep = ["sweep", "setting", "label", "method", "seed", "id", "steps_run", "t_stop", "verdict", "best_step",
+            "best_headline", "run_dir"]
+    return cells[keep].rename(columns={"id": "config_hash"}).reset_index(drop=True)
+
+
+def paper_vs_ours(long: pd.DataFrame, row_key: str = "method") -> pd.DataFrame:
+    """Per paper column: the paper's value and rank beside ours (same method order), plus Kendall's τ
+    between the two rankings of each column (over methods ranked in both)."""
+    ref = paper()
+    names = {m: ref["methods"][m]["name"] for m in ref["table1_methods"]}
+    out = []
+    for setting, column in ref["settings"].items():
+        col_idx = ref["table1"]["columns"].index(column)
+        paper_vals = {name: vals[col_idx] for name, vals in ref["table1"]["rows"].items()}
+        numeric = {k: v for k, v in paper_vals.items() if isinstance(v, (int, float))}
+        paper_rank = pd.Series(numeric).rank(ascending=False, method="min")
+        ours = long[long["setting"] == setting].set_index(row_key)
+        for method, name in names.items():
+            row = ours.loc[method] if method in ours.index else None
+            out.append({"paper_setting": column, "setting": setting, "method": name,
+                        "paper": paper_vals.get(name), "paper_rank": paper_rank.get(name),
+                        "ours": None if row is None else row["text"],
+                        "ours_rank": None if row is None else row["rank"]})
+    frame = pd.DataFrame(out)
+    frame["paper_rank"] = pd.to_numeric(frame["paper_rank"]).astype("Int64")
+    frame["ours_rank"] = pd.to_numeric(frame["ours_rank"]).astype("Int64")
+    taus = {}
+    for setting, group in frame.groupby("setting", sort=False):
+        both = group.dropna(subset=["paper_rank", "ours_rank"])
+        taus[setting] = (both["paper_rank"].astype(float).corr(both["ours_rank"].astype(float), method="kendall")
+                         if len(both) >= 3 else None)
+    frame["kendall_tau"] = frame["setting"].map(taus)
+    return frame
+
+
+# --- writers ---------------------------------------------------------------------------------------
+def to_markdown(frame: pd.DataFrame, index: bool = True) -> str:
+    frame = frame.reset_index() if index else frame
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def to_latex(frame: pd.DataFrame, caption: str, label: str, index: bool = True) -> str:
+    """A booktabs table (needs \\usepackage{booktabs})."""
+    frame = frame.reset_index() if index else frame
+    spec = "l" * len(frame.columns)
+    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{caption}}}", f"\\label{{{label}}}",
+             f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+             " & ".join(_tex_escape(str(c)) for c in frame.columns) + " \\\\", "\\midrule"]
+    for row in frame.itertuples(index=False):
+        lines.append(" & ".join(_fmt(v) if isinstance(v, str) and "\\" in v else _tex_escape(_fmt(v)) for v in row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    return text.replace("_", "\\_").replace("&", "\\&").replace("%", "\\%").replace("±", "$\\pm$")
+
+
+def _fmt(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)

@@ -1,0 +1,163 @@
+"""trh report on synthetic results folders with known answers."""
+
+import json
+import struct
+
+import pandas as pd
+import pytest
+
+from analysis.figures import seed_curves
+from analysis.load import load_results
+from analysis.report import build_report
+from analysis.tables import aggregate, paper_vs_ours, pivot, table1
+
+T_STOP = 40
+
+
+def _write_cell(root, setting, method, seed, headlines, state="done", collapse_step=None, steps=None):
+    """A run folder with eval rows every 10 steps; headline h gives val_a/b/c = h+0.1, h, h−0.1."""
+    cell_id = f"{setting}{method}{seed}".ljust(12, "x")[:12]
+    run_dir = root / "runs" / f"{setting}-{method}-s{seed}-{cell_id}"
+    run_dir.mkdir(parents=True)
+    rows = []
+    for i, h in enumerate(headlines):
+        rows.append({"step": 10 * i, "headline": h, "val_a": h + 0.1, "val_b": h, "val_c": h - 0.1,
+                     "train_reward": h, "response_length": 30.0, "mismatch_abs_logp": 0.01,
+                     "delta_b_mean": 0.002, "budget_mask_share": 0.5})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    status = {"state": state, "config_hash": cell_id, "step": rows[-1]["step"] if rows else 0}
+    if collapse_step:
+        status["collapse_step"] = collapse_step
+    if state == "failed":
+        status["reason"] = "RuntimeError: boom"
+    (run_dir / "status.json").write_text(json.dumps(status))
+    (run_dir / "config.yaml").write_text(f"setting: {{name: {setting}, t_stop: {T_STOP}, delta: 0.01, w_min: 0.8}}\n"
+                                         f"method: {{name: {method}}}\nseed: {seed}\ntask: {{digits: 3}}\n")
+    return {"id": cell_id, "setting": setting, "label": method, "method": method, "seed": seed, "t_stop": T_STOP,
+            "run_dir": str(run_dir.relative_to(root)), "overrides": []}
+
+
+@pytest.fixture
+def results_root(tmp_path):
+    root = tmp_path / "results"
+    cells = [
+        # base_s: cppo best (0.8 ± 0.1 → 80.0 ± 14.1), dppo second (0.7, 0.7), grpo third; steps past T_stop ignored
+        _write_cell(root, "base_s", "cppo", 0, [0.5, 0.7, 0.9, 0.6, 0.6, 0.99]),
+        _write_cell(root, "base_s", "cppo", 1, [0.5, 0.7, 0.6, 0.7, 0.6]),
+        _write_cell(root, "base_s", "dppo", 0, [0.5, 0.7, 0.7, 0.6]),
+        _write_cell(root, "base_s", "dppo", 1, [0.5, 0.6, 0.7]),
+        _write_cell(root, "base_s", "grpo", 0, [0.5, 0.6]),
+        _write_cell(root, "base_s", "grpo", 1, [0.5, 0.55]),
+        # long_s: cispo collapses in both seeds (steps 20 and 30), grpo in one seed, cppo has a running seed
+        _write_cell(root, "long_s", "cispo", 0, [0.4, 0.95, 0.0], "collapsed", 20),
+        _write_cell(root, "long_s", "cispo", 1, [0.4, 0.5, 0.6, 0.0], "collapsed", 30),
+        _write_cell(root, "long_s", "grpo", 0, [0.4, 0.9, 0.01], "collapsed", 20),
+        _write_cell(root, "long_s", "grpo", 1, [0.4, 0.5]),
+        _write_cell(root, "long_s", "cppo", 0, [0.4, 0.6]),
+        _write_cell(root, "long_s", "cppo", 1, [0.4], "running"),
+        _write_cell(root, "long_s", "dppo", 0, [0.4], "failed"),
+    ]
+    missing = {"id": "missingcell0", "setting": "long_s", "label": "dppo", "method": "dppo", "seed": 1,
+               "t_stop": T_STOP, "run_dir": "runs/long_s-dppo-s1-missingcell0", "overrides": []}
+    manifest = {"sweep": "paper_main", "feeds": "Table 1", "cells": cells + [missing]}
+    (root / "sweeps" / "paper_main").mkdir(parents=True)
+    (root / "sweeps" / "paper_main" / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_load_reads_manifest_and_scores_cells(results_root):
+    res = load_results(results_root)
+    cells = res.cells.set_index(["setting", "label", "seed"])
+    assert len(cells) == 14
+    assert cells.loc[("base_s", "cppo", 0), "best_headline"] == 0.9  # 0.99 at step 50 > T_stop
+    assert cells.loc[("base_s", "cppo", 0), "best_step"] == 20
+    assert cells.loc[("base_s", "dppo", 0), "best_step"] == 10  # ties → earlier step
+    assert cells.loc[("long_s", "cispo", 0), "verdict"] == "collapse (step 20)"
+    assert cells.loc[("long_s", "dppo", 1), "verdict"] == "missing"
+    assert cells.loc[("long_s", "dppo", 0), "verdict"] == "failed"
+    assert cells.loc[("long_s", "cppo", 1), "verdict"] == "interrupted"  # running, but nobody holds it
+    # one sweep folder reads the same cells
+    assert len(load_results(results_root / "sweeps" / "paper_main").cells) == 14
+
+
+def test_table1_marks_best_second_collapse_and_missing_seeds(results_root):
+    cells = load_results(results_root).cells
+    long = table1(cells, ["base_s", "long_s"], ["grpo", "cispo", "dppo", "cppo"])
+    agg = long.set_index(["label", "setting"])
+    assert agg.loc[("cppo", "base_s"), "mean"] == pytest.approx(0.8)
+    assert agg.loc[("cppo", "base_s"), "std"] == pytest.approx(0.1414213, rel=1e-5)
+    assert agg.loc[("cppo", "base_s"), "text"] == "80.0 ± 14.1"
+    assert agg.loc[("dppo", "base_s"), "text"] == "70.0 ± 0.0"
+    assert agg.loc[("cispo", "long_s"), "text"] == "collapse (steps 20, 30)"
+    assert agg.loc[("grpo", "long_s"), "text"] == "70.0 ± 28.3, collapse (step 20) in 1/2"
+    assert agg.loc[("cppo", "long_s"), "text"] == "60.0 (1/2 seeds)"
+    assert agg.loc[("dppo", "long_s"), "text"] == "failed (1/2)"
+    md = pivot(long, ["base_s", "long_s"], ["grpo", "cispo", "dppo", "cppo"], markup="md")
+    assert md.loc["cppo", "base_s"] == "**80.0 ± 14.1**" and md.loc["dppo", "base_s"] == "<u>70.0 ± 0.0</u>"
+    assert md.loc["grpo", "base_s"] == "57.5 ± 3.5"
+    # long_s: only cppo is ranked (cispo/grpo collapsed, dppo failed)
+    assert md.loc["cppo", "long_s"] == "**60.0 (1/2 seeds)**"
+    assert not md.loc["grpo", "long_s"].startswith(("**", "<u>"))
+    tex = pivot(long, ["base_s"], ["cppo", "dppo"], markup="tex")
+    assert tex.loc["cppo", "base_s"] == "\\textbf{80.0 $\\pm$ 14.1}"
+    assert tex.loc["dppo", "base_s"] == "\\underline{70.0 $\\pm$ 0.0}"
+
+
+def test_report_files(results_root, tmp_path):
+    out = tmp_path / "report"
+    result = build_report(results_root, out, ("md", "tex", "csv"), ("png",))
+    table1_md = (out / "table1.md").read_text()
+    assert "| CPPO | **80.0 ± 14.1** | **60.0 (1/2 seeds)** |" in table1_md
+    assert "| CISPO | missing | collapse (steps 20, 30) |" in table1_md
+    tex = (out / "table1.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "CPPO & \\textbf{80.0 $\\pm$ 14.1}" in tex
+    csv = pd.read_csv(out / "table1.csv")
+    assert set(csv.columns) >= {"label", "setting", "mean", "std", "rank", "collapsed"}
+    t4 = pd.read_csv(out / "table4.csv").set_index(["setting", "label"])
+    # per split at each seed's best step (seed 0 at step 20: 1.0/0.9/0.8; seed 1 at 10: 0.8/0.7/0.6)
+    assert t4.loc[("base_s", "CPPO"), ["val_a", "val_b", "val_c"]].tolist() == pytest.approx([90.0, 80.0, 70.0])
+    prov = pd.read_csv(out / "provenance.csv")
+    assert len(prov) == 14 and set(prov["verdict"]) >= {"done", "missing", "failed", "interrupted",
+                                                          "collapse (step 20)"}
+    index = (out / "report.md").read_text()
+    assert "missing" in index and "failed" in index and "interrupted" in index
+    assert "long_s | dppo | 1 | missingcell0 | missing" in index
+    assert "fig5: sweeps ablation_mechanism/ordering/gate not in this results folder" in index
+    versus = pd.read_csv(out / "paper_vs_ours.csv")
+    row = versus[(versus["setting"] == "base_s") & (versus["method"] == "CPPO")].iloc[0]
+    assert row["paper"] == "12.78" and row["paper_rank"] == 1 and row["ours_rank"] == 1
+    for name in ("fig4_validation_curves", "fig7_warmup_diagnostics", "fig9_base_s", "fig11_long_s"):
+        data = (out / f"{name}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 400 and height > 300
+    assert set(result["figures"]["written"]) >= {"fig4", "fig7", "fig9_base_s", "fig11_long_s"}
+
+
+def test_seed_band_is_mean_and_range(results_root):
+    res = load_results(results_root)
+    group = res.cells[(res.cells["setting"] == "base_s") & (res.cells["label"] == "dppo")]
+    steps, mean, low, high = seed_curves(res, group, "headline")
+    assert list(steps) == [0, 10, 20, 30]
+    assert mean[:3] == pytest.approx([0.5, 0.65, 0.7]) and low[1] == 0.6 and high[1] == 0.7
+    assert mean[3] == pytest.approx(0.6)  # only seed 0 reached step 30
+
+
+def test_paper_vs_ours_kendall(results_root):
+    cells = load_results(results_root).cells
+    long = table1(cells, ["base_s"], ["grpo", "dppo", "cppo"], row_key="method")
+    versus = paper_vs_ours(long).query("setting == 'base_s'").set_index("method")
+    # paper order on 1.7B-Base: CPPO 12.78 > DPPO 10.90 > GRPO 8.89; ours 80 > 70 > 57.5 → τ = 1
+    assert versus.loc["CPPO", "ours_rank"] == 1 and versus.loc["GRPO", "ours_rank"] == 3
+    assert versus["kendall_tau"].iloc[0] == pytest.approx(1.0)
+    assert aggregate(cells).query("label == 'grpo' and setting == 'long_s'")["collapsed"].item() == 1
+
+
+def test_report_errors(tmp_path, capsys):
+    from sweeps.cli import main
+
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "holds no sweep manifests" in capsys.readouterr().err
