@@ -226,3 +226,39 @@ def _legend_below(fig, ax, ncol: int = 4):
         fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), fontsize=8,
                    bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+
+
+def fig_prefix_schematic(record: dict, out: Path, formats=("png",)) -> list[Path]:
+    """Fig. 3 from a real batch (scripts/fig3_batch.py): bars w_t·D_t coloured by which constraint
+    masked the token, the token threshold δ, the prefix-adjusted threshold δ + δ_b W_{t−1} − S_{t−1},
+    and the effective threshold c_t (symmetric-log y axis: the prefix threshold goes far below 0)."""
+    z = np.array(record["weighted_divergence"])
+    t = np.arange(1, len(z) + 1)
+    delta, mask = record["delta"], np.array(record["mask"])
+    token_masked = (mask < 1) & (z > delta)
+    budget_masked = (mask < 1) & ~token_masked
+    colours = np.where(token_masked, "#d62728", np.where(budget_masked, "#ff7f0e", "#1f77b4"))
+    fig, ax = plt.subplots(figsize=(max(8, 0.32 * len(z)), 4.4))
+    ax.bar(t, z, color=colours, width=0.8)
+    ax.axhline(delta, color="k", ls="--", lw=1, label=f"token threshold δ = {delta}")
+    ax.plot(t, record["prefix_threshold"], color="#9467bd", lw=1.4, label="prefix-adjusted δ + δ_b·W_{t−1} − S_{t−1}")
+    ax.step(t, record["threshold"], where="mid", color="#2ca02c", lw=1.6, label="effective threshold c_t")
+    ax.set_yscale("symlog", linthresh=delta / 2)
+    ax.axhline(0, color="0.6", lw=0.6)
+    if record.get("tokens"):
+        labels = list(record["tokens"])[: len(t)]
+        labels += ["∎"] * (len(t) - len(labels))  # (the end token decodes to nothing)
+        ax.set_xticks(t)
+        ax.set_xticklabels(labels, fontsize=8, family="monospace")
+    from matplotlib.patches import Patch
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color="#1f77b4", label="w_t·D_t kept"), Patch(color="#d62728", label="masked by the token test"),
+                Patch(color="#ff7f0e", label="masked by the prefix budget only")]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_xlabel("response token")
+    ax.set_ylabel("w_t·D_t and thresholds (symlog)")
+    ax.set_title(f"CPPO prefix constraint on one real response ({record['setting']}, step {record['step']}, "
+                 f"update {record['update'] + 1}; δ_b = {record['delta_b']:.4f}; toward-μ tokens are never masked)",
+                 fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out, "fig3_prefix_constraint", formats)

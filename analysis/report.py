@@ -129,6 +129,12 @@ def write_figures(results, out: Path, formats=("png",)) -> dict:
         "sweeps ablation_mechanism/ordering/gate not in this results folder")
     add("fig6", F.fig_panels(results, FIG6, out, "fig6_ablations_base", "Fig. 6 — sensitivity and divergences (base)",
                              formats), "sweeps sensitivity/divergence_* not in this results folder")
+    batch_file = Path(results.root) / "fig3_batch.json"
+    if batch_file.exists():
+        import json
+        add("fig3", F.fig_prefix_schematic(json.loads(batch_file.read_text()), out, formats), "empty batch file")
+    else:
+        notes.append(f"fig3: no {batch_file.name} (python scripts/fig3_batch.py --out {batch_file})")
     if results.has("position_diagnostics"):
         add("fig2", F.fig_position(results, "position_diagnostics", out, formats), "no diagnostics recorded")
     else:
