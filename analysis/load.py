@@ -78,7 +78,12 @@ def _row(base: Path, cell: dict, sweep: str, feeds: str) -> dict:
     if status is not None and status.get("config_hash") not in (None, cell["id"]):
         status = None  # a folder of another config: not this cell's result
     score = cell_row(status, store.read() if status else [], cell["t_stop"])
-    if status and status.get("state") == "running" and not store.in_use():
+    busy = store.in_use()
+    if status is None and busy:
+        score["verdict"] = score["state"] = "running"  # (still in its warm-up: no status yet)
+    elif status is None and (run_dir / "config.yaml").exists():
+        score["verdict"] = score["state"] = "not started"  # submitted (config snapshotted), never ran
+    elif status and status.get("state") == "running" and not busy:
         score["verdict"] = "interrupted"
     return {"sweep": sweep, "feeds": feeds, "setting": cell["setting"], "label": cell["label"],
             "method": cell["method"], "seed": cell["seed"], "id": cell["id"], "run_dir": str(run_dir), **score}

@@ -86,6 +86,15 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS) -> dict:
             prov.to_csv(path, index=False)
         written.setdefault("provenance", []).append(path)
 
+    noise = T.seed_noise(long, reference=next((r for r in rows if r == "cppo"), rows[0]))
+    if not noise.empty:
+        scaled = noise.assign(diff=noise["diff"] * 100, se=noise["se"] * 100)
+        (out / "seed_noise.md").write_text(
+            "CPPO (or the first row) against each method per setting: difference of mean best headlines "
+            "(points of Avg@4 %), its standard error over seeds, and whether |diff| > 2·SE.\n\n"
+            + T.to_markdown(scaled, index=False))
+        scaled.to_csv(out / "seed_noise.csv", index=False)
+        written["seed_noise"] = [out / "seed_noise.md", out / "seed_noise.csv"]
     if any(s in T.paper()["settings"] for s in settings):
         versus = T.paper_vs_ours(T.table1(cells, settings, rows, row_key="method"), row_key="method")
         (out / "paper_vs_ours.csv").write_text(versus.to_csv(index=False))

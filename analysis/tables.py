@@ -72,7 +72,7 @@ def _cell_text(r: dict, scale: float) -> str:
     if r["mean"] is None or pd.isna(r["mean"]):
         if r["failed"]:
             return f"failed ({r['failed']}/{r['seeds']})"
-        return "missing" if not r["unfinished"] else f"running ({r['unfinished']}/{r['seeds']})"
+        return "missing" if not r["unfinished"] else f"unfinished ({r['unfinished']}/{r['seeds']})"
     text = f"{r['mean'] * scale:.1f} ± {r['std'] * scale:.1f}" if r["finished"] > 1 else f"{r['mean'] * scale:.1f}"
     if r["collapsed"]:
         text = r["collapse"] if r["collapsed"] == r["seeds"] else f"{text}, {r['collapse']} in {r['collapsed']}/{r['seeds']}"
@@ -180,3 +180,26 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
+
+
+def seed_noise(long: pd.DataFrame, row_key: str = "label", reference: str = "cppo") -> pd.DataFrame:
+    """Per setting, each row against ``reference``: the difference of mean best headlines and its
+    standard error sqrt(s1²/n1 + s2²/n2) over seeds; |diff| > 2·SE is called beyond seed noise
+    (a rough two-sided 95% rule; with 3 seeds per side it is optimistic, so read it as a screen)."""
+    out = []
+    for setting, group in long.groupby("setting", sort=False):
+        ref = group[group[row_key] == reference]
+        if ref.empty or pd.isna(ref["mean"].iloc[0]):
+            continue
+        r = ref.iloc[0]
+        for _, row in group.iterrows():
+            if row[row_key] == reference or pd.isna(row["mean"]):
+                continue
+            se = ((r["std"] or 0) ** 2 / max(r["finished"], 1) + (row["std"] or 0) ** 2 / max(row["finished"], 1)) ** 0.5
+            diff = r["mean"] - row["mean"]
+            out.append({"setting": setting, "reference": reference, "other": row[row_key], "diff": diff, "se": se,
+                        "seeds": f"{r['finished']} vs {row['finished']}",
+                        "beyond_noise": (bool(abs(diff) > 2 * se) if min(r["finished"], row["finished"]) >= 2
+                                         else None),  # one seed has no noise estimate
+                        "other_collapsed": int(row["collapsed"])})
+    return pd.DataFrame(out)

@@ -144,6 +144,8 @@ def cell_states(name: str, overrides=(), results_root="results") -> list[dict]:
         busy = store.in_use()
         if status is None and busy:
             row["verdict"] = "running"  # (still in its warm-up: no status yet)
+        elif status is None and (cell.run_dir / "config.yaml").exists():
+            row["verdict"] = "not started"  # submitted (config snapshotted), never ran
         elif status and status.get("state") == "running" and not busy:
             row["verdict"] = "interrupted"  # no process holds it: the next sweep resumes it
         rows.append({"setting": cell.setting, "label": cell.label, "seed": cell.seed, "id": cell.id, **row})

@@ -59,7 +59,10 @@ def results_root(tmp_path):
     ]
     missing = {"id": "missingcell0", "setting": "long_s", "label": "dppo", "method": "dppo", "seed": 1,
                "t_stop": T_STOP, "run_dir": "runs/long_s-dppo-s1-missingcell0", "overrides": []}
-    manifest = {"sweep": "paper_main", "feeds": "Table 1", "cells": cells + [missing]}
+    queued = _write_cell(root, "long_s", "trm_max", 0, [])
+    for name in ("status.json", "metrics.jsonl"):  # submitted (config snapshotted), never started
+        (root / queued["run_dir"] / name).unlink()
+    manifest = {"sweep": "paper_main", "feeds": "Table 1", "cells": cells + [missing, queued]}
     (root / "sweeps" / "paper_main").mkdir(parents=True)
     (root / "sweeps" / "paper_main" / "manifest.json").write_text(json.dumps(manifest))
     return root
@@ -68,7 +71,8 @@ def results_root(tmp_path):
 def test_load_reads_manifest_and_scores_cells(results_root):
     res = load_results(results_root)
     cells = res.cells.set_index(["setting", "label", "seed"])
-    assert len(cells) == 14
+    assert len(cells) == 15
+    assert cells.loc[("long_s", "trm_max", 0), "verdict"] == "not started"
     assert cells.loc[("base_s", "cppo", 0), "best_headline"] == 0.9  # 0.99 at step 50 > T_stop
     assert cells.loc[("base_s", "cppo", 0), "best_step"] == 20
     assert cells.loc[("base_s", "dppo", 0), "best_step"] == 10  # ties → earlier step
@@ -77,7 +81,7 @@ def test_load_reads_manifest_and_scores_cells(results_root):
     assert cells.loc[("long_s", "dppo", 0), "verdict"] == "failed"
     assert cells.loc[("long_s", "cppo", 1), "verdict"] == "interrupted"  # running, but nobody holds it
     # one sweep folder reads the same cells
-    assert len(load_results(results_root / "sweeps" / "paper_main").cells) == 14
+    assert len(load_results(results_root / "sweeps" / "paper_main").cells) == 15
 
 
 def test_table1_marks_best_second_collapse_and_missing_seeds(results_root):
@@ -92,6 +96,8 @@ def test_table1_marks_best_second_collapse_and_missing_seeds(results_root):
     assert agg.loc[("grpo", "long_s"), "text"] == "70.0 ± 28.3, collapse (step 20) in 1/2"
     assert agg.loc[("cppo", "long_s"), "text"] == "60.0 (1/2 seeds)"
     assert agg.loc[("dppo", "long_s"), "text"] == "failed (1/2)"
+    long2 = table1(cells, ["long_s"], ["trm_max"])
+    assert long2["text"].tolist() == ["unfinished (1/1)"]
     md = pivot(long, ["base_s", "long_s"], ["grpo", "cispo", "dppo", "cppo"], markup="md")
     assert md.loc["cppo", "base_s"] == "**80.0 ± 14.1**" and md.loc["dppo", "base_s"] == "<u>70.0 ± 0.0</u>"
     assert md.loc["grpo", "base_s"] == "57.5 ± 3.5"
@@ -117,7 +123,7 @@ def test_report_files(results_root, tmp_path):
     # per split at each seed's best step (seed 0 at step 20: 1.0/0.9/0.8; seed 1 at 10: 0.8/0.7/0.6)
     assert t4.loc[("base_s", "CPPO"), ["val_a", "val_b", "val_c"]].tolist() == pytest.approx([90.0, 80.0, 70.0])
     prov = pd.read_csv(out / "provenance.csv")
-    assert len(prov) == 14 and set(prov["verdict"]) >= {"done", "missing", "failed", "interrupted",
+    assert len(prov) == 15 and set(prov["verdict"]) >= {"done", "missing", "failed", "interrupted", "not started",
                                                           "collapse (step 20)"}
     index = (out / "report.md").read_text()
     assert "missing" in index and "failed" in index and "interrupted" in index
@@ -151,6 +157,21 @@ def test_paper_vs_ours_kendall(results_root):
     assert versus.loc["CPPO", "ours_rank"] == 1 and versus.loc["GRPO", "ours_rank"] == 3
     assert versus["kendall_tau"].iloc[0] == pytest.approx(1.0)
     assert aggregate(cells).query("label == 'grpo' and setting == 'long_s'")["collapsed"].item() == 1
+
+
+def test_seed_noise_screen(results_root):
+    from analysis.tables import seed_noise
+
+    long = table1(load_results(results_root).cells, ["base_s", "long_s"], ["grpo", "dppo", "cppo"])
+    noise = seed_noise(long).set_index(["setting", "other"])
+    # cppo (0.9, 0.7) vs grpo (0.6, 0.55): diff 0.225, SE sqrt(0.02/2 + 0.00125/2) = 0.1031 → beyond 2·SE
+    assert noise.loc[("base_s", "grpo"), "diff"] == pytest.approx(0.225)
+    assert noise.loc[("base_s", "grpo"), "se"] == pytest.approx(0.010625 ** 0.5)
+    assert noise.loc[("base_s", "grpo"), "beyond_noise"] is True
+    # cppo vs dppo (0.7, 0.7): diff 0.1, SE 0.1 → within noise
+    assert noise.loc[("base_s", "dppo"), "beyond_noise"] is False
+    # long_s: cppo has one finished seed → no noise estimate
+    assert noise.loc[("long_s", "grpo"), "beyond_noise"] is None
 
 
 def test_report_errors(tmp_path, capsys):
