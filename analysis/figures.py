@@ -4,6 +4,7 @@ mauve, GRPO green, MinPRO black)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -195,9 +196,11 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
         centres = (np.array(rows[0]["bin_start"]) + np.array(rows[0]["bin_end"])) / 2
         for ax, key in zip(axes[:2], ("mean_dev", "top10_dev")):
             values = np.array([[np.nan if v is None else v for v in r[key]] for r in rows], dtype=float)
-            ax.plot(centres, np.nanmean(values, 0), marker="o", color=colours[label],
-                    label=_legend_name(label, group["method"].iloc[0]))
-            ax.fill_between(centres, np.nanmin(values, 0), np.nanmax(values, 0), color=colours[label], alpha=0.12)
+            with warnings.catch_warnings():  # a bin no response reached is NaN, drawn as a gap
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, low, high = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+            ax.plot(centres, mean, marker="o", color=colours[label], label=_legend_name(label, group["method"].iloc[0]))
+            ax.fill_between(centres, low, high, color=colours[label], alpha=0.12)
     axes[0].set_title("mean |π(y_t) − μ(y_t)| per position bin", fontsize=10)
     axes[1].set_title("top-10% |π(y_t) − μ(y_t)| per position bin", fontsize=10)
     for ax in axes[:2]:

@@ -65,13 +65,26 @@ def results_root(tmp_path):
     manifest = {"sweep": "paper_main", "feeds": "Table 1", "cells": cells + [missing, queued]}
     (root / "sweeps" / "paper_main").mkdir(parents=True)
     (root / "sweeps" / "paper_main" / "manifest.json").write_text(json.dumps(manifest))
+    # an ablation sweep sharing two cells of paper_main, labelled its own way, and a position sweep
+    gate = [dict(cells[0], label="CPPO"), dict(cells[2], label="DPPO"),
+            _write_cell(root, "base_s", "cppo_soft", 0, [0.5, 0.6, 0.65])]
+    (root / "sweeps" / "ablation_gate").mkdir(parents=True)
+    (root / "sweeps" / "ablation_gate" / "manifest.json").write_text(json.dumps({"sweep": "ablation_gate",
+                                                                                 "cells": gate}))
+    diag = {"step": 10, "bin_start": [0, 11, 22], "bin_end": [11, 22, 33], "mean_dev": [0.001, 0.002, 0.004],
+            "top10_dev": [0.01, 0.02, None], "mask_rate": [0.0, 0.01, 0.02]}
+    (root / cells[4]["run_dir"] / "diagnostics.jsonl").write_text(json.dumps(diag) + "\n")
+    (root / "sweeps" / "position_diagnostics").mkdir(parents=True)
+    (root / "sweeps" / "position_diagnostics" / "manifest.json").write_text(json.dumps(
+        {"sweep": "position_diagnostics", "cells": [cells[4]]}))
     return root
 
 
 def test_load_reads_manifest_and_scores_cells(results_root):
     res = load_results(results_root)
-    cells = res.cells.set_index(["setting", "label", "seed"])
-    assert len(cells) == 15
+    cells = res.sweep_cells("paper_main").set_index(["setting", "label", "seed"])
+    assert len(res.sweep_cells("paper_main")) == 15 and len(res.cells) == 19
+    assert set(res.sweep_cells("ablation_gate")["label"]) == {"CPPO", "DPPO", "cppo_soft"}
     assert cells.loc[("long_s", "trm_max", 0), "verdict"] == "not started"
     assert cells.loc[("base_s", "cppo", 0), "best_headline"] == 0.9  # 0.99 at step 50 > T_stop
     assert cells.loc[("base_s", "cppo", 0), "best_step"] == 20
@@ -85,7 +98,7 @@ def test_load_reads_manifest_and_scores_cells(results_root):
 
 
 def test_table1_marks_best_second_collapse_and_missing_seeds(results_root):
-    cells = load_results(results_root).cells
+    cells = load_results(results_root).sweep_cells("paper_main")
     long = table1(cells, ["base_s", "long_s"], ["grpo", "cispo", "dppo", "cppo"])
     agg = long.set_index(["label", "setting"])
     assert agg.loc[("cppo", "base_s"), "mean"] == pytest.approx(0.8)
@@ -123,21 +136,22 @@ def test_report_files(results_root, tmp_path):
     # per split at each seed's best step (seed 0 at step 20: 1.0/0.9/0.8; seed 1 at 10: 0.8/0.7/0.6)
     assert t4.loc[("base_s", "CPPO"), ["val_a", "val_b", "val_c"]].tolist() == pytest.approx([90.0, 80.0, 70.0])
     prov = pd.read_csv(out / "provenance.csv")
-    assert len(prov) == 15 and set(prov["verdict"]) >= {"done", "missing", "failed", "interrupted", "not started",
+    assert len(prov) == 19 and set(prov["verdict"]) >= {"done", "missing", "failed", "interrupted", "not started",
                                                           "collapse (step 20)"}
     index = (out / "report.md").read_text()
     assert "missing" in index and "failed" in index and "interrupted" in index
     assert "long_s | dppo | 1 | missingcell0 | missing" in index
-    assert "fig5: sweeps ablation_mechanism/ordering/gate not in this results folder" in index
+    assert "fig6: sweeps sensitivity/divergence_* not in this results folder" in index
     versus = pd.read_csv(out / "paper_vs_ours.csv")
     row = versus[(versus["setting"] == "base_s") & (versus["method"] == "CPPO")].iloc[0]
     assert row["paper"] == "12.78" and row["paper_rank"] == 1 and row["ours_rank"] == 1
-    for name in ("fig4_validation_curves", "fig7_warmup_diagnostics", "fig9_base_s", "fig11_long_s"):
+    for name in ("fig4_validation_curves", "fig7_warmup_diagnostics", "fig9_base_s", "fig11_long_s",
+                 "fig5_ablations_post", "fig2_position_diagnostic"):
         data = (out / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = struct.unpack(">II", data[16:24])
         assert width > 400 and height > 300
-    assert set(result["figures"]["written"]) >= {"fig4", "fig7", "fig9_base_s", "fig11_long_s"}
+    assert set(result["figures"]["written"]) >= {"fig4", "fig7", "fig9_base_s", "fig11_long_s", "fig5", "fig2"}
 
 
 def test_seed_band_is_mean_and_range(results_root):
@@ -149,8 +163,18 @@ def test_seed_band_is_mean_and_range(results_root):
     assert mean[3] == pytest.approx(0.6)  # only seed 0 reached step 30
 
 
+def test_colours_follow_the_paper(results_root):
+    from analysis.figures import colour_map
+
+    res = load_results(results_root)
+    main = colour_map(res.sweep_cells("paper_main"))
+    assert main["cppo"] == "#1f77b4" and main["dppo"] == "#d62728" and main["grpo"] == "#2ca02c"
+    gate = colour_map(res.sweep_cells("ablation_gate"))
+    assert gate["CPPO"] == "#1f77b4" and gate["DPPO"] == "#d62728" and gate["cppo_soft"] == "#ff7f0e"
+
+
 def test_paper_vs_ours_kendall(results_root):
-    cells = load_results(results_root).cells
+    cells = load_results(results_root).sweep_cells("paper_main")
     long = table1(cells, ["base_s"], ["grpo", "dppo", "cppo"], row_key="method")
     versus = paper_vs_ours(long).query("setting == 'base_s'").set_index("method")
     # paper order on 1.7B-Base: CPPO 12.78 > DPPO 10.90 > GRPO 8.89; ours 80 > 70 > 57.5 → τ = 1
@@ -162,7 +186,7 @@ def test_paper_vs_ours_kendall(results_root):
 def test_seed_noise_screen(results_root):
     from analysis.tables import seed_noise
 
-    long = table1(load_results(results_root).cells, ["base_s", "long_s"], ["grpo", "dppo", "cppo"])
+    long = table1(load_results(results_root).sweep_cells("paper_main"), ["base_s", "long_s"], ["grpo", "dppo", "cppo"])
     noise = seed_noise(long).set_index(["setting", "other"])
     # cppo (0.9, 0.7) vs grpo (0.6, 0.55): diff 0.225, SE sqrt(0.02/2 + 0.00125/2) = 0.1031 → beyond 2·SE
     assert noise.loc[("base_s", "grpo"), "diff"] == pytest.approx(0.225)
