@@ -144,31 +144,29 @@ def open_storage(url: str | None, default_path: Path):
 def _sampler(cfg: dict):
     import optuna
 
-    cfg = dict(cfg)
-    name = cfg.pop("name", "tpe")
-    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-                "gp": optuna.samplers.GPSampler, "cmaes": optuna.samplers.CmaEsSampler}
-    if name not in samplers:
-        raise SweepError(f"sampler.name must be one of {sorted(samplers)}, got {name!r}")
-    try:
-        return samplers[name](**cfg)
-    except TypeError as err:
-        raise SweepError(f"sampler {name}: {err}") from None
+    s = optuna.samplers
+    return _build("sampler", {"tpe": s.TPESampler, "random": s.RandomSampler, "gp": s.GPSampler,
+                              "cmaes": s.CmaEsSampler}, cfg, "tpe")
 
 
 def _pruner(cfg: dict):
     import optuna
 
+    p = optuna.pruners
+    return _build("pruner", {"median": p.MedianPruner, "percentile": p.PercentilePruner,
+                             "hyperband": p.HyperbandPruner, "none": p.NopPruner}, cfg, "median")
+
+
+def _build(kind: str, choices: dict, cfg: dict, default: str):
+    """``{name: x, **kwargs}`` → choices[x](**kwargs), with errors naming the field."""
     cfg = dict(cfg)
-    name = cfg.pop("name", "median")
-    pruners = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
-               "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
-    if name not in pruners:
-        raise SweepError(f"pruner.name must be one of {sorted(pruners)}, got {name!r}")
+    name = cfg.pop("name", default)
+    if name not in choices:
+        raise SweepError(f"{kind}.name must be one of {sorted(choices)}, got {name!r}")
     try:
-        return pruners[name](**cfg)
+        return choices[name](**cfg)
     except TypeError as err:
-        raise SweepError(f"pruner {name}: {err}") from None
+        raise SweepError(f"{kind} {name}: {err}") from None
 
 
 def _alive(owner: str | None) -> bool:

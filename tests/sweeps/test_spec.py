@@ -185,3 +185,12 @@ def test_missing_slurm_tools(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SweepError, match=r"sbatch/scontrol are not on PATH"):
         check_slurm()
+
+
+def test_bad_sampler_or_pruner(tmp_path):
+    from sweeps.search import _pruner, _sampler
+
+    with pytest.raises(SweepError, match=r"sampler.name must be one of \['cmaes', 'gp', 'random', 'tpe'\], got 'x'"):
+        _sampler({"name": "x"})
+    with pytest.raises(SweepError, match=r"pruner median: .*unexpected keyword argument 'bogus'"):
+        _pruner({"name": "median", "bogus": 1})
