@@ -17,7 +17,7 @@ trials are never re-run and running ones are not started again.
       setting.delta_b: {low: 0.0003, high: 0.003, log: true}
       setting.w_min: {low: 0.5, high: 1.0}
     sampler: {name: tpe, seed: 0}            # tpe | random | gp | cmaes
-    pruner: {name: median, n_startup_trials: 4, n_warmup_steps: 10}   # median | percentile | hyperband | none
+    pruner: {name: median, n_startup_trials: 4, n_warmup_steps: 10}   # median | percentile | hyperband | threshold | none
     collapse_score: 0.0                      # a collapsed seed counts as this (null: its best score)
 """
 
@@ -154,7 +154,8 @@ def _pruner(cfg: dict):
 
     p = optuna.pruners
     return _build("pruner", {"median": p.MedianPruner, "percentile": p.PercentilePruner,
-                             "hyperband": p.HyperbandPruner, "none": p.NopPruner}, cfg, "median")
+                             "hyperband": p.HyperbandPruner, "threshold": p.ThresholdPruner,
+                             "none": p.NopPruner}, cfg, "median")
 
 
 def _build(kind: str, choices: dict, cfg: dict, default: str):

@@ -64,3 +64,20 @@ def test_killed_search_resumes_with_finished_trials_intact(tmp_path):
     assert len({t.user_attrs["cells"][0] for t in trials}) == 4
     invocations = (tmp_path / "searches" / "search_smoke" / "invocations.jsonl").read_text().splitlines()
     assert len(invocations) == 2 and '"git": {"commit"' in invocations[0]
+
+
+def test_pruned_trials_are_cancelled_while_running(tmp_path):
+    """A pruner that prunes every report: each trial is pruned at its first eval and its job cancelled."""
+    spec = tmp_path / "prune_all.yaml"
+    spec.write_text("name: prune_all\nkind: search\nsetting: smoke\nmethod: cppo\nseeds: [0]\n"
+                    "overrides: [setting.steps=40, setting.t_stop=40]\n"
+                    "space: {setting.w_min: {low: 0.5, high: 1.0}}\n"
+                    "sampler: {name: random, seed: 0}\npruner: {name: threshold, lower: 2.0}\n")
+    result = search(str(spec), 2, executor="local", workers=1, results_root=tmp_path, progress=False,
+                    log=lambda *_: None)
+    assert result["summary"]["trials"] == {"pruned": 2}
+    storage = open_storage(None, tmp_path / "searches" / "prune_all" / "journal.log")
+    for t in optuna.load_study(study_name="prune_all", storage=storage).trials:
+        assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [0]
+        status = statuses(tmp_path)[t.user_attrs["cells"][0].rsplit("/", 1)[1]]
+        assert status["state"] == "running" and status["step"] < 40  # stopped early, resumable
