@@ -57,21 +57,23 @@ def load_results(root) -> Results:
         manifest = json.loads(path.read_text())
         sweeps[name] = manifest
         for cell in manifest["cells"]:
-            rows.append(_row(base, cell, name, manifest.get("feeds", "")))
+            rows.append(score_cell(base, cell, name, manifest.get("feeds", "")))
     if not manifests:  # plain run folders (trh train, Hydra multirun)
         for config in sorted((root / "runs").glob("*/config.yaml")) + sorted(root.glob("*/config.yaml")):
             cfg = yaml.safe_load(config.read_text())
             cell = {"id": config.parent.name.rsplit("-", 1)[-1], "setting": cfg["setting"]["name"],
                     "label": cfg["method"]["name"], "method": cfg["method"]["name"], "seed": cfg["seed"],
                     "t_stop": cfg["setting"]["t_stop"], "run_dir": str(config.parent)}
-            rows.append(_row(base, cell, "runs", ""))
+            rows.append(score_cell(base, cell, "runs", ""))
     cells = pd.DataFrame(rows)
     if cells.empty:
         raise FileNotFoundError(f"{root} holds no sweep manifests (sweeps/*/manifest.json) and no run folders")
     return Results(root=root, cells=cells, sweeps=sweeps)
 
 
-def _row(base: Path, cell: dict, sweep: str, feeds: str) -> dict:
+def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
+    """One manifest cell as found on disk: labels, verdict (incl. running / not started /
+    interrupted, from the folder's lock) and the matched-window score."""
     run_dir = _resolve_run_dir(base, cell["run_dir"])
     store = RunStore(run_dir)
     status = store.read_status()

@@ -133,23 +133,11 @@ def sweep(name: str, overrides=(), executor: str = "local", workers: int | None 
 
 def cell_states(name: str, overrides=(), results_root="results") -> list[dict]:
     """``trh sweep NAME --status``: each cell's state on disk, without running anything."""
-    from analysis.cells import cell_row
+    from analysis.load import score_cell
 
-    _, cells, _, _ = prepare(name, overrides, results_root)
-    rows = []
-    for cell in cells:
-        store = RunStore(cell.run_dir)
-        status = store.read_status()
-        row = cell_row(status, store.read(), cell.t_stop)
-        busy = store.in_use()
-        if status is None and busy:
-            row["verdict"] = "running"  # (still in its warm-up: no status yet)
-        elif status is None and (cell.run_dir / "config.yaml").exists():
-            row["verdict"] = "not started"  # submitted (config snapshotted), never ran
-        elif status and status.get("state") == "running" and not busy:
-            row["verdict"] = "interrupted"  # no process holds it: the next sweep resumes it
-        rows.append({"setting": cell.setting, "label": cell.label, "seed": cell.seed, "id": cell.id, **row})
-    return rows
+    spec, cells, _, _ = prepare(name, overrides, results_root)
+    root = Path(results_root)
+    return [score_cell(root, cell.manifest_row(root), spec.name, spec.feeds) for cell in cells]
 
 
 def summary_rows(outcomes: list[Outcome]) -> list[dict]:

@@ -194,3 +194,10 @@ def test_bad_sampler_or_pruner(tmp_path):
         _sampler({"name": "x"})
     with pytest.raises(SweepError, match=r"pruner median: .*unexpected keyword argument 'bogus'"):
         _pruner({"name": "median", "bogus": 1})
+
+
+def test_status_of_a_sweep_nobody_ran(tmp_path):
+    from sweeps.driver import cell_states
+
+    rows = cell_states("smoke", [], tmp_path)
+    assert [r["verdict"] for r in rows] == ["missing"] * 4 and not (tmp_path / "runs").exists()
