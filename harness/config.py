@@ -89,12 +89,69 @@ def _bool(v):
     return isinstance(v, bool), "true or false"
 
 
+ENGINES = ("local", "trl")
+MODEL_SOURCES = ("hub", "package", "tiny")
+
+
+def _check_local(resolved: dict) -> None:
+    """The embedded default: the addition task on a model built from sizes, with a warm start."""
+    _require(resolved["task"], "task", {"digits": _pos_int})
+    _check_sizes(resolved["model"])
+    _require(resolved["warmup"], "warmup", {"seed": lambda v: (isinstance(v, int), "an integer"), "lr": _pos_num,
+                                            "batch_size": _pos_int, "max_steps": _pos_int, "check_every": _pos_int,
+                                            "probe_size": _pos_int, "target_accuracy": _prob})
+    _require(resolved["engine"].get("mismatch", {}), "engine.mismatch",
+             {"bf16_rollout": _bool, "logit_noise": _nonneg,
+              "lag": lambda v: (isinstance(v, int) and v >= 0, "an integer >= 0")})
+
+
+def _check_sizes(model: dict) -> None:
+    _require(model, "model", {"hidden": _pos_int, "layers": _pos_int, "mlp": _pos_int,
+                              "heads": _pos_int, "kv_heads": _pos_int})
+    if model["hidden"] % (2 * model["heads"]) or model["heads"] % model["kv_heads"]:
+        raise ConfigError(f"model.hidden ({model['hidden']}) must be a multiple of 2·model.heads "
+                          f"({2 * model['heads']}: an even rotary head dimension), and model.heads a multiple "
+                          f"of model.kv_heads ({model['kv_heads']})")
+
+
+def _check_trl(resolved: dict) -> None:
+    """engine=trl: a real language model on the math task through TRL's GRPOTrainer."""
+    task, model, rl, engine = resolved["task"], resolved["model"], resolved["rl"], resolved["engine"]
+    if task.get("name") != "math":
+        raise ConfigError(f"task.name must be 'math' with engine=trl, got {task.get('name')!r}")
+    _require(task, "task", {"train": lambda v: (isinstance(v, str) and v != "", "a JSONL path, fixture:NAME or a hub name"),
+                            "val": lambda v: (isinstance(v, dict) and len(v) > 0, "a mapping split name → source")})
+    if model.get("source") not in MODEL_SOURCES:
+        raise ConfigError(f"model.source must be one of {list(MODEL_SOURCES)} with engine=trl, got {model.get('source')!r}")
+    if model["source"] == "tiny":
+        _check_sizes(model)
+    _require(rl, "rl", {"minibatch_prompts": _pos_int, "max_response_tokens": _pos_int, "temperature": _pos_num})
+    if rl["prompts_per_iter"] != rl["minibatch_prompts"] * rl["updates_per_iter"]:
+        raise ConfigError(f"rl.prompts_per_iter ({rl['prompts_per_iter']}) must equal rl.minibatch_prompts "
+                          f"({rl['minibatch_prompts']}) × rl.updates_per_iter ({rl['updates_per_iter']})")
+    _require(engine, "engine", {"num_processes": _pos_int, "gradient_accumulation_steps": _pos_int,
+                                "bf16": _bool, "gradient_checkpointing": _bool})
+    rows = rl["minibatch_prompts"] * rl["samples_per_prompt"]
+    ranks = engine["num_processes"] * engine["gradient_accumulation_steps"]
+    if rows % ranks:
+        raise ConfigError(f"rl.minibatch_prompts × rl.samples_per_prompt ({rows}) must be divisible by "
+                          f"engine.num_processes × engine.gradient_accumulation_steps ({ranks})")
+    launch = engine.get("launch", {})
+    if launch and launch.get("nodes", 1) * launch.get("gpus_per_node", 1) not in (engine["num_processes"], 1):
+        raise ConfigError(f"engine.num_processes ({engine['num_processes']}) must equal engine.launch.nodes × "
+                          f"engine.launch.gpus_per_node ({launch.get('nodes')} × {launch.get('gpus_per_node')})")
+    if launch.get("deepspeed_zero_stage") not in (None, 0, 1, 2, 3):
+        raise ConfigError(f"engine.launch.deepspeed_zero_stage must be one of [null, 0, 1, 2, 3], "
+                          f"got {launch.get('deepspeed_zero_stage')!r}")
+    _require(resolved["eval"], "eval", {"batch_size": _pos_int})
+
+
 def resolve(cfg: DictConfig) -> RunSpec:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # noqa: BLE001 - interpolation errors come in many types
         raise ConfigError(f"config does not resolve: {err}") from None
-    for section in ("method", "setting", "task", "model", "warmup", "rl", "eval", "collapse", "engine"):
+    for section in ("method", "setting", "task", "model", "rl", "eval", "collapse", "engine"):
         if not isinstance(resolved.get(section), dict):
             raise ConfigError(f"config section '{section}' is missing")
     method = dict(resolved["method"])
@@ -107,32 +164,26 @@ def resolve(cfg: DictConfig) -> RunSpec:
                                   "steps": _pos_int})
     if setting["steps"] < setting["t_stop"]:
         raise ConfigError(f"setting.steps ({setting['steps']}) must be >= setting.t_stop ({setting['t_stop']})")
-    _require(resolved["task"], "task", {"digits": _pos_int})
-    _require(resolved["model"], "model", {"hidden": _pos_int, "layers": _pos_int, "mlp": _pos_int,
-                                          "heads": _pos_int, "kv_heads": _pos_int})
-    model = resolved["model"]
-    if model["hidden"] % (2 * model["heads"]) or model["heads"] % model["kv_heads"]:
-        raise ConfigError(f"model.hidden ({model['hidden']}) must be a multiple of 2·model.heads "
-                          f"({2 * model['heads']}: an even rotary head dimension), and model.heads a multiple "
-                          f"of model.kv_heads ({model['kv_heads']})")
-    _require(resolved["warmup"], "warmup", {"seed": lambda v: (isinstance(v, int), "an integer"), "lr": _pos_num,
-                                            "batch_size": _pos_int, "max_steps": _pos_int, "check_every": _pos_int,
-                                            "probe_size": _pos_int, "target_accuracy": _prob})
+    engine = resolved["engine"]
+    engine_name = engine.get("name")
+    if engine_name not in ENGINES:
+        raise ConfigError(f"engine.name must be one of {list(ENGINES)}, got {engine_name!r}")
+    if engine_name == "local":
+        _check_local(resolved)
+    else:
+        _check_trl(resolved)
     _require(resolved["rl"], "rl", {"prompts_per_iter": _pos_int, "samples_per_prompt": _pos_int,
                                     "updates_per_iter": _pos_int, "lr": _pos_num, "weight_decay": _nonneg,
                                     "grad_clip": _pos_num, "std_normalize": _bool})
     if resolved["rl"]["samples_per_prompt"] < 2:
         raise ConfigError("rl.samples_per_prompt must be >= 2 (group advantages need a group)")
-    _require(resolved["eval"], "eval", {"every": _pos_int, "problems_per_split": _pos_int, "samples": _pos_int,
+    if not (engine_name == "trl" and resolved["eval"].get("problems_per_split") is None):
+        _require(resolved["eval"], "eval", {"problems_per_split": _pos_int})
+    _require(resolved["eval"], "eval", {"every": _pos_int, "samples": _pos_int,
                                         "temperature": _pos_num, "top_p": _prob, "position_bins": _pos_int})
     _require(resolved["collapse"], "collapse", {"peak_at_least": _nonneg, "floor": _nonneg,
                                                 "floor_fraction": lambda v: (isinstance(v, (int, float)) and 0 <= v < 1,
                                                                              "a number in [0, 1)")})
-    engine = resolved["engine"]
-    if engine.get("name") != "local":
-        raise ConfigError(f"engine.name must be 'local' for harness.train, got {engine.get('name')!r}")
-    _require(engine.get("mismatch", {}), "engine.mismatch", {"bf16_rollout": _bool, "logit_noise": _nonneg,
-                                                              "lag": lambda v: (isinstance(v, int) and v >= 0, "an integer >= 0")})
     _require(engine, "engine", {"checkpoint_every": _pos_int})
     seed = resolved.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -144,6 +195,6 @@ def resolve(cfg: DictConfig) -> RunSpec:
         Path(resolved.get("results_root") or "results/runs") / f"{setting['name']}-{name}-s{seed}-{digest}")
     return RunSpec(resolved=semantic, config_hash=digest, run_dir=Path(run_dir), seed=seed, method_name=name,
                    method_params=method, setting_name=setting["name"], t_stop=setting["t_stop"],
-                   steps=setting["steps"], task=resolved["task"], model=model, warmup=resolved["warmup"],
+                   steps=setting["steps"], task=resolved["task"], model=resolved["model"], warmup=resolved["warmup"],
                    rl=resolved["rl"], eval=resolved["eval"], collapse=resolved["collapse"], engine=engine,
                    logging=resolved.get("logging") or {})

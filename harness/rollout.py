@@ -57,8 +57,10 @@ def sample(
     greedy: bool = False,
     record_top_k: int = 0,
     logit_noise: float = 0.0,
+    prompt_mask: Optional[torch.Tensor] = None,
 ) -> Rollout:
-    """Sample ``max_new_tokens`` at most per prompt (all prompts have the same length).
+    """Sample ``max_new_tokens`` at most per prompt: prompts of one length, or left-padded with
+    ``prompt_mask`` (1 on real tokens; positions then count real tokens only, as in ``generate``).
 
     With ``record_top_k`` > 0, μ's log-prob of each sampled token and μ's top-K are recorded; μ is
     the distribution actually sampled from (noise and temperature included, no top-p for training);
@@ -67,7 +69,12 @@ def sample(
     """
     n = prompt_ids.shape[0]
     device = prompt_ids.device
-    out = model(input_ids=prompt_ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+    extra = {}
+    if prompt_mask is not None:
+        attention = prompt_mask.long()
+        position = (attention.cumsum(-1) - 1).clamp_min(0)
+        extra = {"attention_mask": attention, "position_ids": position}
+    out = model(input_ids=prompt_ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1, **extra)
     cache, logits = out.past_key_values, out.logits[:, -1]
     active = torch.arange(n, device=device)  # rows still generating, in the cache's row order
     finished = torch.zeros(n, dtype=torch.bool, device=device)
@@ -99,7 +106,12 @@ def sample(
             keep = (~ended).nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             active, token = active[keep], token[keep]
-        out = model(input_ids=token[:, None], cache=cache, use_cache=True)
+            if extra:
+                extra = {k: v[keep] for k, v in extra.items()}
+        if extra:
+            attention = torch.cat([extra["attention_mask"], extra["attention_mask"].new_ones(len(active), 1)], 1)
+            extra = {"attention_mask": attention, "position_ids": extra["position_ids"][:, -1:] + 1}
+        out = model(input_ids=token[:, None], cache=cache, use_cache=True, **extra)
         cache, logits = out.past_key_values, out.logits[:, -1]
     rollout = Rollout(prompt_ids=prompt_ids, response_ids=torch.stack(tokens, 1),
                       response_mask=torch.stack(alive, 1), finished=finished)

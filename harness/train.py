@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections import deque
 
@@ -67,6 +68,9 @@ def run(cfg: DictConfig, tags: dict | None = None) -> dict:
     if spec.engine.get("threads"):
         torch.set_num_threads(int(spec.engine["threads"]))
     store = RunStore(spec.run_dir, tags=tags)
+    if spec.engine["name"] == "trl" and int(os.environ.get("RANK", "0")) > 0:
+        from .lm_train import train as train_lm  # data-parallel rank > 0: rank 0 owns the folder
+        return train_lm(spec, store, main=False)
     with store.exclusive():  # one process per run folder: a second one fails fast instead of interleaving
         return _run_locked(spec, store)
 
@@ -80,6 +84,9 @@ def _run_locked(spec: RunSpec, store: RunStore) -> dict:
         return {**previous, "skipped": True}  # finished already: never rerun a finished cell
     store.write_config(OmegaConf.to_yaml(spec.resolved))
     try:
+        if spec.engine["name"] == "trl":
+            from .lm_train import train as train_lm
+            return train_lm(spec, store)
         return _train(spec, store)
     except Exception as err:  # a crash is recorded as a verdict, then re-raised
         store.write_status(state="failed", reason=f"{type(err).__name__}: {err}", config_hash=spec.config_hash,

@@ -1,0 +1,228 @@
+"""One run on a real language model through ``engine=trl``: the same results folder, metrics,
+verdicts and matched-window rule as the local engine, so sweeps and reports work unchanged.
+
+An RL step (one row of ``metrics.jsonl``) is one generation batch = ``rl.updates_per_iter`` TRL
+optimiser steps. Validation: Avg@``eval.samples`` per split at ``eval.temperature``/``eval.top_p``,
+scored by math-verify; the headline is the unweighted mean over the splits.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from methods import get_method
+
+from .lm import load_lm
+from .math_task import MathVerifier, load_problems
+from .rollout import sample
+from .store import RunStore, best_within_window
+from .trl_engine import grpo_args, make_trainer_class
+
+
+def completion_text(completion) -> str:
+    """TRL passes conversational completions as message lists."""
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+class MathReward:
+    """TRL reward function: 1/0 from math-verify, computed in worker processes."""
+
+    __name__ = "math_verify"
+
+    def __init__(self, verifier: MathVerifier):
+        self.verifier = verifier
+
+    def __call__(self, prompts, completions, answer, **_):
+        return self.verifier([completion_text(c) for c in completions], list(answer))
+
+
+@torch.no_grad()
+def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVerifier, seed: int) -> dict:
+    """Avg@k accuracy per validation split and their mean (the headline)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    row = {}
+    for s, (name, problems) in enumerate(splits.items()):
+        prompts = [_encode(tok, p.messages()) for p in problems for _ in range(ev["samples"])]
+        answers = [p.answer for p in problems for _ in range(ev["samples"])]
+        texts = []
+        for start in range(0, len(prompts), ev["batch_size"]):
+            chunk = prompts[start:start + ev["batch_size"]]
+            ids, mask = _left_pad(chunk, tok.pad_token_id)
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + s * 7_919 + start)
+            roll = sample(model, ids.to(device), max_new, tok.eos_token_id, tok.pad_token_id, gen,
+                          temperature=ev["temperature"], top_p=ev["top_p"], prompt_mask=mask.to(device))
+            for i, n in enumerate(roll.response_mask.sum(1).tolist()):
+                texts.append(tok.decode(roll.response_ids[i, :n].tolist(), skip_special_tokens=True))
+        scores = verifier(texts, answers)
+        row[name] = sum(scores) / len(scores)
+    row["headline"] = sum(row[n] for n in splits) / len(splits)
+    model.train(was_training)
+    return row
+
+
+def _encode(tok, messages) -> list[int]:
+    out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int):
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _callback_class():
+    from transformers import TrainerCallback
+
+    class StoreCallback(TrainerCallback):
+        """TRL's logs → one metrics row per RL step, evaluation and the collapse verdict."""
+
+        def __init__(self, run):
+            self.run = run
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if not logs or "train_runtime" in logs or state.global_step % self.run.updates:
+                return
+            if not self.run.accelerator_main:
+                return
+            step = state.global_step // self.run.updates
+            row = {"step": step, "train_reward": logs.get("reward"),
+                   "response_length": logs.get("completions/mean_length"),
+                   "updates": self.run.updates, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            verdict = self.run.judge(row, model)
+            self.run.store.append("metrics.jsonl", row)
+            self.run.rows.append(row)
+            if verdict:
+                self.run.verdict = verdict
+                control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kwargs):
+            self.run.store.write_status(state="running", step=state.global_step // self.run.updates,
+                                        config_hash=self.run.spec.config_hash, resumed_from=self.run.resumed_from)
+
+    return StoreCallback
+
+
+class _ReadOnlyStore:
+    """The run folder as seen by data-parallel ranks > 0: readable, never written."""
+
+    def __init__(self, store: RunStore):
+        self.dir, self._store = store.dir, store
+
+    def read(self):
+        return self._store.read()
+
+    def read_status(self):
+        return self._store.read_status()
+
+    def append(self, *args, **kwargs):
+        pass
+
+    write_status = truncate = append
+
+
+class LMRun:
+    """State shared by the run and its TRL callback."""
+
+    def __init__(self, spec, store: RunStore):
+        self.spec, self.store = spec, store
+        self.updates = spec.rl["updates_per_iter"]
+        self.rows, self.verdict, self.peak = [], None, 0.0
+        self.resumed_from = list((store.read_status() or {}).get("resumed_from", []))
+        self.accelerator_main = True
+        self.model = self.tok = self.verifier = self.splits = None
+
+    def judge(self, row: dict, model) -> dict | None:
+        from .train import headline_collapse
+
+        loss = row.get("policy_loss", row.get("loss", 0.0))
+        if loss is not None and not math.isfinite(loss):
+            return {"state": "collapsed", "reason": "non-finite loss", "collapse_step": row["step"]}
+        ev = self.spec.eval
+        if row["step"] % ev["every"] == 0 or row["step"] == self.spec.steps:
+            row.update(self.evaluate(model or self.model, row["step"]))
+            self.peak = max(self.peak, row["headline"])
+            reason = headline_collapse(row["headline"], self.peak, self.spec.collapse)
+            if reason:
+                return {"state": "collapsed", "reason": reason, "collapse_step": row["step"]}
+        return None
+
+    def evaluate(self, model, step: int) -> dict:
+        return evaluate(model, self.tok, self.splits, self.spec.eval, self.spec.rl["max_response_tokens"],
+                        self.verifier, seed=self.spec.seed * 7 + step)
+
+
+def train(spec, store: RunStore, main: bool = True) -> dict:
+    """Train one run with TRL to its verdict; resumes from the last TRL checkpoint in the run folder.
+    Ranks other than 0 (``main=False``) train alongside and never write to the run folder."""
+    from datasets import Dataset
+
+    task, eng = spec.task, spec.engine
+    if eng.get("threads"):
+        torch.set_num_threads(int(eng["threads"]))
+    cuda = torch.cuda.is_available() and not eng.get("force_cpu", False)
+    run = LMRun(spec, store)
+    run.model, run.tok = load_lm(spec.model, seed=spec.seed)
+    train_problems = load_problems(task["train"], "task.train", limit=task.get("train_limit"))
+    run.splits = {name: load_problems(src, f"task.val.{name}", limit=spec.eval.get("problems_per_split"), split="test")
+                  for name, src in task["val"].items()}
+    run.verifier = MathVerifier(workers=task.get("reward_workers", 2), timeout=task.get("reward_timeout", 5))
+    dataset = Dataset.from_list([{"prompt": p.messages(), "answer": p.answer} for p in train_problems])
+
+    params = dict(spec.method_params)
+    method = get_method(spec.method_name, horizon=spec.rl["max_response_tokens"], **params)
+    top_k = getattr(method.params, "top_k", 1) or 1
+    output_dir = store.dir / "trl_checkpoints"
+    args = grpo_args(spec, str(output_dir), cuda)
+    trainer_cls = make_trainer_class()
+    trainer = trainer_cls(model=run.model, processing_class=run.tok, reward_funcs=[MathReward(run.verifier)],
+                          args=args, train_dataset=dataset, method=method, top_k=top_k,
+                          rollout_temperature=spec.rl["temperature"], rollout_seed=spec.seed,
+                          callbacks=[_callback_class()(run)])
+    run.accelerator_main = main and trainer.accelerator.is_main_process
+    if not run.accelerator_main:
+        store = run.store = _ReadOnlyStore(store)
+
+    from transformers.trainer_utils import get_last_checkpoint
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    start = int(Path(last).name.split("-")[-1]) // run.updates if last else 0
+    if last:
+        run.resumed_from.append(start)
+        store.truncate("metrics.jsonl", start)
+    else:
+        (store.dir / "metrics.jsonl").unlink(missing_ok=True)
+    store.write_status(state="running", step=start, config_hash=spec.config_hash, resumed_from=run.resumed_from,
+                       engine="trl")
+    run.rows = store.read()
+    run.peak = max([r["headline"] for r in run.rows if "headline" in r], default=0.0)
+    try:
+        if start == 0 and run.accelerator_main:
+            row = {"step": 0, **run.evaluate(run.model, 0)}
+            store.append("metrics.jsonl", row)
+            run.rows.append(row)
+            run.peak = row["headline"]
+        trainer.train(resume_from_checkpoint=last)
+    finally:
+        run.verifier.close()
+    run.trainer = trainer
+    verdict = run.verdict or {"state": "done", "reason": ""}
+    best = best_within_window(run.rows, spec.t_stop)
+    status = {**verdict, "step": run.rows[-1]["step"], "config_hash": spec.config_hash, "t_stop": spec.t_stop,
+              "run_dir": str(store.dir), "best_headline": best["headline"] if best else None,
+              "best_step": best["step"] if best else None, "resumed_from": run.resumed_from, "engine": "trl",
+              "trl_recomputes_skipped": trainer.recomputes_skipped}
+    store.write_status(**status)
+    shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict
+    return status

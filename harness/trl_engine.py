@@ -1,0 +1,217 @@
+"""``engine=trl``: TRL's GRPOTrainer with the registry's loss, anchored on the rollout policy μ.
+
+TRL runs the loop (data, generation batches, advantages, accelerate/DeepSpeed, optimiser,
+checkpoints); the harness supplies four things, and only these touch TRL (pinned to
+``PINNED_TRL``; ``tests/harness/test_trl_engine.py`` fails if the internals below change):
+
+1. ``rollout_func`` (TRL's generation hook): the harness sampler generates from the policy and
+   records μ's log-prob of each sampled token and μ's top-K ids/log-probs — the generating model's
+   full softmax at the rollout temperature. TRL turns the log-probs into ``sampling_per_token_logps``.
+2. ``_generate_and_score_completions``: calls TRL's, then attaches μ's top-K and a stable id per
+   response to the generation batch (TRL shuffles and splits it into minibatches with them).
+3. ``_get_per_token_logps_and_entropies`` during generation: TRL would recompute "old" log-probs
+   with the trainer whenever a generation feeds several optimiser steps; the harness never uses
+   them (μ comes from the rollout, bypass mode), so the forward pass is skipped, not silently used.
+4. ``_compute_loss``: π's log-probs (and π at μ's top-K ids) from the training logits in chunks,
+   then ``method(PolicyBatch, LossTotals)``; every registry metric goes to TRL's metric sink
+   ``self._metrics``.
+
+Updates per iteration (the paper's off-policy knob) = ``steps_per_generation`` optimiser steps per
+generation batch (``num_iterations`` = 1): an RL step of the harness is that many TRL steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+import torch
+
+from methods import LossTotals, PolicyBatch, get_method, policy_logprobs_from_logits
+
+from .rollout import sample
+
+PINNED_TRL = "1.16.0"
+# TRL internals the engine relies on; a test checks each exists with these parameters.
+TRL_INTERNALS = {
+    "_generate_and_score_completions": ("self", "inputs"),
+    "_get_per_token_logps_and_entropies": ("self", "model", "input_ids", "attention_mask", "logits_to_keep"),
+    "_compute_loss": ("self", "model", "inputs"),
+}
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (left padding), as ``generate`` computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def _pad_rows(rows: list[torch.Tensor], length: int, fill) -> torch.Tensor:
+    out = rows[0].new_full((len(rows), length) + tuple(rows[0].shape[1:]), fill)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def registry_rollout(prompts: list, trainer) -> dict:
+    """TRL's ``rollout_func``: sample with the harness sampler and record μ (see the module doc)."""
+    return trainer.registry_rollout(prompts)
+
+
+def make_trainer_class():
+    """The GRPOTrainer subclass (built lazily: importing TRL costs seconds)."""
+    from trl import GRPOTrainer
+    from trl.models import unwrap_model_for_generation
+
+    class RegistryGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer whose loss is ``method`` (a registry method) with μ from the rollout."""
+
+        def __init__(self, *args, method, top_k: int, rollout_temperature: float = 1.0, rollout_seed: int = 0,
+                     **kwargs):
+            kwargs["rollout_func"] = registry_rollout
+            super().__init__(*args, **kwargs)
+            self.method = method
+            self.top_k = top_k if method.needs_topk else 1  # μ's sampled log-prob is always recorded
+            self.rollout_temperature = rollout_temperature
+            self.rollout_seed = rollout_seed
+            self.recomputes_skipped = 0      # "old log-prob" forwards TRL asked for and did not get
+            self.last_ratio_deviation = None  # max |π/μ − 1| over the last minibatch's valid tokens
+            self._pending_topk = None
+            self._in_generation = False
+            self._generations = 0
+
+        # -- 1. rollout ------------------------------------------------------------------------------
+        def registry_rollout(self, prompts: list) -> dict:
+            tok = self.processing_class
+            prompt_ids = [self._encode_prompt(p) for p in prompts]
+            width = max(map(len, prompt_ids))
+            ids = torch.full((len(prompt_ids), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(prompt_ids):
+                ids[i, width - len(p):] = torch.tensor(p)
+                mask[i, width - len(p):] = 1
+            device = self.accelerator.device
+            generator = torch.Generator(device=device).manual_seed(
+                (self.rollout_seed * 1_000_003 + self._generations * 7_919 + self.accelerator.process_index) % 2**62)
+            self._generations += 1
+            with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                             gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model:
+                was_training = model.training
+                model.eval()
+                roll = sample(model, ids.to(device), self.max_completion_length, tok.eos_token_id, tok.pad_token_id,
+                              generator, temperature=self.rollout_temperature, record_top_k=self.top_k,
+                              prompt_mask=mask.to(device))
+                model.train(was_training)
+            lengths = roll.response_mask.sum(1).tolist()
+            completion_ids = [roll.response_ids[i, :n].tolist() for i, n in enumerate(lengths)]
+            logprobs = [roll.rollout_logp[i, :n].tolist() for i, n in enumerate(lengths)]
+            self._pending_topk = ([roll.rollout_topk_ids[i, :n].cpu() for i, n in enumerate(lengths)],
+                                  [roll.rollout_topk_logp[i, :n].cpu() for i, n in enumerate(lengths)])
+            return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+        def _encode_prompt(self, prompt) -> list[int]:
+            tok = self.processing_class
+            if isinstance(prompt, list):  # chat messages
+                out = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+                return list(out["input_ids"] if hasattr(out, "keys") else out)
+            return tok(prompt, add_special_tokens=False)["input_ids"]
+
+        # -- 2. attach μ's top-K to the generation batch ---------------------------------------------
+        def _generate_and_score_completions(self, inputs):
+            self._pending_topk, self._in_generation = None, True
+            try:
+                out = super()._generate_and_score_completions(inputs)
+            finally:
+                self._in_generation = False
+            if out.get("sampling_per_token_logps") is None or self._pending_topk is None:
+                raise RuntimeError("the rollout returned no μ log-probs; the TRL engine needs rollout_func's logprobs "
+                                   f"(TRL {PINNED_TRL} routes them to sampling_per_token_logps)")
+            length = out["completion_ids"].shape[1]
+            device = out["completion_ids"].device
+            top_ids, top_logp = self._pending_topk
+            out["rollout_topk_ids"] = _pad_rows(top_ids, length, 0).to(device)
+            out["rollout_topk_logp"] = _pad_rows(top_logp, length, 0.0).to(device)
+            rows = len(top_ids)
+            out["sequence_ids"] = (torch.arange(rows, device=device) + self.accelerator.process_index * rows
+                                   + self._generations * rows * self.accelerator.num_processes)
+            return out
+
+        # -- 3. no "old log-prob" recompute: μ is the rollout's --------------------------------------
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args,
+                                               **kwargs):
+            if self._in_generation:
+                self.recomputes_skipped += 1
+                return None, None, None
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              *args, **kwargs)
+
+        # -- 4. the registry loss ----------------------------------------------------------------------
+        def _compute_loss(self, model, inputs):
+            mode = "train" if self.model.training else "eval"
+            prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+            attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            length = completion_ids.shape[1]
+            logits = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
+                           position_ids=_positions(attention), logits_to_keep=length + 1).logits[:, :-1]
+            mask = inputs["completion_mask"].bool()
+            if "tool_mask" in inputs:
+                mask = mask & inputs["tool_mask"].bool()
+            topk_ids = inputs["rollout_topk_ids"] if self.method.needs_topk else None
+            logp, pi_topk = policy_logprobs_from_logits(logits, completion_ids, topk_ids,
+                                                        temperature=self.rollout_temperature)
+            batch = PolicyBatch(logp=logp, rollout_logp=inputs["sampling_per_token_logps"].float(),
+                                advantages=inputs["advantages"].float(), response_mask=mask,
+                                response_ids=completion_ids,
+                                rollout_topk_ids=topk_ids,
+                                rollout_topk_logp=inputs["rollout_topk_logp"].float() if topk_ids is not None else None,
+                                policy_topk_logp=pi_topk, sequence_ids=inputs["sequence_ids"])
+            totals = self.loss_totals(inputs)
+            out = self.method(batch, totals)
+            with torch.no_grad():
+                ratio = (logp.detach() - batch.rollout_logp).exp()
+                self.last_ratio_deviation = float((ratio - 1).abs()[mask].max()) if bool(mask.any()) else 0.0
+            for name, value in out.metrics.items():
+                self._metrics[mode][name].append(float(value))
+            return out.loss
+
+        def loss_totals(self, inputs) -> LossTotals:
+            """Denominators of one optimiser step on this process, so accumulated micro-batches sum
+            to the minibatch loss (TRL's GRPO loss is scaled for gradient accumulation by the loss)."""
+            sequences = self.args.per_device_train_batch_size * self.current_gradient_accumulation_steps
+            tokens = inputs.get("num_items_in_batch")
+            if tokens is not None:
+                tokens = float(tokens) / self.accelerator.num_processes
+            return LossTotals(num_sequences=sequences, num_tokens=tokens, horizon=self.max_completion_length)
+
+    return RegistryGRPOTrainer
+
+
+# --- run glue: config → GRPOConfig, data, reward, evaluation, the results store ---------------------
+
+def grpo_args(spec, output_dir: str, cuda: bool):
+    """The GRPOConfig of a run: the paper's batch geometry mapped onto TRL's knobs."""
+    from trl import GRPOConfig
+
+    rl, eng = spec.rl, spec.engine
+    processes, accumulation = eng["num_processes"], eng["gradient_accumulation_steps"]
+    minibatch_rows = rl["minibatch_prompts"] * rl["samples_per_prompt"]
+    if minibatch_rows % (processes * accumulation):
+        raise ValueError(f"rl.minibatch_prompts × rl.samples_per_prompt ({minibatch_rows}) must be divisible by "
+                         f"engine.num_processes × engine.gradient_accumulation_steps ({processes * accumulation})")
+    updates = rl["updates_per_iter"]
+    return GRPOConfig(
+        output_dir=output_dir, seed=spec.seed, data_seed=spec.seed,
+        per_device_train_batch_size=minibatch_rows // (processes * accumulation),
+        gradient_accumulation_steps=accumulation, steps_per_generation=updates * accumulation,
+        num_iterations=1, num_generations=rl["samples_per_prompt"],
+        max_completion_length=rl["max_response_tokens"], temperature=rl["temperature"],
+        learning_rate=rl["lr"], weight_decay=rl["weight_decay"], max_grad_norm=rl["grad_clip"],
+        adam_beta1=0.9, adam_beta2=0.999, lr_scheduler_type="constant", warmup_steps=0,
+        beta=0.0, scale_rewards="group" if rl["std_normalize"] else "none",
+        vllm_importance_sampling_correction=False, use_vllm=False,
+        max_steps=spec.steps * updates, logging_steps=updates, save_steps=eng["checkpoint_every"] * updates,
+        save_total_limit=1, report_to="none", disable_tqdm=not spec.logging.get("progress", True),
+        bf16=bool(eng["bf16"]) and cuda, use_cpu=not cuda,
+        gradient_checkpointing=bool(eng["gradient_checkpointing"]), remove_unused_columns=False,
+        log_completions=False, dataloader_num_workers=0,
+    )

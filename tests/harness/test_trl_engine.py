@@ -1,0 +1,180 @@
+"""engine=trl: TRL's GRPOTrainer with the registry loss, on a tiny random Qwen3 built in code."""
+
+import inspect
+import json
+import math
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import trl  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from harness.lm import load_lm  # noqa: E402
+from harness.math_task import load_problems  # noqa: E402
+from harness.rollout import response_logits, sample  # noqa: E402
+from harness.trl_engine import PINNED_TRL, TRL_INTERNALS, make_trainer_class  # noqa: E402
+from methods import LossTotals, PolicyBatch, get_method, policy_logprobs_from_logits  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("trl")
+
+TINY = {"source": "tiny", "hidden": 32, "layers": 2, "mlp": 64, "heads": 2, "kv_heads": 1, "max_positions": 512}
+SEVEN = ["grpo", "minpro", "cispo", "dppo", "trm_max", "trm_avg", "cppo"]
+HORIZON = 16
+
+
+def digit_share(prompts, completions, **_):
+    """A shaped reward with variance even for a random model (math-verify would give all zeros)."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
+
+
+def make_trainer(tmp_path, method_name, steps=4, **method_params):
+    model, tok = load_lm(TINY, seed=0)
+    problems = load_problems("fixture:fixture_dapo_math")
+    data = Dataset.from_list([{"prompt": p.messages(), "answer": p.answer} for p in problems])
+    args = GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                      steps_per_generation=2, num_generations=4, max_completion_length=HORIZON, learning_rate=1e-2,
+                      max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, bf16=False,
+                      gradient_checkpointing=False, beta=0.0, scale_rewards="none", save_strategy="no",
+                      remove_unused_columns=False, seed=0, disable_tqdm=True, lr_scheduler_type="constant")
+    method = get_method(method_name, horizon=HORIZON, **method_params)
+    top_k = getattr(method.params, "top_k", 1) or 1
+    cls = make_trainer_class()
+    return cls(model=model, processing_class=tok, reward_funcs=[digit_share], args=args, train_dataset=data,
+               method=method, top_k=top_k)
+
+
+def test_pinned_trl_internals_are_unchanged():
+    """The engine overrides these TRL internals; a TRL upgrade that changes them must fail here."""
+    assert trl.__version__ == PINNED_TRL, (
+        f"harness/trl_engine.py is written against TRL {PINNED_TRL}, found {trl.__version__}: re-check the "
+        "overridden internals (TRL_INTERNALS), then update PINNED_TRL")
+    for name, leading in TRL_INTERNALS.items():
+        fn = getattr(GRPOTrainer, name, None)
+        assert fn is not None, f"GRPOTrainer.{name} no longer exists"
+        params = tuple(inspect.signature(fn).parameters)[:len(leading)]
+        assert params == leading, f"GRPOTrainer.{name}{params} changed (expected {leading})"
+    assert "rollout_func" in inspect.signature(GRPOTrainer.__init__).parameters
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    # the old-log-prob recompute the engine skips, and the route of rollout log-probs to the batch
+    assert "old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(" in source
+    assert 'output["sampling_per_token_logps"] = sampling_per_token_logps' in source
+    assert GRPOTrainer.loss_is_scaled_for_ga is True
+
+
+@pytest.mark.parametrize("name", SEVEN)
+def test_each_method_trains_anchored_on_mu(tmp_path, name):
+    trainer = make_trainer(tmp_path, name, delta=0.05) if name in ("dppo", "cppo") else make_trainer(tmp_path, name)
+    deviations = []
+    compute = trainer._compute_loss
+
+    def recording(model, inputs):
+        loss = compute(model, inputs)
+        deviations.append(trainer.last_ratio_deviation)
+        return loss
+
+    trainer._compute_loss = recording
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "policy_loss" in h]
+    assert len(logs) == 4 and all(math.isfinite(h["policy_loss"]) for h in logs)
+    changed = sum(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert changed == len(before)
+    # two generations × two updates: the first update of a generation is on-policy (π = μ up to the
+    # KV-cache numerics), the second sees the first's change through ratios anchored on μ
+    assert len(deviations) == 4
+    assert deviations[0] < 1e-4 and deviations[2] < 1e-4
+    assert deviations[1] > 1e-3 and deviations[3] > 1e-3
+    assert trainer.recomputes_skipped == 2  # TRL asked twice for an "old" recompute; never done
+    for key in ("mask_fraction", "ratio_mean", "mismatch_abs_logp", "valid_tokens", "reward"):
+        assert key in logs[0], key
+    assert logs[1]["mismatch_abs_logp"] > 0
+
+
+def test_per_token_loss_equals_local_engine(tmp_path):
+    """The TRL loss path (left-padded prompts, position ids, chunked log-probs) gives the local
+    engine's log-probs, mask, weight and loss on the same tensors."""
+    trainer = make_trainer(tmp_path, "cppo", steps=2, delta=0.002, delta_b=0.001)
+    captured = []
+    compute = trainer._compute_loss
+
+    def capture(model, inputs):
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        out = compute(model, inputs)
+        captured.append(({k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in inputs.items()},
+                         out.detach(), weights))
+        return out
+
+    trainer._compute_loss = capture
+    trainer.train()
+    inputs, trl_loss, weights = captured[-1]  # the second update: π ≠ μ, so masks can bind
+    model = trainer.model
+    model.load_state_dict(weights)  # the weights this update's loss was computed with
+    method = trainer.method
+    rows = []
+    for i in range(inputs["prompt_ids"].shape[0]):  # the local engine: one unpadded prompt per row
+        prompt = inputs["prompt_ids"][i][inputs["prompt_mask"][i].bool()][None]
+        with torch.no_grad():
+            logits = response_logits(model, prompt, inputs["completion_ids"][i][None])
+        rows.append(logits[0])
+    logits = torch.stack(rows).requires_grad_(True)
+    logp, pi_topk = policy_logprobs_from_logits(logits, inputs["completion_ids"], inputs["rollout_topk_ids"])
+    mask = inputs["completion_mask"].bool()
+    batch = PolicyBatch(logp=logp, rollout_logp=inputs["sampling_per_token_logps"], advantages=inputs["advantages"],
+                        response_mask=mask, response_ids=inputs["completion_ids"],
+                        rollout_topk_ids=inputs["rollout_topk_ids"], rollout_topk_logp=inputs["rollout_topk_logp"],
+                        policy_topk_logp=pi_topk, sequence_ids=inputs["sequence_ids"])
+    local = method(batch, LossTotals(num_sequences=8, horizon=HORIZON))
+    # the TRL engine's own pieces on the same inputs
+    with torch.no_grad():
+        attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        from harness.trl_engine import _positions
+        full = model(input_ids=torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1), attention_mask=attention,
+                     position_ids=_positions(attention)).logits
+        trl_logits = full[:, inputs["prompt_ids"].shape[1] - 1:-1]
+    trl_logp, _ = policy_logprobs_from_logits(trl_logits, inputs["completion_ids"])
+    torch.testing.assert_close(trl_logp[mask], logp.detach()[mask], atol=2e-5, rtol=0)
+    torch.testing.assert_close(trl_loss, local.loss.detach(), atol=1e-6, rtol=1e-5)
+    assert local.metrics["mask_fraction"] > 0  # the trust region binds on this update: a real comparison
+
+
+def test_left_padded_rollout_records_mu_exactly():
+    """μ's recorded log-probs (left-padded batch, KV cache) equal teacher forcing on each unpadded row."""
+    model, tok = load_lm(TINY, seed=1)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"]
+               for t in ("What is 2+3?", "Compute $7 \\times 8$ please.", "1")]
+    width = max(map(len, prompts))
+    ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    gen = torch.Generator().manual_seed(0)
+    roll = sample(model, ids, 12, tok.eos_token_id, tok.pad_token_id, gen, record_top_k=3, prompt_mask=mask)
+    for i, p in enumerate(prompts):
+        n = int(roll.response_mask[i].sum())
+        with torch.no_grad():
+            logits = response_logits(model, torch.tensor([p]), roll.response_ids[i, :n][None])[0]
+        expected = logits.float().log_softmax(-1).gather(-1, roll.response_ids[i, :n, None]).squeeze(-1)
+        torch.testing.assert_close(roll.rollout_logp[i, :n], expected, atol=1e-5, rtol=0)
+
+
+def test_trl_run_through_the_config(tmp_path):
+    """trh train setting=lm_tiny: the results folder of an engine=trl run looks like a local run's."""
+    from harness.config import compose
+    from harness.train import run
+
+    cfg = compose(["setting=lm_tiny", "method=cppo", f"results_root={tmp_path}", "logging=quiet"])
+    status = run(cfg)
+    assert status["state"] == "done" and status["engine"] == "trl" and status["trl_recomputes_skipped"] == 4
+    folder = next(tmp_path.iterdir())
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert all("headline" in r and set(r) >= {"aime24", "aime25", "aime26"} for r in rows if r["step"] % 2 == 0)
+    assert all(r["updates"] == 2 and "mask_fraction" in r for r in rows[1:])
+    assert not (folder / "trl_checkpoints").exists()
+    assert run(cfg)["skipped"] is True  # a finished cell is never rerun
