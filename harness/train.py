@@ -69,7 +69,10 @@ def run(cfg: DictConfig, tags: dict | None = None) -> dict:
         torch.set_num_threads(int(spec.engine["threads"]))
     store = RunStore(spec.run_dir, tags=tags)
     if spec.engine["name"] == "trl" and int(os.environ.get("RANK", "0")) > 0:
-        from .lm_train import train as train_lm  # data-parallel rank > 0: rank 0 owns the folder
+        previous = store.read_status()  # data-parallel rank > 0: rank 0 owns the folder
+        if previous and previous.get("state") in ("done", "collapsed") and previous.get("config_hash") == spec.config_hash:
+            return {**previous, "skipped": True}
+        from .lm_train import train as train_lm
         return train_lm(spec, store, main=False)
     with store.exclusive():  # one process per run folder: a second one fails fast instead of interleaving
         return _run_locked(spec, store)

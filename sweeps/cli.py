@@ -84,6 +84,17 @@ def cmd_sweep(args) -> int:
         return 2
     if args.status:
         return _print_status(args)
+    if args.dry_run:
+        from .driver import dry_run
+        if args.executor != "slurm":
+            print("trh sweep: --dry-run prints SLURM submissions; add --executor slurm", file=sys.stderr)
+            return 2
+        try:
+            print(dry_run(args.name, args.overrides, results_root=args.results))
+        except _user_errors() as err:
+            print(f"trh sweep: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         result = sweep(args.name, args.overrides, executor=args.executor, workers=args.workers,
                        results_root=args.results, progress=not args.no_progress, max_retries=args.retries)
@@ -191,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-progress", action="store_true")
     sw.add_argument("--list", action="store_true", help="list the sweep and search specs")
     sw.add_argument("--status", action="store_true", help="show each cell's state on disk; run nothing")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="with --executor slurm: print the sbatch script and launch command of each cell; submit nothing")
     sw.set_defaults(func=cmd_sweep)
     se = sub.add_parser("search", help="an Optuna study over a search spec (resumes after a kill)",
                         description="e.g. trh search search_cppo --trials 20 --workers 2 "

@@ -22,21 +22,50 @@ from harness.store import RunStore, _atomic_write
 
 from .executors import git_state, make_executor, resources
 from .runner import CellRunner, Outcome
-from .spec import Cell, SweepSpec, expand, load_raw, parse, split_overrides
+from .launch import launch_of
+from .spec import Cell, SweepError, SweepSpec, expand, load_raw, parse, split_overrides
 
 
 def prepare(name: str, overrides=(), results_root="results", executor="local"):
     """Everything that can fail on bad input, before anything runs: spec, grid, configs, resources."""
     raw, path = load_raw(name)
     if raw.get("kind") == "search":
-        from .spec import SweepError
         raise SweepError(f"{name!r} is a search spec: run it with `trh search {name}`")
     axes, hydra_overrides, resource_overrides = split_overrides(overrides)
     spec = parse(raw, path, axes)
     res = resources(spec.resources, resource_overrides)
     threads = res["slurm" if executor == "slurm" else "local"]["cpus_per_task"]
     cells = expand(spec, Path(results_root), hydra_overrides, threads=threads)
+    wide = [c for c in cells if launch_of(c.config)]
+    if wide and executor != "slurm":
+        raise SweepError(f"{len(wide)} cell(s) (e.g. {wide[0].describe()}) ask engine.launch for several GPUs; run them "
+                         "with --executor slurm, or set engine.launch.nodes=1 engine.launch.gpus_per_node=1 "
+                         "engine.num_processes=1 for one process")
     return spec, cells, res, hydra_overrides
+
+
+def dry_run(name: str, overrides=(), results_root="results", executor="slurm") -> str:
+    """What ``--executor slurm`` would submit for each cell, without submitting: the sbatch script
+    and, for multi-GPU cells, each node's ``accelerate launch`` command and its config."""
+    from .launch import plan
+
+    spec, cells, res, _ = prepare(name, overrides, results_root, "slurm")
+    folder = Path(results_root) / "sweeps" / spec.name / "submitit"
+    out, shown = [f"# trh sweep {spec.name} --executor slurm --dry-run: {len(cells)} cell(s); nothing submitted"], set()
+    for cell in cells:
+        key = cell.config["setting"]["name"]
+        out.append(f"- {cell.describe()}  →  {cell.run_dir}")
+        if key in shown:
+            continue
+        shown.add(key)
+        wide = plan(cell, res, folder, job_name=f"trh-{cell.setting}-{cell.method}-s{cell.seed}")
+        if wide is not None:
+            out.append(wide.text(cell.describe()))
+        else:
+            ex = make_executor("slurm", folder, res, job_name=f"trh-{spec.name}", check=False)
+            out.append(f"### {cell.describe()}: sbatch script (submitit array task; runs harness.train.run on the cell's "
+                       f"config)\n{ex._make_submission_file_text(ex._submitit_command_str, 'dry-run').rstrip()}\n")
+    return "\n".join(out)
 
 
 def default_workers(executor: str, res: dict) -> int:
@@ -118,11 +147,10 @@ def sweep(name: str, overrides=(), executor: str = "local", workers: int | None 
     if workers is None:
         workers = default_workers(executor, res)
     if workers < 1:
-        from .spec import SweepError
         raise SweepError(f"--workers must be >= 1, got {workers}")
     ex = make_executor(executor, sweep_dir / "submitit", res, job_name=f"trh-{spec.name}")
     write_manifest(sweep_dir, spec, cells, root, overrides, executor)
-    runner = CellRunner(ex, executor, max_retries=max_retries, log=log)
+    runner = CellRunner(ex, executor, max_retries=max_retries, log=log, resources=res)
     started = time.time()
     outcomes = run_cells(cells, runner, 1 if executor == "debug" else workers, progress, poll_s, label=spec.name)
     table = summary_rows(outcomes)

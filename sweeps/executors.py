@@ -47,7 +47,7 @@ def check_slurm() -> None:
         raise SweepError(f"--executor slurm: the SLURM controller is unreachable (`scontrol ping`: {text or ping.returncode})")
 
 
-def make_executor(kind: str, folder: Path, res: dict, job_name: str):
+def make_executor(kind: str, folder: Path, res: dict, job_name: str, check: bool = True):
     import submitit
 
     if kind not in EXECUTORS:
@@ -59,7 +59,8 @@ def make_executor(kind: str, folder: Path, res: dict, job_name: str):
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=res["local"]["timeout_min"])
         return executor
-    check_slurm()
+    if check:  # a dry run builds the executor to print its script, without a controller
+        check_slurm()
     _quiet_sacct()
     s = res["slurm"]
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=s["max_num_timeout"])

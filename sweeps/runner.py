@@ -14,10 +14,12 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.store import FINISHED, RunStore
 
 from .cell import CellJob
+from .launch import LaunchJob, launch_of, multi_gpu_executor, write_launch_files
 from .spec import Cell
 
 
@@ -47,8 +49,9 @@ def finished_status(cell: Cell):
 
 
 class CellRunner:
-    def __init__(self, executor, kind: str, max_retries: int = 2, log=print):
+    def __init__(self, executor, kind: str, max_retries: int = 2, log=print, resources: dict | None = None):
         self.executor, self.kind, self.max_retries, self.log = executor, kind, max_retries, log
+        self.resources = resources
         self.active: dict[str, _Active] = {}
         self.elsewhere: dict[str, tuple[Cell, int]] = {}
         self.attempts: dict[str, int] = {}
@@ -76,15 +79,28 @@ class CellRunner:
         if not cells:
             return
         job_fn = CellJob()
+        wide = [c for c in cells if launch_of(c.config)]
+        cells = [c for c in cells if not launch_of(c.config)] + wide
         if self.kind == "slurm":
-            with self.executor.batch():
-                jobs = [self.executor.submit(job_fn, c.config, self.kind) for c in cells]
+            narrow = cells[:len(cells) - len(wide)]
+            jobs = []
+            if narrow:
+                with self.executor.batch():
+                    jobs = [self.executor.submit(job_fn, c.config, self.kind) for c in narrow]
+            jobs += [self._submit_wide(c) for c in wide]
         else:
             jobs = [self.executor.submit(job_fn, c.config, self.kind) for c in cells]
         now = time.time()
         for cell, job in zip(cells, jobs):
             self.attempts[cell.id] = self.attempts.get(cell.id, 0) + 1
             self.active[cell.id] = _Active(cell, job, now, self.attempts[cell.id])
+
+    def _submit_wide(self, cell: Cell):
+        """A multi-GPU cell: its own job of ``nodes`` tasks, each running ``accelerate launch``."""
+        write_launch_files(cell)
+        folder = Path(str(self.executor.folder)).parent
+        executor = multi_gpu_executor(folder, self.resources, launch_of(cell.config), job_name=f"trh-{cell.setting}-{cell.method}-s{cell.seed}")
+        return executor.submit(LaunchJob(), str(cell.run_dir), self.kind)
 
     def cancel(self, cell_id: str) -> None:
         act = self.active.pop(cell_id, None)

@@ -52,3 +52,18 @@ def test_hydra_native_submitit_slurm_launcher(tmp_path):
     final = statuses(tmp_path)
     assert sorted(n.split("-")[1] for n in final) == ["cppo", "grpo"]
     assert all(v["state"] == "done" for v in final.values())
+
+
+def test_multi_process_trl_cell_through_slurm_and_accelerate(tmp_path):
+    """A cell asking for 2 processes: one submitit job whose node task runs `accelerate launch`
+    (gloo on CPU here, NCCL/DeepSpeed on GPUs); rank 0 writes the run folder, rank 1 trains along."""
+    wide = ["engine.num_processes=2", "engine.launch.gpus_per_node=2", "engine.launch.device=cpu", "engine.threads=1"]
+    out = finish(trh("sweep", "lm_smoke", "method=cppo", "seed=0", *wide, "--executor", "slurm", "--results", tmp_path,
+                     "--no-progress", "slurm.mem_gb=4", "slurm.timeout_min=20"))
+    assert "1 run now" in out
+    (name, status), = statuses(tmp_path).items()
+    assert status["state"] == "done" and status["engine"] == "trl" and status["step"] == 4
+    rows = metrics(tmp_path / "runs" / name)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]  # written once (rank 0 only)
+    launch = tmp_path / "runs" / name / "launch"
+    assert "MULTI_CPU" in (launch / "accelerate.yaml").read_text()

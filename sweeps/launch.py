@@ -1,0 +1,148 @@
+"""Multi-GPU, multi-node launch of ``engine=trl`` cells on SLURM, generated from the run config.
+
+A cell whose ``engine.launch`` asks for more than one GPU becomes one submitit job with
+``nodes`` × 1 task; on each node the task runs ``accelerate launch`` with ``gpus_per_node``
+processes (DDP, or DeepSpeed ZeRO-2/3 from ``deepspeed_zero_stage``), node rank from SLURM and the
+first node as the rendezvous host. The processes run ``python -m sweeps.launch CONFIG`` →
+``harness.train.run``; rank 0 owns the run folder. ``plan(cell, resources)`` builds everything
+without submitting; ``trh sweep ... --executor slurm --dry-run`` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+
+
+def launch_of(config: dict) -> dict | None:
+    """The cell's ``engine.launch`` when it needs more than one process, else None."""
+    engine = config.get("engine", {})
+    launch = engine.get("launch") or {}
+    if engine.get("name") != "trl" or launch.get("nodes", 1) * launch.get("gpus_per_node", 1) <= 1:
+        return None
+    return launch
+
+
+def accelerate_config(launch: dict) -> dict:
+    """accelerate's config file content (``accelerate launch --config_file``)."""
+    nodes, gpus = launch["nodes"], launch["gpus_per_node"]
+    cfg = {"compute_environment": "LOCAL_MACHINE", "num_machines": nodes, "num_processes": nodes * gpus,
+           "mixed_precision": launch.get("mixed_precision", "bf16"), "main_process_port": launch.get("main_port", 29500),
+           "rdzv_backend": "static", "same_network": True, "use_cpu": False}
+    stage = launch.get("deepspeed_zero_stage")
+    if launch.get("device") == "cpu":  # processes without GPUs (gloo): tests and CPU-only clusters
+        cfg.update(distributed_type="MULTI_CPU", use_cpu=True, mixed_precision="no")
+    elif stage:
+        cfg["distributed_type"] = "DEEPSPEED"
+        cfg["deepspeed_config"] = {
+            "zero_stage": stage, "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+            "offload_optimizer_device": "cpu" if launch.get("offload_optimizer") else "none",
+            "offload_param_device": "none", "zero3_init_flag": stage == 3, "zero3_save_16bit_model": stage == 3,
+            "deepspeed_multinode_launcher": "standard"}
+    else:
+        cfg["distributed_type"] = "MULTI_GPU"
+    return cfg
+
+
+def accelerate_command(config_file: str, run_config: str, node_rank: str = "$SLURM_NODEID",
+                       main_ip: str = "$MAIN_IP") -> list[str]:
+    return ["accelerate", "launch", "--config_file", config_file, "--machine_rank", node_rank,
+            "--main_process_ip", main_ip, "-m", "sweeps.launch", run_config]
+
+
+@dataclass
+class LaunchPlan:
+    sbatch: str                 # the script submitit submits
+    command: list[str]          # what each node's task runs (node rank and rendezvous host from SLURM)
+    accelerate_config: dict
+    run_config: Path            # the cell's config, written next to its run folder at submit time
+
+    def text(self, cell_name: str) -> str:
+        import yaml
+
+        return "\n".join([
+            f"### {cell_name}: sbatch script (submitit)", self.sbatch.rstrip(), "",
+            "### on each node, the submitit task (sweeps.launch.LaunchJob) runs, with the node rank and the first",
+            "### node's host name ($MAIN_IP) taken from submitit's JobEnvironment:",
+            " ".join(shlex.quote(c) if not c.startswith("$") else c for c in self.command), "",
+            f"### {Path(self.command[3]).name}:", yaml.safe_dump(self.accelerate_config, sort_keys=False).rstrip(), ""])
+
+
+def slurm_parameters(res: dict, launch: dict, job_name: str) -> dict:
+    s = res["slurm"]
+    cpu = launch.get("device") == "cpu"
+    params = dict(job_name=job_name, time=max(s["timeout_min"], launch.get("timeout_min") or 0), nodes=launch["nodes"],
+                  ntasks_per_node=1, cpus_per_task=launch["gpus_per_node"] if cpu else max(s["cpus_per_task"], 8 * launch["gpus_per_node"]),
+                  mem=f"{s['mem_gb']}G" if cpu else "0", setup=list(s["setup"]), additional_parameters=dict(s["additional"]))
+    if not cpu:
+        params["gpus_per_node"] = launch["gpus_per_node"]
+    for key in ("partition", "account", "qos", "constraint"):
+        if s[key]:
+            params[key] = s[key]
+    return params
+
+
+def multi_gpu_executor(folder: Path, res: dict, launch: dict, job_name: str):
+    executor = submitit.SlurmExecutor(folder=Path(folder) / "%j", max_num_timeout=res["slurm"]["max_num_timeout"])
+    executor.update_parameters(**slurm_parameters(res, launch, job_name))
+    return executor
+
+
+def plan(cell, res: dict, folder: Path, job_name: str = "trh") -> LaunchPlan | None:
+    launch = launch_of(cell.config)
+    if launch is None:
+        return None
+    executor = multi_gpu_executor(folder, res, launch, job_name)
+    launch_dir = Path(cell.run_dir) / "launch"
+    return LaunchPlan(sbatch=executor._make_submission_file_text(executor._submitit_command_str, "dry-run"),
+                      command=accelerate_command(str(launch_dir / "accelerate.yaml"), str(launch_dir / "config.json")),
+                      accelerate_config=accelerate_config(launch), run_config=launch_dir / "config.json")
+
+
+def write_launch_files(cell) -> Path:
+    """The cell's config and accelerate config beside its run folder, read by every node."""
+    import yaml
+
+    launch_dir = Path(cell.run_dir) / "launch"
+    launch_dir.mkdir(parents=True, exist_ok=True)
+    (launch_dir / "config.json").write_text(json.dumps(cell.config, indent=1))
+    (launch_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(launch_of(cell.config))))
+    return launch_dir
+
+
+class LaunchJob(submitit.helpers.Checkpointable):
+    """One node's share of a multi-GPU cell: ``accelerate launch`` its GPUs, then report the status
+    that rank 0 wrote (a requeue after a timeout resumes from the TRL checkpoint)."""
+
+    def __call__(self, run_dir: str, executor: str) -> dict:
+        env = submitit.JobEnvironment()
+        launch_dir = Path(run_dir) / "launch"
+        command = accelerate_command(str(launch_dir / "accelerate.yaml"), str(launch_dir / "config.json"),
+                                     node_rank=str(env.node), main_ip=env.hostnames[0])
+        proc = subprocess.run(command)
+        status_file = Path(run_dir) / "status.json"
+        status = json.loads(status_file.read_text()) if status_file.exists() else {}
+        if proc.returncode != 0 and status.get("state") not in ("done", "collapsed", "failed"):
+            return {"state": "failed", "reason": f"accelerate launch exited with {proc.returncode} on node {env.node}"}
+        return status
+
+
+def main(argv=None) -> None:
+    """Entry point of each accelerate process: ``python -m sweeps.launch CONFIG.json``."""
+    from omegaconf import OmegaConf
+
+    from harness.train import run, summary_line
+
+    path = (argv or sys.argv[1:])[0]
+    status = run(OmegaConf.create(json.loads(Path(path).read_text())))
+    print(summary_line(status) if "state" in status and "t_stop" in status else status)
+
+
+if __name__ == "__main__":
+    main()
