@@ -81,6 +81,10 @@ def load_lm(model_cfg: dict, seed: int = 0):
         raise ConfigError(f"model.source must be one of ['hub', 'package', 'tiny'], got {source!r}")
     tok = AutoTokenizer.from_pretrained(folder, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    if "gguf_file" in kwargs and all(p.is_floating_point() for p in model.parameters()):
+        # transformers de-quantises GGUF weights into ordinary tensors but still flags the model as
+        # quantized, which the Trainer refuses to fine-tune; the weights are plain floats
+        model.is_quantized, model.hf_quantizer = False, None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

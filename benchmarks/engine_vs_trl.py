@@ -1,0 +1,166 @@
+"""One RL round of the local engine vs the TRL engine, A/B in one window.
+
+    python benchmarks/engine_vs_trl.py                 # S model, 16 prompts × 8, 96 tokens, 4 updates, fp32
+    python benchmarks/engine_vs_trl.py --rounds 5 --threads 2
+
+A round = rollout of 16 prompts × 8 samples (96 response tokens each: the end token's logit is
+masked so both engines do exactly the same work), group advantages from a seeded random 0/1
+reward, then 4 minibatch updates of CPPO (Top-K TV, K = 20) with AdamW — what one step of
+``harness.train`` does. Both engines use the same model class, weights, prompts (the math fixture
+through the same chat template) and the harness sampler (TRL's ``rollout_func``), so the difference is
+the training loop: TRL's (generation batch bookkeeping, reward/advantage plumbing, Trainer step with
+accelerate) against the harness's.
+
+The rounds alternate: the TRL trainer runs ``rounds`` generations of 4 steps; after each, a
+callback runs one local round (and, separately, one local round with the local engine's fastest
+honest defaults: μ from the sampler, no recompute, finished rows trimmed, bf16 rollout). TRL's round
+time is measured from ``on_step_begin`` of its first step to ``on_step_end`` of its fourth. Medians.
+Target: local / TRL ≤ 0.8 in fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch  # noqa: E402
+
+PROMPTS, SAMPLES, TOKENS, UPDATES, TOP_K = 16, 8, 96, 4, 20
+
+
+def build(args):
+    from harness.lm import tiny_tokenizer
+    from harness.math_task import load_problems
+    from harness.model import ModelSize, build_model
+
+    tok = tiny_tokenizer()
+    model = build_model(ModelSize(128, 4, 512, 4, 2), len(tok), 512, seed=0)
+    eos = tok.eos_token_id
+    problems = load_problems("fixture:fixture_dapo_math", limit=PROMPTS)
+    return model, tok, eos, problems
+
+
+def no_end_token(model, eos: int):
+    """Every response runs the full 96 tokens: the end token's logit is −inf."""
+    def hook(_module, _inputs, output):
+        return output.index_fill(-1, torch.tensor([eos]), float("-inf"))
+    model.lm_head.register_forward_hook(hook)
+
+
+def rewards_for(n: int, round_index: int) -> torch.Tensor:
+    return torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(1000 + round_index)).float()
+
+
+def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, bf16_rollout=False, rollout_model=None):
+    """One RL step of the local engine (harness/train.py, steps 1–3) on these prompts."""
+    from harness.rollout import sample
+    from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
+
+    t0 = time.perf_counter()
+    ids = prompt_ids.repeat_interleave(SAMPLES, 0)
+    mask = prompt_mask.repeat_interleave(SAMPLES, 0)
+    sampler = model
+    if bf16_rollout:
+        rollout_model.load_state_dict(model.state_dict())
+        sampler = rollout_model.to(torch.bfloat16)
+    roll = sample(sampler, ids, TOKENS, -1, 0, torch.Generator().manual_seed(round_index), record_top_k=TOP_K,
+                  prompt_mask=mask)
+    if bf16_rollout:
+        rollout_model.float()
+    rewards = rewards_for(len(ids), round_index).view(-1, SAMPLES)
+    adv = (rewards - rewards.mean(1, keepdim=True)).reshape(-1)
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(round_index))
+    for rows in order.chunk(UPDATES):
+        attention = torch.cat([mask[rows], roll.response_mask[rows].long()], 1)
+        full = torch.cat([ids[rows], roll.response_ids[rows]], 1)
+        logits = model(input_ids=full, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0),
+                       logits_to_keep=TOKENS + 1).logits[:, :-1]
+        logp, pi_topk = policy_logprobs_from_logits(logits, roll.response_ids[rows], roll.rollout_topk_ids[rows])
+        batch = PolicyBatch(logp=logp, rollout_logp=roll.rollout_logp[rows], advantages=adv[rows],
+                            response_mask=roll.response_mask[rows], response_ids=roll.response_ids[rows],
+                            rollout_topk_ids=roll.rollout_topk_ids[rows], rollout_topk_logp=roll.rollout_topk_logp[rows],
+                            policy_topk_logp=pi_topk, sequence_ids=rows)
+        out = method(batch, LossTotals(num_sequences=len(rows), horizon=TOKENS))
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig
+
+    from harness.lm_train import _encode, _left_pad
+    from harness.trl_engine import make_trainer_class
+    from methods import get_method
+
+    model, tok, eos, problems = build(args)
+    local_model, rollout_model = copy.deepcopy(model), copy.deepcopy(model)
+    for m in (model, local_model, rollout_model):
+        no_end_token(m, eos)
+    prompt_ids, prompt_mask = _left_pad([_encode(tok, p.messages()) for p in problems], tok.pad_token_id)
+    method = get_method("cppo", horizon=TOKENS, delta=0.05, top_k=TOP_K)
+    local_opt = torch.optim.AdamW(local_model.parameters(), lr=1e-4)
+    times = {"local": [], "local_fast": [], "trl": []}
+    rounds_done = [0]
+
+    def trl_reward(prompts, completions, **_):
+        return rewards_for(len(completions), rounds_done[0]).tolist()
+
+    class AB(TrainerCallback):
+        def on_step_begin(self, args_, state, control, **kw):
+            if state.global_step % UPDATES == 0:
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args_, state, control, **kw):
+            if state.global_step % UPDATES:
+                return
+            times["trl"].append(time.perf_counter() - self.t0)
+            r = rounds_done[0]
+            times["local"].append(local_round(local_model, local_opt, method, prompt_ids, prompt_mask, r))
+            times["local_fast"].append(local_round(local_model, local_opt, method, prompt_ids, prompt_mask, r,
+                                                   bf16_rollout=True, rollout_model=rollout_model))
+            rounds_done[0] += 1
+            print(f"round {r}: TRL {times['trl'][-1]:.2f} s, local {times['local'][-1]:.2f} s, "
+                  f"local fastest defaults {times['local_fast'][-1]:.2f} s", flush=True)
+
+    data = Dataset.from_list([{"prompt": p.messages()} for p in problems])
+    config = GRPOConfig(output_dir="/tmp/trh_bench_trl", per_device_train_batch_size=PROMPTS * SAMPLES // UPDATES,
+                        gradient_accumulation_steps=1, steps_per_generation=UPDATES, num_generations=SAMPLES,
+                        max_completion_length=TOKENS, learning_rate=1e-4, max_steps=UPDATES * (args.rounds + 1),
+                        logging_steps=UPDATES, report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
+                        beta=0.0, scale_rewards="none", save_strategy="no", remove_unused_columns=False, seed=0,
+                        disable_tqdm=True, lr_scheduler_type="constant", dataloader_num_workers=0)
+    trainer = make_trainer_class()(model=model, processing_class=tok, reward_funcs=[trl_reward], args=config,
+                                   train_dataset=data, method=method, top_k=TOP_K, callbacks=[AB()])
+    trainer.train()
+    # the first round of each warms caches and allocators: dropped
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    print(f"\nS model, {PROMPTS} prompts × {SAMPLES}, {TOKENS} tokens, {UPDATES} minibatch updates, CPPO Top-K "
+          f"(K={TOP_K}), {args.threads} thread(s), median of {args.rounds} rounds after one warm-up round")
+    print(f"TRL engine (fp32)                      {med['trl']:.2f} s/round")
+    print(f"local engine (fp32)                    {med['local']:.2f} s/round   local/TRL = {med['local'] / med['trl']:.2f} "
+          f"(target ≤ 0.8)")
+    print(f"local engine, fastest honest defaults  {med['local_fast']:.2f} s/round   local/TRL = "
+          f"{med['local_fast'] / med['trl']:.2f}  (bf16 rollout; μ from the sampler, no recompute, trimming as above)")
+
+
+if __name__ == "__main__":
+    main()
