@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from harness.store import best_within_window
 
-SPLIT_KEYS = ("val_a", "val_b", "val_c")
+SPLIT_KEYS = ("val_a", "val_b", "val_c")            # the embedded task (stand-ins for AIME24/25/26)
+REAL_SPLIT_KEYS = ("aime24", "aime25", "aime26")    # engine=trl's math task (task.val names)
 
 
 def verdict(status: dict | None) -> str:
@@ -26,7 +27,7 @@ def cell_row(status: dict | None, rows: list[dict], t_stop: int) -> dict:
            "collapse_step": (status or {}).get("collapse_step"),
            "steps_run": rows[-1]["step"] if rows else 0, "t_stop": t_stop,
            "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None}
-    for key in SPLIT_KEYS:
+    for key in SPLIT_KEYS + REAL_SPLIT_KEYS:
         out[f"best_{key}"] = best.get(key) if best else None
     if status and status.get("state") == "failed":
         out["reason"] = status.get("reason")

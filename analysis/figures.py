@@ -100,7 +100,7 @@ def fig_validation(results: Results, sweep: str, settings: list[str], out: Path,
         _t_stop_line(ax, sub)
         ax.set_title(f"{setting} ({paper()['settings'].get(setting, '—')})", fontsize=10)
         ax.set_xlabel("step")
-    axes[0][0].set_ylabel("validation headline (Avg@4, %)")
+    axes[0][0].set_ylabel(f"validation headline ({results.avg_label}, %)")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -122,7 +122,7 @@ def fig_panels(results: Results, panels: list[tuple[str, str]], out: Path, stem:
         ax.set_title(f"{panel_title} — {cells['setting'].iloc[0]}", fontsize=10)
         ax.set_xlabel("step")
         ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_ylabel("validation headline (Avg@4, %)")
+    axes[0][0].set_ylabel(f"validation headline ({results.avg_label}, %)")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, out, stem, formats)
@@ -169,7 +169,10 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
         return []
     colours = colour_map(results.sweep_cells(sweep))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.2))
-    for ax, (key, ylabel, scale, smooth) in zip(axes.flat, GRID_PANELS):
+    panels = GRID_PANELS
+    if "aime24" in results.curves(cells["run_dir"].iloc[0]).columns:  # an engine=trl run on the math task
+        panels = [(f"aime2{4 + i}", f"AIME2{4 + i} Avg@k, %", 100, 1) for i in range(3)] + GRID_PANELS[3:]
+    for ax, (key, ylabel, scale, smooth) in zip(axes.flat, panels):
         plot_curves(ax, results, cells, key, colours, smooth=smooth, scale=scale)
         ax.set_title(ylabel, fontsize=9)
         ax.set_xlabel("step")

@@ -23,6 +23,12 @@ class Results:
     sweeps: dict                 # sweep name → manifest
     _curves: dict = field(default_factory=dict)
 
+    @property
+    def avg_label(self) -> str:
+        """``Avg@k`` of the validation scores (``Avg@k`` when cells differ or none says)."""
+        ks = set(self.cells["eval_samples"].dropna().astype(int)) if "eval_samples" in self.cells else set()
+        return f"Avg@{ks.pop()}" if len(ks) == 1 else "Avg@k"
+
     def sweep_cells(self, name: str) -> pd.DataFrame:
         return self.cells[self.cells["sweep"] == name]
 
@@ -88,4 +94,15 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
     elif status and status.get("state") == "running" and not busy:
         score["verdict"] = "interrupted"
     return {"sweep": sweep, "feeds": feeds, "setting": cell["setting"], "label": cell["label"],
-            "method": cell["method"], "seed": cell["seed"], "id": cell["id"], "run_dir": str(run_dir), **score}
+            "method": cell["method"], "seed": cell["seed"], "id": cell["id"], "run_dir": str(run_dir),
+            "eval_samples": _eval_samples(run_dir), **score}
+
+
+def _eval_samples(run_dir: Path):
+    """k of the cell's Avg@k (eval.samples in its config snapshot), None before it has one."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    return (yaml.safe_load(path.read_text()).get("eval") or {}).get("samples")

@@ -52,7 +52,7 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS) -> dict:
         frame.index.name = "method"
         path = out / f"table1.{fmt}"
         if fmt == "md":
-            path.write_text(f"Table 1 — best validation headline (Avg@4, %) within [0, T_stop], mean ± std over "
+            path.write_text(f"Table 1 — best validation headline ({results.avg_label}, %) within [0, T_stop], mean ± std over "
                             f"seeds ({name}); **best**, <u>second</u>; entries with a collapsed seed are not "
                             f"ranked.\n\n" + T.to_markdown(frame))
         elif fmt == "tex":
@@ -67,8 +67,8 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS) -> dict:
     for fmt in formats:
         path = out / f"table4.{fmt}"
         if fmt == "md":
-            path.write_text("Table 4 — per validation split at each run's best step (Avg@4, %, mean over seeds; "
-                            "val_a/b/c stand in for AIME24/25/26).\n\n" + T.to_markdown(t4, index=False))
+            path.write_text(f"Table 4 — per validation split at each run's best step ({results.avg_label}, %, mean over "
+                            "seeds; on the embedded task val_a/b/c stand in for AIME24/25/26).\n\n" + T.to_markdown(t4, index=False))
         elif fmt == "tex":
             path.write_text(T.to_latex(t4, "Per-split scores at the best step.", "tab:table4", index=False))
         else:
@@ -91,22 +91,22 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS) -> dict:
         scaled = noise.assign(diff=noise["diff"] * 100, se=noise["se"] * 100)
         (out / "seed_noise.md").write_text(
             "CPPO (or the first row) against each method per setting: difference of mean best headlines "
-            "(points of Avg@4 %), its standard error over seeds, and whether |diff| > 2·SE.\n\n"
+            f"(points of {results.avg_label} %), its standard error over seeds, and whether |diff| > 2·SE.\n\n"
             + T.to_markdown(scaled, index=False))
         scaled.to_csv(out / "seed_noise.csv", index=False)
         written["seed_noise"] = [out / "seed_noise.md", out / "seed_noise.csv"]
     if any(s in T.paper()["settings"] for s in settings):
         versus = T.paper_vs_ours(T.table1(cells, settings, rows, row_key="method"), row_key="method")
         (out / "paper_vs_ours.csv").write_text(versus.to_csv(index=False))
-        (out / "paper_vs_ours.md").write_text(_versus_markdown(versus))
+        (out / "paper_vs_ours.md").write_text(_versus_markdown(versus, results.avg_label))
         written["paper_vs_ours"] = [out / "paper_vs_ours.md", out / "paper_vs_ours.csv"]
     else:
         notes.append("paper vs ours: no setting of this results folder stands in for a paper column")
     return {"written": written, "notes": notes, "main_sweep": name}
 
 
-def _versus_markdown(frame: pd.DataFrame) -> str:
-    parts = ["Paper Table 1 (AIME Avg@16, %) beside ours (embedded headline Avg@4, %), with each column's "
+def _versus_markdown(frame: pd.DataFrame, avg_label: str = "Avg@k") -> str:
+    parts = [f"Paper Table 1 (AIME Avg@16, %) beside ours (headline {avg_label}, %), with each column's "
              "ranking (1 = best; collapsed entries unranked). Kendall's τ compares the two rankings.\n"]
     for (setting, column), group in frame.groupby(["setting", "paper_setting"], sort=False):
         tau = group["kendall_tau"].iloc[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-SPLITS = ("val_a", "val_b", "val_c")
+SPLITS = ("val_a", "val_b", "val_c", "aime24", "aime25", "aime26")  # columns without any value are dropped
 
 
 @lru_cache(maxsize=1)
@@ -106,7 +106,7 @@ def table4(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: s
                    & cells[row_key].isin(rows)]
     columns = {f"best_{s}": s for s in SPLITS} | {"best_headline": "headline"}
     agg = scored.groupby(["setting", row_key], sort=False)[list(columns)].mean() * scale
-    agg = agg.rename(columns=columns).reset_index()
+    agg = agg.rename(columns=columns).dropna(axis=1, how="all").reset_index()
     agg["setting"] = pd.Categorical(agg["setting"], settings, ordered=True)
     agg[row_key] = pd.Categorical(agg[row_key], rows, ordered=True)
     return agg.sort_values(["setting", row_key]).reset_index(drop=True)

@@ -11,11 +11,12 @@ through the same chat template) and the harness sampler (TRL's ``rollout_func``)
 the training loop: TRL's (generation batch bookkeeping, reward/advantage plumbing, Trainer step with
 accelerate) against the harness's.
 
-The rounds alternate: the TRL trainer runs ``rounds`` generations of 4 steps; after each, a
-callback runs one local round (and, separately, one local round with the local engine's fastest
-honest defaults: μ from the sampler, no recompute, finished rows trimmed, bf16 rollout). TRL's round
-time is measured from ``on_step_begin`` of its first step to ``on_step_end`` of its fourth. Medians.
-Target: local / TRL ≤ 0.8 in fp32.
+Four contenders, rounds alternating in one window (the order rotates every round): the TRL
+engine; TRL's stock GRPOTrainer (``loss_type="dapo"``, HF ``generate``, and the "old" log-prob
+recompute TRL does when a generation feeds several steps) for reference; the local engine in fp32;
+the local engine with its fastest honest defaults (μ from the sampler, no recompute, finished rows
+trimmed, bf16 rollout copy). A TRL round is timed from ``on_step_begin`` of its first step to
+``on_step_end`` of its fourth (Trainer set-up excluded). Medians. Target: local / TRL ≤ 0.8 in fp32.
 """
 
 from __future__ import annotations
@@ -96,6 +97,48 @@ def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, 
     return time.perf_counter() - t0
 
 
+class RoundTimer:
+    """TRL round time: from ``on_step_begin`` of a generation's first step to ``on_step_end`` of its last."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            seconds = None
+
+            def on_step_begin(self, args, state, control, **kw):
+                if state.global_step % UPDATES == 0:
+                    self.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step % UPDATES == 0:
+                    self.seconds = time.perf_counter() - self.t0
+
+        return _Timer()
+
+
+def trl_trainer(cls, model, tok, problems, reward, **kwargs):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    data = Dataset.from_list([{"prompt": p.messages()} for p in problems])
+    config = GRPOConfig(output_dir="/tmp/trh_bench_trl", per_device_train_batch_size=PROMPTS * SAMPLES // UPDATES,
+                        gradient_accumulation_steps=1, steps_per_generation=UPDATES, num_generations=SAMPLES,
+                        max_completion_length=TOKENS, temperature=1.0, top_p=1.0, top_k=0, learning_rate=1e-4,
+                        max_steps=UPDATES, logging_steps=UPDATES, report_to="none", use_cpu=True, bf16=False,
+                        gradient_checkpointing=False, beta=0.0, scale_rewards="none", save_strategy="no",
+                        remove_unused_columns=False, seed=0, disable_tqdm=True, lr_scheduler_type="constant",
+                        dataloader_num_workers=0, loss_type="dapo")
+    timer = RoundTimer()
+    trainer = cls(model=model, processing_class=tok, reward_funcs=[reward], args=config, train_dataset=data,
+                  callbacks=[timer], **kwargs)
+
+    def one_round():
+        trainer.train()  # max_steps = one generation of UPDATES steps; the timer excludes Trainer set-up
+        return timer.seconds
+    return one_round
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -103,63 +146,50 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig
+    import transformers
+    from trl import GRPOTrainer
 
     from harness.lm_train import _encode, _left_pad
     from harness.trl_engine import make_trainer_class
     from methods import get_method
 
+    transformers.logging.set_verbosity_error()
     model, tok, eos, problems = build(args)
-    local_model, rollout_model = copy.deepcopy(model), copy.deepcopy(model)
-    for m in (model, local_model, rollout_model):
+    models = {k: copy.deepcopy(model) for k in ("trl", "stock", "local", "local_fast", "bf16_copy")}
+    for m in models.values():
         no_end_token(m, eos)
     prompt_ids, prompt_mask = _left_pad([_encode(tok, p.messages()) for p in problems], tok.pad_token_id)
     method = get_method("cppo", horizon=TOKENS, delta=0.05, top_k=TOP_K)
-    local_opt = torch.optim.AdamW(local_model.parameters(), lr=1e-4)
-    times = {"local": [], "local_fast": [], "trl": []}
-    rounds_done = [0]
+    current = [0]
 
-    def trl_reward(prompts, completions, **_):
-        return rewards_for(len(completions), rounds_done[0]).tolist()
+    def reward(prompts, completions, **_):
+        return rewards_for(len(completions), current[0]).tolist()
 
-    class AB(TrainerCallback):
-        def on_step_begin(self, args_, state, control, **kw):
-            if state.global_step % UPDATES == 0:
-                self.t0 = time.perf_counter()
-
-        def on_step_end(self, args_, state, control, **kw):
-            if state.global_step % UPDATES:
-                return
-            times["trl"].append(time.perf_counter() - self.t0)
-            r = rounds_done[0]
-            times["local"].append(local_round(local_model, local_opt, method, prompt_ids, prompt_mask, r))
-            times["local_fast"].append(local_round(local_model, local_opt, method, prompt_ids, prompt_mask, r,
-                                                   bf16_rollout=True, rollout_model=rollout_model))
-            rounds_done[0] += 1
-            print(f"round {r}: TRL {times['trl'][-1]:.2f} s, local {times['local'][-1]:.2f} s, "
-                  f"local fastest defaults {times['local_fast'][-1]:.2f} s", flush=True)
-
-    data = Dataset.from_list([{"prompt": p.messages()} for p in problems])
-    config = GRPOConfig(output_dir="/tmp/trh_bench_trl", per_device_train_batch_size=PROMPTS * SAMPLES // UPDATES,
-                        gradient_accumulation_steps=1, steps_per_generation=UPDATES, num_generations=SAMPLES,
-                        max_completion_length=TOKENS, learning_rate=1e-4, max_steps=UPDATES * (args.rounds + 1),
-                        logging_steps=UPDATES, report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
-                        beta=0.0, scale_rewards="none", save_strategy="no", remove_unused_columns=False, seed=0,
-                        disable_tqdm=True, lr_scheduler_type="constant", dataloader_num_workers=0)
-    trainer = make_trainer_class()(model=model, processing_class=tok, reward_funcs=[trl_reward], args=config,
-                                   train_dataset=data, method=method, top_k=TOP_K, callbacks=[AB()])
-    trainer.train()
-    # the first round of each warms caches and allocators: dropped
+    opt = {k: torch.optim.AdamW(models[k].parameters(), lr=1e-4) for k in ("local", "local_fast")}
+    engines = {
+        "trl": trl_trainer(make_trainer_class(), models["trl"], tok, problems, reward, method=method, top_k=TOP_K),
+        "stock": trl_trainer(GRPOTrainer, models["stock"], tok, problems, reward),
+        "local": lambda: local_round(models["local"], opt["local"], method, prompt_ids, prompt_mask, current[0]),
+        "local_fast": lambda: local_round(models["local_fast"], opt["local_fast"], method, prompt_ids, prompt_mask,
+                                          current[0], bf16_rollout=True, rollout_model=models["bf16_copy"]),
+    }
+    times = {k: [] for k in engines}
+    names = list(engines)
+    for r in range(args.rounds + 1):  # round 0 warms caches and allocators and is dropped
+        current[0] = r
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order: A/B/C/D, B/C/D/A, ...
+            times[name].append(engines[name]())
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
-    print(f"\nS model, {PROMPTS} prompts × {SAMPLES}, {TOKENS} tokens, {UPDATES} minibatch updates, CPPO Top-K "
-          f"(K={TOP_K}), {args.threads} thread(s), median of {args.rounds} rounds after one warm-up round")
-    print(f"TRL engine (fp32)                      {med['trl']:.2f} s/round")
-    print(f"local engine (fp32)                    {med['local']:.2f} s/round   local/TRL = {med['local'] / med['trl']:.2f} "
-          f"(target ≤ 0.8)")
-    print(f"local engine, fastest honest defaults  {med['local_fast']:.2f} s/round   local/TRL = "
-          f"{med['local_fast'] / med['trl']:.2f}  (bf16 rollout; μ from the sampler, no recompute, trimming as above)")
+    print(f"\nS model (1.0M + embeddings), {PROMPTS} prompts × {SAMPLES}, {TOKENS} tokens, {UPDATES} minibatch updates, "
+          f"CPPO Top-K (K={TOP_K}), {args.threads} thread(s); median of {args.rounds} rounds after a warm-up round")
+    print(f"TRL engine (registry loss, harness sampler for μ, fp32)  {med['trl']:6.2f} s/round")
+    print(f"stock GRPOTrainer (loss_type=dapo, HF generate + old-logp recompute, fp32)  {med['stock']:6.2f} s/round")
+    print(f"local engine (fp32)                    {med['local']:6.2f} s/round   local/TRL engine = "
+          f"{med['local'] / med['trl']:.2f} (target ≤ 0.8); local/stock TRL = {med['local'] / med['stock']:.2f}")
+    print(f"local engine, fastest honest defaults  {med['local_fast']:6.2f} s/round   local/TRL engine = "
+          f"{med['local_fast'] / med['trl']:.2f}; local/stock TRL = {med['local_fast'] / med['stock']:.2f} "
+          "(bf16 rollout copy; μ from the sampler, no recompute, finished rows trimmed)")
 
 
 if __name__ == "__main__":

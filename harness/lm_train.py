@@ -176,7 +176,7 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     run = LMRun(spec, store)
     run.model, run.tok = load_lm(spec.model, seed=spec.seed)
     train_problems = load_problems(task["train"], "task.train", limit=task.get("train_limit"))
-    run.splits = {name: load_problems(src, f"task.val.{name}", limit=spec.eval.get("problems_per_split"), split="test")
+    run.splits = {name: load_problems(src, f"task.val.{name}", limit=spec.eval.get("problems_per_split"))
                   for name, src in task["val"].items()}
     run.verifier = MathVerifier(workers=task.get("reward_workers", 2), timeout=task.get("reward_timeout", 5))
     dataset = Dataset.from_list([{"prompt": p.messages(), "answer": p.answer} for p in train_problems])

@@ -45,14 +45,16 @@ def resolve_source(source: str) -> str:
 
 def load_problems(source: str, key: str = "task.train", limit: int | None = None, split: str = "train"
                   ) -> list[MathProblem]:
-    """Problems from a JSONL path (or ``fixture:NAME``), else a hub data set by name."""
+    """Problems from a JSONL path (or ``fixture:NAME``), else a hub data set by name (``name@split``
+    picks the split; ``split`` otherwise)."""
     path = resolve_source(source)
     if Path(path).is_file():
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     elif path.endswith(".jsonl") or path.startswith((".", "/")):
         raise TaskDataError(f"{key}: no JSONL file at {path!r}")
-    else:
-        rows = _hub_rows(path, key, split)
+    else:  # a hub data set, ``name`` or ``name@split``
+        name, _, named_split = path.partition("@")
+        rows = _hub_rows(name, key, named_split or split)
     problems = [_problem(row, key, i) for i, row in enumerate(rows)]
     if not problems:
         raise TaskDataError(f"{key}: {source!r} holds no problems")

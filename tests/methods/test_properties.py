@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from methods import (LossTotals, PolicyBatch, binary_kl, binary_tv, exact_kl, exact_tv, force_sampled_token,
@@ -153,6 +153,7 @@ def test_cppo_reduces_to_dppo():
 
 @SETTINGS
 @given(seed=seeds, top_k=st.integers(1, 8), drift=st.floats(0.0, 3.0))
+@example(seed=0, top_k=7, drift=3.0)  # π's residual mass 1.2e-8: below fp32 resolution
 def test_binary_le_topk_le_exact(seed, top_k, drift):
     rb = random_batch(seed, vocab=8, top_k=top_k, drift=drift, padding="right", lengths=[9, 9, 9])
     b = rb.batch
@@ -164,9 +165,13 @@ def test_binary_le_topk_le_exact(seed, top_k, drift):
     kl_bin, kl_top, kl_ex = binary_kl(b.rollout_logp, b.logp.detach()), topk_kl(mu_set, pi_set), exact_kl(rb.mu_full, rb.pi_full)
     assert bool((tv_bin <= tv_top + tol).all()) and bool((tv_top <= tv_ex + tol).all())
     # KL's residual term p_rest·log(p_rest/q_rest) amplifies the ~1e-7 rounding of fp32 log-probs
-    # when q_rest is tiny (1 − Σ_S q cannot resolve it), hence the looser KL tolerance
+    # when q_rest is tiny (1 − Σ_S q cannot resolve it), hence the looser KL tolerance; where π's true
+    # residual mass is below what fp32 log-probs resolve (1e-5), Top-K KL vs exact is not checked
     kl_tol = 1e-4 + 1e-4 * kl_ex.abs()
-    assert bool((kl_bin <= kl_top + kl_tol).all()) and bool((kl_top <= kl_ex + kl_tol).all())
+    q_rest = 1.0 - rb.pi_full.double().exp().gather(-1, b.rollout_topk_ids).sum(-1)
+    resolvable = (q_rest >= 1e-5) | (b.rollout_topk_ids.shape[-1] == rb.pi_full.shape[-1])
+    assert bool((kl_bin <= kl_top + kl_tol).all())
+    assert bool((kl_top <= kl_ex + kl_tol)[resolvable].all())
     for d in (tv_bin, tv_top, kl_top, kl_bin):
         assert bool((d >= -tol).all())
     if top_k == 8:  # the whole vocabulary: Top-K is exact

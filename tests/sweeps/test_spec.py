@@ -11,7 +11,8 @@ from sweeps.search import open_storage, parse_search
 from sweeps.spec import SweepError, load_raw, spec_names
 
 GRIDS = {"paper_main": 84, "ablation_mechanism": 12, "ablation_ordering": 9, "ablation_gate": 9, "sensitivity": 12,
-         "divergence_kl_tv": 12, "divergence_binary_topk": 9, "position_diagnostics": 2, "smoke": 4, "demo": 7}
+         "divergence_kl_tv": 12, "divergence_binary_topk": 9, "position_diagnostics": 2, "smoke": 4, "demo": 7,
+         "lm_smoke": 4}
 
 
 def test_every_paper_artefact_has_a_spec():
