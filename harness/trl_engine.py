@@ -53,6 +53,34 @@ def _pad_rows(rows: list[torch.Tensor], length: int, fill) -> torch.Tensor:
     return out
 
 
+def mu_from_vllm(completion_ids: list, logprobs: list, token_ids: list, top_k: int):
+    """vLLM's per-token logprobs (``logprobs=K``: up to K+1 entries by rank, the sampled token always
+    among them) → μ's sampled log-prob per token and μ's top-K ids/log-probs with the sampled token
+    forced into the set, as the harness sampler records them. NaN where vLLM gave none."""
+    from methods import insert_sampled
+
+    sampled_logp, top_ids, top_logp = [], [], []
+    for row_ids, row_lps, row_tok in zip(completion_ids, logprobs, token_ids):
+        lp_row, ids_row, vals_row = [], [], []
+        for token, lps, ids in zip(row_ids, row_lps, row_tok):
+            lps = [float("nan") if v is None else v for v in lps]
+            if token not in ids:
+                raise RuntimeError(f"vLLM returned no log-prob for the sampled token {token}; it must run with "
+                                   "logprobs >= 0 (the engine sets vllm_generation.logprobs = top_k)")
+            if len(ids) < top_k:
+                raise RuntimeError(f"vLLM returned {len(ids)} log-probs for a token, fewer than top_k={top_k}")
+            lp_row.append(lps[ids.index(token)])
+            ids_row.append(ids[:top_k])
+            vals_row.append(lps[:top_k])
+        ids_t, vals_t = torch.tensor(ids_row, dtype=torch.long), torch.tensor(vals_row, dtype=torch.float32)
+        tok_t, lp_t = torch.tensor(list(row_ids), dtype=torch.long), torch.tensor(lp_row, dtype=torch.float32)
+        ids_t, vals_t = insert_sampled(ids_t, (vals_t,), tok_t, (lp_t,))
+        sampled_logp.append(lp_row)
+        top_ids.append(ids_t)
+        top_logp.append(vals_t)
+    return sampled_logp, top_ids, top_logp
+
+
 def registry_rollout(prompts: list, trainer) -> dict:
     """TRL's ``rollout_func``: sample with the harness sampler and record μ (see the module doc)."""
     return trainer.registry_rollout(prompts)
@@ -84,6 +112,8 @@ def make_trainer_class():
         def registry_rollout(self, prompts: list) -> dict:
             tok = self.processing_class
             prompt_ids = [self._encode_prompt(p) for p in prompts]
+            if self.use_vllm:
+                return self._vllm_rollout(prompt_ids)
             width = max(map(len, prompt_ids))
             ids = torch.full((len(prompt_ids), width), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -108,6 +138,20 @@ def make_trainer_class():
             self._pending_topk = ([roll.rollout_topk_ids[i, :n].cpu() for i, n in enumerate(lengths)],
                                   [roll.rollout_topk_logp[i, :n].cpu() for i, n in enumerate(lengths)])
             return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+        def _vllm_rollout(self, prompt_ids: list) -> dict:
+            """vLLM generates with ``logprobs=K``; μ and its top-K come from what vLLM returns."""
+            self.vllm_generation.logprobs = self.top_k
+            if self.state.global_step != self._last_loaded_step:
+                self.vllm_generation.sync_weights()
+                self._last_loaded_step = self.state.global_step
+            _, completion_ids, logprobs, token_ids = self.vllm_generation.generate(
+                prompts=prompt_ids, images=None, num_generations=self.num_generations)
+            if logprobs is None or token_ids is None:
+                raise RuntimeError("vLLM returned no log-probs; μ cannot be recorded")
+            sampled, top_ids, top_logp = mu_from_vllm(completion_ids, logprobs, token_ids, self.top_k)
+            self._pending_topk = (top_ids, top_logp)
+            return {"prompt_ids": prompt_ids, "completion_ids": [list(c) for c in completion_ids], "logprobs": sampled}
 
         def _encode_prompt(self, prompt) -> list[int]:
             tok = self.processing_class
@@ -208,7 +252,8 @@ def grpo_args(spec, output_dir: str, cuda: bool):
         learning_rate=rl["lr"], weight_decay=rl["weight_decay"], max_grad_norm=rl["grad_clip"],
         adam_beta1=0.9, adam_beta2=0.999, lr_scheduler_type="constant", warmup_steps=0,
         beta=0.0, scale_rewards="group" if rl["std_normalize"] else "none",
-        vllm_importance_sampling_correction=False, use_vllm=False,
+        vllm_importance_sampling_correction=False, use_vllm=bool(eng["vllm"]["enabled"]),
+        vllm_mode=eng["vllm"]["mode"], vllm_gpu_memory_utilization=eng["vllm"]["gpu_memory_utilization"],
         max_steps=spec.steps * updates, logging_steps=updates, save_steps=eng["checkpoint_every"] * updates,
         save_total_limit=1, report_to="none", disable_tqdm=not spec.logging.get("progress", True),
         bf16=bool(eng["bf16"]) and cuda, use_cpu=not cuda,

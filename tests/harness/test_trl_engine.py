@@ -65,6 +65,13 @@ def test_pinned_trl_internals_are_unchanged():
     assert "old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(" in source
     assert 'output["sampling_per_token_logps"] = sampling_per_token_logps' in source
     assert GRPOTrainer.loss_is_scaled_for_ga is True
+    # the vLLM path: logprobs=K is read at generate time and token ids come back with the log-probs
+    from trl.generation.vllm_generation import VLLMGeneration
+    assert tuple(inspect.signature(VLLMGeneration.generate).parameters) == ("self", "prompts", "images",
+                                                                            "num_generations", "profiler")
+    generate = inspect.getsource(VLLMGeneration.generate)
+    assert '"logprobs": self.logprobs' in generate and "logprob_token_ids" in generate
+    assert "self._last_loaded_step" in inspect.getsource(GRPOTrainer.__init__)
 
 
 @pytest.mark.parametrize("name", SEVEN)
@@ -178,3 +185,19 @@ def test_trl_run_through_the_config(tmp_path):
     assert all(r["updates"] == 2 and "mask_fraction" in r for r in rows[1:])
     assert not (folder / "trl_checkpoints").exists()
     assert run(cfg)["skipped"] is True  # a finished cell is never rerun
+
+
+def test_mu_from_vllm_logprobs():
+    """vLLM (logprobs=K) returns up to K+1 entries per token by rank, the sampled token always among
+    them; μ's set is the top K with the sampled token forced in, as the harness sampler records it."""
+    from harness.trl_engine import mu_from_vllm
+
+    completion = [[5, 7, 2]]
+    token_ids = [[[5, 3, 9], [1, 2, 7], [2, 4, 6]]]
+    logprobs = [[[-0.1, -2.5, -4.0], [-0.5, -1.5, -3.0], [-0.2, -2.0, -3.3]]]
+    sampled, top_ids, top_logp = mu_from_vllm(completion, logprobs, token_ids, top_k=2)
+    assert sampled == [[-0.1, -3.0, -0.2]]
+    assert top_ids[0].tolist() == [[5, 3], [1, 7], [2, 4]]          # 7 was third: it replaces the K-th entry
+    torch.testing.assert_close(top_logp[0], torch.tensor([[-0.1, -2.5], [-0.5, -3.0], [-0.2, -2.0]]))
+    with pytest.raises(RuntimeError, match="no log-prob for the sampled token"):
+        mu_from_vllm([[8]], [[[-0.1, -2.5]]], [[[5, 3]]], top_k=2)
