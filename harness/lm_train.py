@@ -92,18 +92,20 @@ def _callback_class():
         def __init__(self, run):
             self.run = run
 
-        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if self.run.start == 0:  # step 0: the starting policy, evaluated by every rank (see LMRun.evaluate)
+                row = {"step": 0, **self.run.evaluate(0)}
+                self.run.record(row)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "train_runtime" in logs or state.global_step % self.run.updates:
-                return
-            if not self.run.accelerator_main:
                 return
             step = state.global_step // self.run.updates
             row = {"step": step, "train_reward": logs.get("reward"),
                    "response_length": logs.get("completions/mean_length"),
                    "updates": self.run.updates, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-            verdict = self.run.judge(row, model)
-            self.run.store.append("metrics.jsonl", row)
-            self.run.rows.append(row)
+            verdict = self.run.judge(row)
+            self.run.record(row)
             if verdict:
                 self.run.verdict = verdict
                 control.should_training_stop = True
@@ -141,27 +143,45 @@ class LMRun:
         self.updates = spec.rl["updates_per_iter"]
         self.rows, self.verdict, self.peak = [], None, 0.0
         self.resumed_from = list((store.read_status() or {}).get("resumed_from", []))
-        self.accelerator_main = True
-        self.model = self.tok = self.verifier = self.splits = None
+        self.accelerator_main, self.start = True, 0
+        self.model = self.tok = self.verifier = self.splits = self.trainer = None
 
-    def judge(self, row: dict, model) -> dict | None:
+    def record(self, row: dict) -> None:
+        self.store.append("metrics.jsonl", row)  # a no-op on ranks > 0
+        self.rows.append(row)
+        if "headline" in row:
+            self.peak = max(self.peak, row["headline"])
+
+    def judge(self, row: dict) -> dict | None:
+        """Evaluate at eval steps and decide the verdict; rank 0 decides for every rank, so that all
+        of them stop at the same step."""
+        from accelerate.utils import broadcast_object_list
+
         from .train import headline_collapse
 
+        verdict = None
         loss = row.get("policy_loss", row.get("loss", 0.0))
         if loss is not None and not math.isfinite(loss):
-            return {"state": "collapsed", "reason": "non-finite loss", "collapse_step": row["step"]}
-        ev = self.spec.eval
-        if row["step"] % ev["every"] == 0 or row["step"] == self.spec.steps:
-            row.update(self.evaluate(model or self.model, row["step"]))
-            self.peak = max(self.peak, row["headline"])
-            reason = headline_collapse(row["headline"], self.peak, self.spec.collapse)
+            verdict = {"state": "collapsed", "reason": "non-finite loss", "collapse_step": row["step"]}
+        elif row["step"] % self.spec.eval["every"] == 0 or row["step"] == self.spec.steps:
+            row.update(self.evaluate(row["step"]))
+            reason = headline_collapse(row["headline"], max(self.peak, row["headline"]), self.spec.collapse)
             if reason:
-                return {"state": "collapsed", "reason": reason, "collapse_step": row["step"]}
-        return None
+                verdict = {"state": "collapsed", "reason": reason, "collapse_step": row["step"]}
+        if self.trainer is not None and self.trainer.accelerator.num_processes > 1:
+            verdict = broadcast_object_list([verdict], from_process=0)[0]
+        return verdict
 
-    def evaluate(self, model, step: int) -> dict:
-        return evaluate(model, self.tok, self.splits, self.spec.eval, self.spec.rl["max_response_tokens"],
-                        self.verifier, seed=self.spec.seed * 7 + step)
+    def evaluate(self, step: int) -> dict:
+        """Every rank evaluates the full policy (under ZeRO-3 its parameters are gathered for the
+        duration, so the forwards need no collectives); only rank 0's row is written."""
+        from trl.models import unwrap_model_for_generation
+
+        t = self.trainer
+        with unwrap_model_for_generation(t.model_wrapped, t.accelerator,
+                                         gather_deepspeed3_params=t.args.ds3_gather_for_generation) as model:
+            return evaluate(model, self.tok, self.splits, self.spec.eval, self.spec.rl["max_response_tokens"],
+                            self.verifier, seed=self.spec.seed * 7 + step)
 
 
 def train(spec, store: RunStore, main: bool = True) -> dict:
@@ -174,6 +194,8 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
         torch.set_num_threads(int(eng["threads"]))
     cuda = torch.cuda.is_available() and not eng.get("force_cpu", False)
     run = LMRun(spec, store)
+    output_dir = store.dir / "trl_checkpoints"
+    args = grpo_args(spec, str(output_dir), cuda)  # first: under ZeRO-3 it makes from_pretrained partition weights
     run.model, run.tok = load_lm(spec.model, seed=spec.seed)
     train_problems = load_problems(task["train"], "task.train", limit=task.get("train_limit"))
     run.splits = {name: load_problems(src, f"task.val.{name}", limit=spec.eval.get("problems_per_split"))
@@ -184,13 +206,12 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     params = dict(spec.method_params)
     method = get_method(spec.method_name, horizon=spec.rl["max_response_tokens"], **params)
     top_k = getattr(method.params, "top_k", 1) or 1
-    output_dir = store.dir / "trl_checkpoints"
-    args = grpo_args(spec, str(output_dir), cuda)
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(model=run.model, processing_class=run.tok, reward_funcs=[MathReward(run.verifier)],
                           args=args, train_dataset=dataset, method=method, top_k=top_k,
                           rollout_temperature=spec.rl["temperature"], rollout_seed=spec.seed,
                           callbacks=[_callback_class()(run)])
+    run.trainer = trainer
     run.accelerator_main = main and trainer.accelerator.is_main_process
     if not run.accelerator_main:
         store = run.store = _ReadOnlyStore(store)
@@ -201,22 +222,17 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     if last:
         run.resumed_from.append(start)
         store.truncate("metrics.jsonl", start)
-    else:
+    elif run.accelerator_main:
         (store.dir / "metrics.jsonl").unlink(missing_ok=True)
     store.write_status(state="running", step=start, config_hash=spec.config_hash, resumed_from=run.resumed_from,
                        engine="trl")
-    run.rows = store.read()
+    run.start = start
+    run.rows = store.read() if last else []
     run.peak = max([r["headline"] for r in run.rows if "headline" in r], default=0.0)
     try:
-        if start == 0 and run.accelerator_main:
-            row = {"step": 0, **run.evaluate(run.model, 0)}
-            store.append("metrics.jsonl", row)
-            run.rows.append(row)
-            run.peak = row["headline"]
-        trainer.train(resume_from_checkpoint=last)
+        trainer.train(resume_from_checkpoint=last)  # step 0 is evaluated in on_train_begin
     finally:
         run.verifier.close()
-    run.trainer = trainer
     verdict = run.verdict or {"state": "done", "reason": ""}
     best = best_within_window(run.rows, spec.t_stop)
     status = {**verdict, "step": run.rows[-1]["step"], "config_hash": spec.config_hash, "t_stop": spec.t_stop,
@@ -224,5 +240,6 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
               "best_step": best["step"] if best else None, "resumed_from": run.resumed_from, "engine": "trl",
               "trl_recomputes_skipped": trainer.recomputes_skipped}
     store.write_status(**status)
-    shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict
+    if run.accelerator_main:
+        shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict
     return status

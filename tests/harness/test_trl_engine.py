@@ -201,3 +201,31 @@ def test_mu_from_vllm_logprobs():
     torch.testing.assert_close(top_logp[0], torch.tensor([[-0.1, -2.5], [-0.5, -3.0], [-0.2, -2.0]]))
     with pytest.raises(RuntimeError, match="no log-prob for the sampled token"):
         mu_from_vllm([[8]], [[[-0.1, -2.5]]], [[[5, 3]]], top_k=2)
+
+
+def test_trl_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A crash after the step-2 checkpoint: the rerun resumes there, each step is recorded once."""
+    from harness import lm_train
+    from harness.config import compose
+    from harness.train import run
+
+    judge = lm_train.LMRun.judge
+    crashed = []
+
+    def crash_once(self, row):
+        if row["step"] == 3 and not crashed:
+            crashed.append(True)
+            raise RuntimeError("simulated crash")
+        return judge(self, row)
+
+    monkeypatch.setattr(lm_train.LMRun, "judge", crash_once)
+    cfg = compose(["setting=lm_tiny", "method=grpo", f"results_root={tmp_path}", "logging=quiet"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    folder = next(tmp_path.iterdir())
+    assert json.loads((folder / "status.json").read_text())["state"] == "failed"
+    assert (folder / "trl_checkpoints" / "checkpoint-4").is_dir()  # RL step 2 = 4 optimiser steps
+    status = run(cfg)
+    assert status["state"] == "done" and status["resumed_from"] == [2]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
