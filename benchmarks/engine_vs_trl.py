@@ -11,11 +11,13 @@ through the same chat template) and the harness sampler (TRL's ``rollout_func``)
 the training loop: TRL's (generation batch bookkeeping, reward/advantage plumbing, Trainer step with
 accelerate) against the harness's.
 
-Four contenders, rounds alternating in one window (the order rotates every round): the TRL
+Five contenders, rounds alternating in one window (the order rotates every round): the TRL
 engine; TRL's stock GRPOTrainer (``loss_type="dapo"``, HF ``generate``, and the "old" log-prob
-recompute TRL does when a generation feeds several steps) for reference; the local engine in fp32;
-the local engine with its fastest honest defaults (μ from the sampler, no recompute, finished rows
-trimmed, bf16 rollout copy). A TRL round is timed from ``on_step_begin`` of its first step to
+recompute TRL does when a generation feeds several steps) for reference; the local engine in fp32
+with its defaults; the local engine in fp32 with ``engine.share_prompt_prefix`` (each prompt's forward
+run once per group of n in the updates — the local engine's minibatches hold whole groups, TRL's
+shuffle rows across groups); the local engine with its fastest honest settings (μ from the sampler,
+no recompute, finished rows trimmed, shared prompt prefix, bf16 rollout copy). A TRL round is timed from ``on_step_begin`` of its first step to
 ``on_step_end`` of its fourth (Trainer set-up excluded). Medians. Target: local / TRL ≤ 0.8 in fp32.
 """
 
@@ -60,9 +62,11 @@ def rewards_for(n: int, round_index: int) -> torch.Tensor:
     return torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(1000 + round_index)).float()
 
 
-def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, bf16_rollout=False, rollout_model=None):
-    """One RL step of the local engine (harness/train.py, steps 1–3) on these prompts."""
-    from harness.rollout import sample
+def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, bf16_rollout=False, rollout_model=None,
+                share_prefix=False):
+    """One RL step of the local engine (harness/train.py, steps 1–3) on these prompts: minibatches of
+    whole groups, as the engine takes them (``share_prefix``: engine.share_prompt_prefix)."""
+    from harness.rollout import sample, shared_prefix_logits
     from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
 
     t0 = time.perf_counter()
@@ -78,12 +82,16 @@ def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, 
         rollout_model.float()
     rewards = rewards_for(len(ids), round_index).view(-1, SAMPLES)
     adv = (rewards - rewards.mean(1, keepdim=True)).reshape(-1)
-    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(round_index))
-    for rows in order.chunk(UPDATES):
-        attention = torch.cat([mask[rows], roll.response_mask[rows].long()], 1)
-        full = torch.cat([ids[rows], roll.response_ids[rows]], 1)
-        logits = model(input_ids=full, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0),
-                       logits_to_keep=TOKENS + 1).logits[:, :-1]
+    groups = torch.randperm(PROMPTS, generator=torch.Generator().manual_seed(round_index))
+    for chunk in groups.chunk(UPDATES):
+        rows = (chunk[:, None] * SAMPLES + torch.arange(SAMPLES)).reshape(-1)
+        if share_prefix:
+            logits = shared_prefix_logits(model, ids[rows], roll.response_ids[rows], SAMPLES, prompt_mask=mask[rows])
+        else:
+            attention = torch.cat([mask[rows], roll.response_mask[rows].long()], 1)
+            full = torch.cat([ids[rows], roll.response_ids[rows]], 1)
+            logits = model(input_ids=full, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0),
+                           logits_to_keep=TOKENS + 1).logits[:, :-1]
         logp, pi_topk = policy_logprobs_from_logits(logits, roll.response_ids[rows], roll.rollout_topk_ids[rows])
         batch = PolicyBatch(logp=logp, rollout_logp=roll.rollout_logp[rows], advantages=adv[rows],
                             response_mask=roll.response_mask[rows], response_ids=roll.response_ids[rows],
@@ -155,7 +163,7 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     model, tok, eos, problems = build(args)
-    models = {k: copy.deepcopy(model) for k in ("trl", "stock", "local", "local_fast", "bf16_copy")}
+    models = {k: copy.deepcopy(model) for k in ("trl", "stock", "local", "local_shared", "local_fast", "bf16_copy")}
     for m in models.values():
         no_end_token(m, eos)
     prompt_ids, prompt_mask = _left_pad([_encode(tok, p.messages()) for p in problems], tok.pad_token_id)
@@ -165,13 +173,16 @@ def main() -> None:
     def reward(prompts, completions, **_):
         return rewards_for(len(completions), current[0]).tolist()
 
-    opt = {k: torch.optim.AdamW(models[k].parameters(), lr=1e-4) for k in ("local", "local_fast")}
+    opt = {k: torch.optim.AdamW(models[k].parameters(), lr=1e-4) for k in ("local", "local_shared", "local_fast")}
     engines = {
         "trl": trl_trainer(make_trainer_class(), models["trl"], tok, problems, reward, method=method, top_k=TOP_K),
         "stock": trl_trainer(GRPOTrainer, models["stock"], tok, problems, reward),
         "local": lambda: local_round(models["local"], opt["local"], method, prompt_ids, prompt_mask, current[0]),
+        "local_shared": lambda: local_round(models["local_shared"], opt["local_shared"], method, prompt_ids, prompt_mask,
+                                            current[0], share_prefix=True),
         "local_fast": lambda: local_round(models["local_fast"], opt["local_fast"], method, prompt_ids, prompt_mask,
-                                          current[0], bf16_rollout=True, rollout_model=models["bf16_copy"]),
+                                          current[0], bf16_rollout=True, rollout_model=models["bf16_copy"],
+                                          share_prefix=True),
     }
     times = {k: [] for k in engines}
     names = list(engines)
@@ -187,9 +198,11 @@ def main() -> None:
     print(f"stock GRPOTrainer (loss_type=dapo, HF generate + old-logp recompute, fp32)  {med['stock']:6.2f} s/round")
     print(f"local engine (fp32)                    {med['local']:6.2f} s/round   local/TRL engine = "
           f"{med['local'] / med['trl']:.2f} (target ≤ 0.8); local/stock TRL = {med['local'] / med['stock']:.2f}")
-    print(f"local engine, fastest honest defaults  {med['local_fast']:6.2f} s/round   local/TRL engine = "
+    print(f"local engine + share_prompt_prefix (fp32)  {med['local_shared']:6.2f} s/round   local/TRL engine = "
+          f"{med['local_shared'] / med['trl']:.2f} (target ≤ 0.8); local/stock TRL = {med['local_shared'] / med['stock']:.2f}")
+    print(f"local engine, fastest honest settings  {med['local_fast']:6.2f} s/round   local/TRL engine = "
           f"{med['local_fast'] / med['trl']:.2f}; local/stock TRL = {med['local_fast'] / med['stock']:.2f} "
-          "(bf16 rollout copy; μ from the sampler, no recompute, finished rows trimmed)")
+          "(bf16 rollout copy + shared prompt prefix; μ from the sampler, no recompute, finished rows trimmed)")
 
 
 if __name__ == "__main__":

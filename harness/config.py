@@ -14,6 +14,9 @@ from .store import config_hash
 CONFIG_DIR = Path(__file__).parent / "conf"
 # keys that do not change what a run computes, so they stay out of its id
 NON_SEMANTIC = ("logging", "run_dir", "results_root")
+# options added after results existed: at these values they are left out of a run's id, so the ids
+# (and the committed results) of runs that never set them stay valid
+ID_OMITTED_AT_DEFAULT = {("engine", "share_prompt_prefix"): False}
 
 
 class ConfigError(ValueError):
@@ -146,6 +149,14 @@ def _check_trl(resolved: dict) -> None:
     _require(resolved["eval"], "eval", {"batch_size": _pos_int})
 
 
+def _without_omitted_defaults(semantic: dict) -> dict:
+    out = dict(semantic)
+    for (section, key), default in ID_OMITTED_AT_DEFAULT.items():
+        if isinstance(out.get(section), dict) and out[section].get(key, default) == default:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
 def resolve(cfg: DictConfig) -> RunSpec:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -190,7 +201,7 @@ def resolve(cfg: DictConfig) -> RunSpec:
         raise ConfigError(f"seed must be an integer, got {seed!r}")
 
     semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC and k != "hydra"}
-    digest = config_hash(semantic)
+    digest = config_hash(_without_omitted_defaults(semantic))
     run_dir = resolved.get("run_dir") or str(
         Path(resolved.get("results_root") or "results/runs") / f"{setting['name']}-{name}-s{seed}-{digest}")
     return RunSpec(resolved=semantic, config_hash=digest, run_dir=Path(run_dir), seed=seed, method_name=name,

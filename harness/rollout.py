@@ -128,3 +128,30 @@ def response_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor)
     logits = model(input_ids=inputs).logits
     p = prompt_ids.shape[1]
     return logits[:, p - 1: p - 1 + response_ids.shape[1]]
+
+
+def shared_prefix_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor, group: int,
+                         prompt_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``response_logits`` for rows that come in groups of ``group`` identical prompts (GRPO's n
+    samples of a prompt): each prompt is run once and its KV cache shared by the group's responses,
+    gradients included. Same values as the full forward up to floating-point rounding; with
+    ``prompt_mask`` (left padding) positions count real tokens only, as in ``sample``."""
+    n, p = prompt_ids.shape
+    if n % group:
+        raise ValueError(f"{n} rows do not split into groups of {group}")
+    heads = prompt_ids[::group]
+    extra, after = {}, {}
+    if prompt_mask is not None:
+        mask = prompt_mask[::group].long()
+        extra = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+    out = model(input_ids=heads, cache=DynamicCache(), use_cache=True, **extra)
+    cache, first = out.past_key_values, out.logits[:, -1:]
+    cache.batch_repeat_interleave(group)
+    t = response_ids.shape[1]
+    if prompt_mask is not None:
+        mask = prompt_mask.long()
+        start = mask.sum(-1, keepdim=True)
+        after = {"attention_mask": torch.cat([mask, mask.new_ones(n, t - 1)], 1),
+                 "position_ids": start + torch.arange(t - 1, device=mask.device)}
+    rest = model(input_ids=response_ids[:, :-1], cache=cache, use_cache=True, **after).logits
+    return torch.cat([first.repeat_interleave(group, 0), rest], 1)

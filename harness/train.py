@@ -21,7 +21,7 @@ from methods import LossTotals, PolicyBatch, get_method, list_methods, policy_lo
 from . import task as tasks
 from .config import ConfigError, RunSpec, resolve
 from .model import CharTokenizer, ModelSize, build_model
-from .rollout import response_logits, sample
+from .rollout import response_logits, sample, shared_prefix_logits
 from .store import RunStore, best_within_window
 from .warmup import encode_problems, rollout_rewards, sampled_accuracy, warm_start
 
@@ -183,7 +183,10 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
                 continue
             rows_idx = (chunk[:, None] * n + torch.arange(n)).reshape(-1)
             resp = roll.response_ids[rows_idx]
-            logits = response_logits(model, roll.prompt_ids[rows_idx], resp)
+            if spec.engine.get("share_prompt_prefix"):  # minibatches hold whole groups: one prompt pass each
+                logits = shared_prefix_logits(model, roll.prompt_ids[rows_idx], resp, n)
+            else:
+                logits = response_logits(model, roll.prompt_ids[rows_idx], resp)
             logp, pi_topk = policy_logprobs_from_logits(logits, resp, roll.rollout_topk_ids[rows_idx])
             batch = PolicyBatch(logp=logp, rollout_logp=roll.rollout_logp[rows_idx], advantages=adv.reshape(-1)[rows_idx],
                                 response_mask=roll.response_mask[rows_idx], response_ids=resp,

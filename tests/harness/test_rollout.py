@@ -1,5 +1,6 @@
 """The sampler records μ exactly as a teacher-forced forward sees it."""
 
+import pytest
 import torch
 
 from harness.model import CharTokenizer, ModelSize, build_model
@@ -36,3 +37,40 @@ def test_sampling_is_deterministic_in_the_generator():
     a = sample(model, prompts, 10, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(3), record_top_k=4)
     b = sample(model, prompts, 10, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(3), record_top_k=4)
     assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.rollout_logp, b.rollout_logp)
+
+
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_shared_prefix_logits_equal_the_full_forward_with_gradients(left_padded):
+    """Each group's prompt is run once and its KV cache shared by the group's responses."""
+    from harness.model import ModelSize, build_model
+    from harness.rollout import response_logits, shared_prefix_logits
+
+    model = build_model(ModelSize(64, 2, 128, 4, 2), 17, 64, seed=0)
+    group, groups = 3, 4
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, 17, (groups, 7), generator=gen).repeat_interleave(group, 0)
+    responses = torch.randint(0, 17, (groups * group, 9), generator=gen)
+    mask = torch.ones_like(prompts)
+    if left_padded:
+        mask[:group, :3] = 0
+        prompts[:group, :3] = 0
+
+    def full():
+        if not left_padded:
+            return response_logits(model, prompts, responses)
+        att = torch.cat([mask, torch.ones_like(responses)], 1)
+        pos = (att.cumsum(-1) - 1).clamp_min(0)
+        return model(input_ids=torch.cat([prompts, responses], 1), attention_mask=att, position_ids=pos).logits[:, 6:-1]
+
+    grads = []
+    for logits_fn in (full, lambda: shared_prefix_logits(model, prompts, responses, group,
+                                                         prompt_mask=mask if left_padded else None)):
+        model.zero_grad()
+        logits = logits_fn()
+        logits.log_softmax(-1)[..., 5].sum().backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (la, ga), (lb, gb) = grads
+    assert la.shape == lb.shape == (groups * group, 9, 17)
+    torch.testing.assert_close(lb, la, atol=1e-5, rtol=1e-5)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)

@@ -198,3 +198,21 @@ def test_hydra_multirun(tmp_path):
     assert folders == ["dppo", "grpo"]
     for folder in (tmp_path / "runs").iterdir():
         assert RunStore(folder).read_status()["state"] == "done"
+
+
+def test_shared_prompt_prefix_trains_like_the_full_forward(tmp_path):
+    """engine.share_prompt_prefix: the first update of step 1 sees the same tensors, so its loss and
+    masks agree with the default path up to rounding; the option stays out of a default run's id."""
+    from harness.config import resolve
+
+    default, shared = (compose(SMOKE + [f"run_dir={tmp_path / n}", "setting.steps=1", "setting.t_stop=1", *o])
+                       for n, o in (("a", []), ("b", ["engine.share_prompt_prefix=true"])))
+    assert resolve(default).config_hash == resolve(compose(SMOKE + [f"run_dir={tmp_path / 'a'}", "setting.steps=1",
+                                                                   "setting.t_stop=1"])).config_hash
+    assert resolve(default).config_hash != resolve(shared).config_hash
+    assert "share_prompt_prefix" in resolve(default).resolved["engine"]  # still in the snapshot, just not the id
+    train_mod.run(default), train_mod.run(shared)
+    a, b = RunStore(tmp_path / "a").read()[1], RunStore(tmp_path / "b").read()[1]
+    assert a["updates"] == b["updates"] > 0
+    for key in ("policy_loss", "mask_fraction", "ratio_mean", "divergence_mean", "train_reward"):
+        assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
