@@ -66,7 +66,7 @@ def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, 
                 share_prefix=False):
     """One RL step of the local engine (harness/train.py, steps 1–3) on these prompts: minibatches of
     whole groups, as the engine takes them (``share_prefix``: engine.share_prompt_prefix)."""
-    from harness.rollout import sample, shared_prefix_logits
+    from harness.rollout import positions, sample, shared_prefix_logits
     from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
 
     t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, 
         else:
             attention = torch.cat([mask[rows], roll.response_mask[rows].long()], 1)
             full = torch.cat([ids[rows], roll.response_ids[rows]], 1)
-            logits = model(input_ids=full, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0),
+            logits = model(input_ids=full, attention_mask=attention, position_ids=positions(attention),
                            logits_to_keep=TOKENS + 1).logits[:, :-1]
         logp, pi_topk = policy_logprobs_from_logits(logits, roll.response_ids[rows], roll.rollout_topk_ids[rows])
         batch = PolicyBatch(logp=logp, rollout_logp=roll.rollout_logp[rows], advantages=adv[rows],
@@ -157,7 +157,8 @@ def main() -> None:
     import transformers
     from trl import GRPOTrainer
 
-    from harness.lm_train import _encode, _left_pad
+    from harness.lm import encode_prompt
+    from harness.rollout import left_pad
     from harness.trl_engine import make_trainer_class
     from methods import get_method
 
@@ -166,7 +167,7 @@ def main() -> None:
     models = {k: copy.deepcopy(model) for k in ("trl", "stock", "local", "local_shared", "local_fast", "bf16_copy")}
     for m in models.values():
         no_end_token(m, eos)
-    prompt_ids, prompt_mask = _left_pad([_encode(tok, p.messages()) for p in problems], tok.pad_token_id)
+    prompt_ids, prompt_mask = left_pad([encode_prompt(tok, p.messages()) for p in problems], tok.pad_token_id)
     method = get_method("cppo", horizon=TOKENS, delta=0.05, top_k=TOP_K)
     current = [0]
 

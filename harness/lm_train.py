@@ -16,10 +16,11 @@ import torch
 
 from methods import get_method
 
-from .lm import load_lm
+from .lm import encode_prompt, load_lm
 from .math_task import MathVerifier, load_problems
-from .rollout import sample
-from .store import RunStore, best_within_window
+from .rollout import left_pad, sample
+from .store import RunStore
+from .train import final_status, headline_collapse
 from .trl_engine import grpo_args, make_trainer_class
 
 
@@ -50,12 +51,12 @@ def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVer
     device = next(model.parameters()).device
     row = {}
     for s, (name, problems) in enumerate(splits.items()):
-        prompts = [_encode(tok, p.messages()) for p in problems for _ in range(ev["samples"])]
+        prompts = [encode_prompt(tok, p.messages()) for p in problems for _ in range(ev["samples"])]
         answers = [p.answer for p in problems for _ in range(ev["samples"])]
         texts = []
         for start in range(0, len(prompts), ev["batch_size"]):
             chunk = prompts[start:start + ev["batch_size"]]
-            ids, mask = _left_pad(chunk, tok.pad_token_id)
+            ids, mask = left_pad(chunk, tok.pad_token_id)
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + s * 7_919 + start)
             roll = sample(model, ids.to(device), max_new, tok.eos_token_id, tok.pad_token_id, gen,
                           temperature=ev["temperature"], top_p=ev["top_p"], prompt_mask=mask.to(device))
@@ -66,21 +67,6 @@ def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVer
     row["headline"] = sum(row[n] for n in splits) / len(splits)
     model.train(was_training)
     return row
-
-
-def _encode(tok, messages) -> list[int]:
-    out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
-
-
-def _left_pad(rows: list[list[int]], pad_id: int):
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
 
 
 def _callback_class():
@@ -157,8 +143,6 @@ class LMRun:
         of them stop at the same step."""
         from accelerate.utils import broadcast_object_list
 
-        from .train import headline_collapse
-
         verdict = None
         loss = row.get("policy_loss", row.get("loss", 0.0))
         if loss is not None and not math.isfinite(loss):
@@ -234,11 +218,8 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     finally:
         run.verifier.close()
     verdict = run.verdict or {"state": "done", "reason": ""}
-    best = best_within_window(run.rows, spec.t_stop)
-    status = {**verdict, "step": run.rows[-1]["step"], "config_hash": spec.config_hash, "t_stop": spec.t_stop,
-              "run_dir": str(store.dir), "best_headline": best["headline"] if best else None,
-              "best_step": best["step"] if best else None, "resumed_from": run.resumed_from, "engine": "trl",
-              "trl_recomputes_skipped": trainer.recomputes_skipped}
+    status = final_status(spec, store, run.rows, verdict, run.resumed_from, engine="trl",
+                          trl_recomputes_skipped=trainer.recomputes_skipped)
     store.write_status(**status)
     if run.accelerator_main:
         shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict

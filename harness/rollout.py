@@ -28,6 +28,22 @@ class Rollout:
     rollout_topk_logp: Optional[torch.Tensor] = None  # [N, T, K]
 
 
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (left padding), as ``generate`` computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def left_pad(rows: list, pad_id: int):
+    """Token-id lists → a left-padded ``[N, P]`` tensor and its mask (1 on real tokens)."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 def _nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
     """Log-probs renormalised over the smallest set whose mass reaches top_p."""
     sorted_logp, order = logp.sort(-1, descending=True)
@@ -71,9 +87,7 @@ def sample(
     device = prompt_ids.device
     extra = {}
     if prompt_mask is not None:
-        attention = prompt_mask.long()
-        position = (attention.cumsum(-1) - 1).clamp_min(0)
-        extra = {"attention_mask": attention, "position_ids": position}
+        extra = {"attention_mask": prompt_mask.long(), "position_ids": positions(prompt_mask)}
     out = model(input_ids=prompt_ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1, **extra)
     cache, logits = out.past_key_values, out.logits[:, -1]
     active = torch.arange(n, device=device)  # rows still generating, in the cache's row order
@@ -143,7 +157,7 @@ def shared_prefix_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Te
     extra, after = {}, {}
     if prompt_mask is not None:
         mask = prompt_mask[::group].long()
-        extra = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+        extra = {"attention_mask": mask, "position_ids": positions(mask)}
     out = model(input_ids=heads, cache=DynamicCache(), use_cache=True, **extra)
     cache, first = out.past_key_values, out.logits[:, -1:]
     cache.batch_repeat_interleave(group)

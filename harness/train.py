@@ -69,22 +69,31 @@ def run(cfg: DictConfig, tags: dict | None = None) -> dict:
         torch.set_num_threads(int(spec.engine["threads"]))
     store = RunStore(spec.run_dir, tags=tags)
     if spec.engine["name"] == "trl" and int(os.environ.get("RANK", "0")) > 0:
-        previous = store.read_status()  # data-parallel rank > 0: rank 0 owns the folder
-        if previous and previous.get("state") in ("done", "collapsed") and previous.get("config_hash") == spec.config_hash:
-            return {**previous, "skipped": True}
+        finished = _finished(spec, store)  # data-parallel rank > 0: rank 0 owns (and locks) the folder
+        if finished:
+            return finished
         from .lm_train import train as train_lm
         return train_lm(spec, store, main=False)
     with store.exclusive():  # one process per run folder: a second one fails fast instead of interleaving
         return _run_locked(spec, store)
 
 
-def _run_locked(spec: RunSpec, store: RunStore) -> dict:
+def _finished(spec: RunSpec, store: RunStore) -> dict | None:
+    """The verdict of a finished run in the folder (never rerun a finished cell), else None; a folder
+    holding another config's run is an error."""
     previous = store.read_status()
     if previous and previous.get("config_hash") != spec.config_hash:
         raise ConfigError(f"run folder {store.dir} holds a run of another config ({previous.get('config_hash')}, "
                           f"not {spec.config_hash}); choose another run_dir")
     if previous and previous.get("state") in ("done", "collapsed"):
-        return {**previous, "skipped": True}  # finished already: never rerun a finished cell
+        return {**previous, "skipped": True}
+    return None
+
+
+def _run_locked(spec: RunSpec, store: RunStore) -> dict:
+    finished = _finished(spec, store)
+    if finished:
+        return finished
     store.write_config(OmegaConf.to_yaml(spec.resolved))
     try:
         if spec.engine["name"] == "trl":
@@ -243,17 +252,21 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
     if bar is not None:
         bar.close()
 
-    best = best_within_window(rows, spec.t_stop)
-    status = {**verdict, "step": rows[-1]["step"], "config_hash": spec.config_hash, "t_stop": spec.t_stop,
-              "run_dir": str(store.dir),
-              "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None,
-              "resumed_from": resumed_from, "warmup": warm_info_brief(warm_info)}
+    status = final_status(spec, store, rows, verdict, resumed_from, warmup=warm_info_brief(warm_info))
     store.write_status(**status)
     store.remove_checkpoint()
     if sink is not None:
         sink.summary.update({k: v for k, v in status.items() if not isinstance(v, dict)})
         sink.finish()
     return status
+
+
+def final_status(spec: RunSpec, store, rows: list[dict], verdict: dict, resumed_from: list, **extra) -> dict:
+    """A finished run's status: verdict, last step and the matched-window best (any engine)."""
+    best = best_within_window(rows, spec.t_stop)
+    return {**verdict, "step": rows[-1]["step"], "config_hash": spec.config_hash, "t_stop": spec.t_stop,
+            "run_dir": str(store.dir), "best_headline": best["headline"] if best else None,
+            "best_step": best["step"] if best else None, "resumed_from": resumed_from, **extra}
 
 
 def headline_collapse(headline: float, peak: float, rule: dict):

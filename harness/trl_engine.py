@@ -22,15 +22,12 @@ generation batch (``num_iterations`` = 1): an RL step of the harness is that man
 
 from __future__ import annotations
 
-import math
-import time
-from collections import defaultdict
-
 import torch
 
-from methods import LossTotals, PolicyBatch, get_method, policy_logprobs_from_logits
+from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
 
-from .rollout import sample
+from .lm import encode_prompt
+from .rollout import left_pad, positions, sample
 
 PINNED_TRL = "1.16.0"
 # TRL internals the engine relies on; a test checks each exists with these parameters.
@@ -39,11 +36,6 @@ TRL_INTERNALS = {
     "_get_per_token_logps_and_entropies": ("self", "model", "input_ids", "attention_mask", "logits_to_keep"),
     "_compute_loss": ("self", "model", "inputs"),
 }
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that count real tokens only (left padding), as ``generate`` computes them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def _pad_rows(rows: list[torch.Tensor], length: int, fill) -> torch.Tensor:
@@ -111,15 +103,10 @@ def make_trainer_class():
         # -- 1. rollout ------------------------------------------------------------------------------
         def registry_rollout(self, prompts: list) -> dict:
             tok = self.processing_class
-            prompt_ids = [self._encode_prompt(p) for p in prompts]
+            prompt_ids = [encode_prompt(tok, p) for p in prompts]
             if self.use_vllm:
                 return self._vllm_rollout(prompt_ids)
-            width = max(map(len, prompt_ids))
-            ids = torch.full((len(prompt_ids), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, p in enumerate(prompt_ids):
-                ids[i, width - len(p):] = torch.tensor(p)
-                mask[i, width - len(p):] = 1
+            ids, mask = left_pad(prompt_ids, tok.pad_token_id)
             device = self.accelerator.device
             generator = torch.Generator(device=device).manual_seed(
                 (self.rollout_seed * 1_000_003 + self._generations * 7_919 + self.accelerator.process_index) % 2**62)
@@ -152,13 +139,6 @@ def make_trainer_class():
             sampled, top_ids, top_logp = mu_from_vllm(completion_ids, logprobs, token_ids, self.top_k)
             self._pending_topk = (top_ids, top_logp)
             return {"prompt_ids": prompt_ids, "completion_ids": [list(c) for c in completion_ids], "logprobs": sampled}
-
-        def _encode_prompt(self, prompt) -> list[int]:
-            tok = self.processing_class
-            if isinstance(prompt, list):  # chat messages
-                out = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-                return list(out["input_ids"] if hasattr(out, "keys") else out)
-            return tok(prompt, add_special_tokens=False)["input_ids"]
 
         # -- 2. attach μ's top-K to the generation batch ---------------------------------------------
         def _generate_and_score_completions(self, inputs):
@@ -196,7 +176,7 @@ def make_trainer_class():
             attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
             length = completion_ids.shape[1]
             logits = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
-                           position_ids=_positions(attention), logits_to_keep=length + 1).logits[:, :-1]
+                           position_ids=positions(attention), logits_to_keep=length + 1).logits[:, :-1]
             mask = inputs["completion_mask"].bool()
             if "tool_mask" in inputs:
                 mask = mask & inputs["tool_mask"].bool()
@@ -238,10 +218,7 @@ def grpo_args(spec, output_dir: str, cuda: bool):
 
     rl, eng = spec.rl, spec.engine
     processes, accumulation = eng["num_processes"], eng["gradient_accumulation_steps"]
-    minibatch_rows = rl["minibatch_prompts"] * rl["samples_per_prompt"]
-    if minibatch_rows % (processes * accumulation):
-        raise ValueError(f"rl.minibatch_prompts × rl.samples_per_prompt ({minibatch_rows}) must be divisible by "
-                         f"engine.num_processes × engine.gradient_accumulation_steps ({processes * accumulation})")
+    minibatch_rows = rl["minibatch_prompts"] * rl["samples_per_prompt"]  # divisibility: harness.config._check_trl
     updates = rl["updates_per_iter"]
     return GRPOConfig(
         output_dir=output_dir, seed=spec.seed, data_seed=spec.seed,

@@ -64,16 +64,21 @@ def make_executor(kind: str, folder: Path, res: dict, job_name: str, check: bool
     _quiet_sacct()
     s = res["slurm"]
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=s["max_num_timeout"])
-    params = dict(job_name=job_name, time=s["timeout_min"], cpus_per_task=s["cpus_per_task"],
-                  mem=f"{s['mem_gb']}G", array_parallelism=s["array_parallelism"], setup=list(s["setup"]),
-                  additional_parameters=dict(s["additional"]))
+    params = slurm_parameters(res, job_name, array_parallelism=s["array_parallelism"])
     if s["gpus_per_node"]:
         params["gpus_per_node"] = s["gpus_per_node"]
-    for key in ("partition", "account", "qos", "constraint"):
-        if s[key]:
-            params[key] = s[key]
     executor.update_parameters(**params)
     return executor
+
+
+def slurm_parameters(res: dict, job_name: str, **overrides) -> dict:
+    """submitit SlurmExecutor parameters from ``resources.slurm`` (``overrides`` win)."""
+    s = res["slurm"]
+    params = dict(job_name=job_name, time=s["timeout_min"], cpus_per_task=s["cpus_per_task"], mem=f"{s['mem_gb']}G",
+                  setup=list(s["setup"]), additional_parameters=dict(s["additional"]))
+    params.update({key: s[key] for key in ("partition", "account", "qos", "constraint") if s[key]})
+    params.update(overrides)
+    return params
 
 
 class _NoSacctNoise:

@@ -75,17 +75,16 @@ class LaunchPlan:
 
 
 def slurm_parameters(res: dict, launch: dict, job_name: str) -> dict:
-    s = res["slurm"]
-    cpu = launch.get("device") == "cpu"
-    params = dict(job_name=job_name, time=max(s["timeout_min"], launch.get("timeout_min") or 0), nodes=launch["nodes"],
-                  ntasks_per_node=1, cpus_per_task=launch["gpus_per_node"] if cpu else max(s["cpus_per_task"], 8 * launch["gpus_per_node"]),
-                  mem=f"{s['mem_gb']}G" if cpu else "0", setup=list(s["setup"]), additional_parameters=dict(s["additional"]))
-    if not cpu:
-        params["gpus_per_node"] = launch["gpus_per_node"]
-    for key in ("partition", "account", "qos", "constraint"):
-        if s[key]:
-            params[key] = s[key]
-    return params
+    """The sweep's SLURM resources, with the node geometry of ``engine.launch``: one task per node."""
+    from .executors import slurm_parameters as base
+
+    s, gpus = res["slurm"], launch["gpus_per_node"]
+    if launch.get("device") == "cpu":
+        geometry = dict(cpus_per_task=gpus)
+    else:
+        geometry = dict(cpus_per_task=max(s["cpus_per_task"], 8 * gpus), mem="0", gpus_per_node=gpus)
+    return base(res, job_name, time=max(s["timeout_min"], launch.get("timeout_min") or 0), nodes=launch["nodes"],
+                ntasks_per_node=1, **geometry)
 
 
 def multi_gpu_executor(folder: Path, res: dict, launch: dict, job_name: str):

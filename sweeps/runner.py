@@ -79,17 +79,16 @@ class CellRunner:
         if not cells:
             return
         job_fn = CellJob()
-        wide = [c for c in cells if launch_of(c.config)]
-        cells = [c for c in cells if not launch_of(c.config)] + wide
+        narrow = [c for c in cells if not launch_of(c.config)]
+        wide = [c for c in cells if launch_of(c.config)]  # multi-GPU: SLURM only (driver.prepare checks)
+        cells, jobs = narrow + wide, []
         if self.kind == "slurm":
-            narrow = cells[:len(cells) - len(wide)]
-            jobs = []
             if narrow:
                 with self.executor.batch():
                     jobs = [self.executor.submit(job_fn, c.config, self.kind) for c in narrow]
-            jobs += [self._submit_wide(c) for c in wide]
         else:
-            jobs = [self.executor.submit(job_fn, c.config, self.kind) for c in cells]
+            jobs = [self.executor.submit(job_fn, c.config, self.kind) for c in narrow]
+        jobs += [self._submit_wide(c) for c in wide]
         now = time.time()
         for cell, job in zip(cells, jobs):
             self.attempts[cell.id] = self.attempts.get(cell.id, 0) + 1

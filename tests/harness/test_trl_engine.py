@@ -16,7 +16,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from harness.lm import load_lm  # noqa: E402
 from harness.math_task import load_problems  # noqa: E402
-from harness.rollout import response_logits, sample  # noqa: E402
+from harness.rollout import positions, response_logits, sample  # noqa: E402
 from harness.trl_engine import PINNED_TRL, TRL_INTERNALS, make_trainer_class  # noqa: E402
 from methods import LossTotals, PolicyBatch, get_method, policy_logprobs_from_logits  # noqa: E402
 
@@ -140,9 +140,8 @@ def test_per_token_loss_equals_local_engine(tmp_path):
     # the TRL engine's own pieces on the same inputs
     with torch.no_grad():
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-        from harness.trl_engine import _positions
         full = model(input_ids=torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1), attention_mask=attention,
-                     position_ids=_positions(attention)).logits
+                     position_ids=positions(attention)).logits
         trl_logits = full[:, inputs["prompt_ids"].shape[1] - 1:-1]
     trl_logp, _ = policy_logprobs_from_logits(trl_logits, inputs["completion_ids"])
     torch.testing.assert_close(trl_logp[mask], logp.detach()[mask], atol=2e-5, rtol=0)
