@@ -1,10 +1,13 @@
-"""One cell's score under the paper's matched-window rule, from its status and metrics rows."""
+"""One cell's scores from its status and metrics rows: the paper's protocol (the best validation
+headline within [0, T_stop]) and the held-out one (the test splits at that step, which the run
+scored once after choosing it on the validation splits)."""
 
 from __future__ import annotations
 
 from harness.store import best_within_window
 
 SPLIT_KEYS = ("val_a", "val_b", "val_c")            # the embedded task (stand-ins for AIME24/25/26)
+TEST_KEYS = ("test_a", "test_b", "test_c")          # its held-out test splits
 REAL_SPLIT_KEYS = ("aime24", "aime25", "aime26")    # engine=trl's math task (task.val names)
 
 
@@ -22,13 +25,33 @@ def cell_row(status: dict | None, rows: list[dict], t_stop: int) -> dict:
     """The matched-window score: the best headline among eval steps in [0, t_stop] (ties → earlier
     step), the per-split scores at that step, and the cell's verdict. A collapsed run keeps its best
     score before the collapse; tables mark it ``collapse (step N)``."""
-    best = best_within_window(rows, t_stop)
+    best = best_within_window(rows, t_stop)  # reads the validation headline only
+    held = held_out(status, best)
     out = {"verdict": verdict(status), "state": (status or {}).get("state", "missing"),
            "collapse_step": (status or {}).get("collapse_step"),
            "steps_run": rows[-1]["step"] if rows else 0, "t_stop": t_stop,
-           "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None}
+           "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None,
+           "heldout_headline": held.get("test_headline"), "step0_headline": _step0(rows)}
+    for key in TEST_KEYS:
+        out[f"heldout_{key}"] = held.get(key)
     for key in SPLIT_KEYS + REAL_SPLIT_KEYS:
         out[f"best_{key}"] = best.get(key) if best else None
     if status and status.get("state") == "failed":
         out["reason"] = status.get("reason")
     return out
+
+
+def held_out(status: dict | None, best: dict | None) -> dict:
+    """The run's held-out scores, if it recorded them for the step its validation choice gives
+    (runs from before the test splits existed have none)."""
+    held = (status or {}).get("held_out") or {}
+    if not best or held.get("step") != best["step"]:
+        return {}
+    return held
+
+
+def _step0(rows: list[dict]):
+    """The headline of the warm start (step 0): every method of a seed evaluates the same model with
+    the same noise, so its spread over seeds is pure evaluation noise."""
+    first = rows[0] if rows else {}
+    return first.get("headline") if first.get("step") == 0 else None

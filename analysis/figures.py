@@ -1,6 +1,7 @@
 """The paper's figures from results folders (never retraining). Seeds are drawn as a mean line with a
-min–max band; colours follow the paper (CPPO blue, DPPO red, TRM-Avg gold, TRM-Max brown, CISPO
-mauve, GRPO green, MinPRO black)."""
+band = the 95 % t interval of the mean over seeds (said in every figure); colours follow the paper
+(CPPO blue, DPPO red, TRM-Avg gold, TRM-Max brown, CISPO mauve, GRPO green, MinPRO black), and every
+variant (a method with its overrides) keeps one colour in every panel and figure."""
 
 from __future__ import annotations
 
@@ -13,21 +14,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from .load import Results  # noqa: E402
 from .tables import display_name, paper  # noqa: E402
 
-EXTRA_COLORS = ["#9467bd", "#ff7f0e", "#17becf", "#7f7f7f", "#bcbd22", "#e377c2"]
+EXTRA_COLORS = ["#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+                "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7969c"]
+BAND = "band: 95 % CI of the mean over seeds"
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
 def colour_map(cells: pd.DataFrame) -> dict:
-    """label → colour: the first label of each method gets the paper's colour for that method, further
-    variants of the same method get spare colours."""
-    colours, used, spare = {}, set(), iter(EXTRA_COLORS * 3)
-    for label, method in cells[["label", "method"]].drop_duplicates().itertuples(index=False):
-        colour = paper()["methods"].get(method, {}).get("color")
-        colours[label] = colour if colour and colour not in used else next(spare)
-        used.add(colours[label])
+    """label → colour, one colour per variant (method + overrides) across every sweep of ``cells``: a
+    method without overrides gets the paper's colour, every other variant its own spare colour."""
+    paper_colours = {m["color"] for m in paper()["methods"].values() if "color" in m}
+    spare = iter([c for c in EXTRA_COLORS if c not in paper_colours] + EXTRA_COLORS * 4)
+    by_variant, colours = {}, {}
+    variants = cells["variant"] if "variant" in cells else cells["method"]
+    for label, method, variant in zip(cells["label"], cells["method"], variants):
+        if variant not in by_variant:
+            plain = variant == method
+            by_variant[variant] = paper()["methods"].get(method, {}).get("color") if plain else None
+            by_variant[variant] = by_variant[variant] or next(spare)
+        colours.setdefault(label, by_variant[variant])
     return colours
 
 
@@ -48,24 +59,36 @@ def seed_curves(results: Results, group: pd.DataFrame, key: str, smooth: int = 1
         series.append(s)
     if not series:
         return None
-    table = pd.concat(series, axis=1)
-    return table.index.to_numpy(), table.mean(axis=1).to_numpy(), table.min(axis=1).to_numpy(), table.max(axis=1).to_numpy()
+    table = pd.concat(series, axis=1).sort_index()  # union of steps, in order (runs may miss some)
+    mean = table.mean(axis=1).to_numpy()
+    n = table.notna().sum(axis=1).to_numpy()
+    half = np.full_like(mean, np.nan)
+    ok = n > 1
+    half[ok] = stats.t.ppf(0.975, n[ok] - 1) * table.std(axis=1, ddof=1).to_numpy()[ok] / np.sqrt(n[ok])
+    return table.index.to_numpy(), mean, mean - half, mean + half
+
+
+ACCURACIES = ("headline", "val_a", "val_b", "val_c", "aime24", "aime25", "aime26", "train_reward")
 
 
 def plot_curves(ax, results: Results, cells: pd.DataFrame, key: str, colours: dict, smooth: int = 1,
                 scale: float = 1.0, labels=None):
     labels = labels or list(dict.fromkeys(cells["label"]))
-    for label in labels:
+    for i, label in enumerate(labels):
         group = cells[cells["label"] == label]
         curve = seed_curves(results, group, key, smooth)
         if curve is None:
             continue
         steps, mean, low, high = curve
+        if key in ACCURACIES or key.endswith("_share"):  # a mean of values in [0, 1] lies in [0, 1]
+            low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
         colour = colours.get(label)
-        ax.plot(steps, mean * scale, color=colour, lw=1.6, label=_legend_name(label, group["method"].iloc[0]),
-                marker="o" if len(steps) <= 12 else None, ms=3)
+        # line style and marker vary within a panel, so that lines that coincide stay visible
+        ax.plot(steps, mean * scale, color=colour, lw=1.6, ls=LINESTYLES[i % len(LINESTYLES)],
+                label=_legend_name(label, group["method"].iloc[0]),
+                marker=MARKERS[i % len(MARKERS)] if len(steps) <= 12 else None, ms=4, mfc="none", zorder=3 + i)
         if len(group) > 1:
-            ax.fill_between(steps, low * scale, high * scale, color=colour, alpha=0.15, lw=0)
+            ax.fill_between(steps, low * scale, high * scale, color=colour, alpha=0.12, lw=0)
     ax.grid(alpha=0.3)
 
 
@@ -92,7 +115,7 @@ def fig_validation(results: Results, sweep: str, settings: list[str], out: Path,
     settings = [s for s in settings if s in set(cells["setting"])]
     if not settings:
         return []
-    colours = colour_map(cells)
+    colours = colour_map(results.cells)
     fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.6), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         sub = cells[cells["setting"] == setting]
@@ -100,8 +123,8 @@ def fig_validation(results: Results, sweep: str, settings: list[str], out: Path,
         _t_stop_line(ax, sub)
         ax.set_title(f"{setting} ({paper()['settings'].get(setting, '—')})", fontsize=10)
         ax.set_xlabel("step")
-    axes[0][0].set_ylabel(f"validation headline ({results.avg_label}, %)")
-    fig.suptitle(title, fontsize=11)
+        ax.set_ylabel(f"validation headline ({results.avg_label}, %)", fontsize=8)
+    fig.suptitle(f"{title}; {BAND}", fontsize=11)
     fig.tight_layout()
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
@@ -117,13 +140,13 @@ def fig_panels(results: Results, panels: list[tuple[str, str]], out: Path, stem:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
     for ax, (sweep, panel_title) in zip(axes[0], panels):
         cells = results.sweep_cells(sweep)
-        plot_curves(ax, results, cells, "headline", colour_map(cells), scale=100)
+        plot_curves(ax, results, cells, "headline", colour_map(results.cells), scale=100)
         _t_stop_line(ax, cells)
         ax.set_title(f"{panel_title} — {cells['setting'].iloc[0]}", fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(f"validation headline ({results.avg_label}, %)", fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_ylabel(f"validation headline ({results.avg_label}, %)")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(f"{title}; {BAND}", fontsize=11)
     fig.tight_layout()
     return _save(fig, out, stem, formats)
 
@@ -143,13 +166,13 @@ def fig_warmup(results: Results, sweep: str, settings: list[str], out: Path, for
                                              ("budget_mask_share", "budget-mask share")]):
             ax = axes[row][col]
             plot_curves(ax, results, sub, key, {label: colour for label in sub["label"]}, smooth=3)
-            ax.set_ylabel(ylabel if col == 0 else "")
+            ax.set_ylabel(ylabel, fontsize=9)
             if row == 0:
                 ax.set_title(setting, fontsize=10)
             else:
                 ax.set_ylim(-0.02, 1.02)
                 ax.set_xlabel("step")
-    fig.suptitle("CPPO warm-up diagnostics (3-step moving average; band = seed range)", fontsize=11)
+    fig.suptitle(f"CPPO warm-up diagnostics (3-step moving average; {BAND})", fontsize=11)
     fig.tight_layout()
     return _save(fig, out, "fig7_warmup_diagnostics", formats)
 
@@ -157,17 +180,18 @@ def fig_warmup(results: Results, sweep: str, settings: list[str], out: Path, for
 GRID_PANELS = [("val_a", "val_a (≈ AIME24) Avg@4, %", 100, 1), ("val_b", "val_b (≈ AIME25) Avg@4, %", 100, 1),
                ("val_c", "val_c (≈ AIME26) Avg@4, %", 100, 1), ("train_reward", "training reward (5-step avg)", 1, 5),
                ("response_length", "mean response length (tokens)", 1, 1),
-               ("mismatch_abs_logp", "|log π − log μ| (rollout vs training)", 1, 3)]
+               ("mismatch_abs_logp", "drift from μ within an iteration: mean |log π − log μ| over updates", 1, 3)]
 
 
 def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem: str, formats=("png",)) -> list[Path]:
     """Figs. 8–11: 2×3 per setting — the three validation splits, training reward, response length,
-    log-prob mismatch."""
+    and the policy's drift from the rollout policy μ within an iteration (plus, dashed, the engine
+    mismatch at each step's first update when ``engine.mismatch`` simulates one)."""
     cells = results.sweep_cells(sweep)
     cells = cells[cells["setting"] == setting]
     if cells.empty:
         return []
-    colours = colour_map(results.sweep_cells(sweep))
+    colours = colour_map(results.cells)
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.2))
     panels = GRID_PANELS
     if "aime24" in results.curves(cells["run_dir"].iloc[0]).columns:  # an engine=trl run on the math task
@@ -176,8 +200,16 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
         plot_curves(ax, results, cells, key, colours, smooth=smooth, scale=scale)
         ax.set_title(ylabel, fontsize=9)
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabel.split(":")[0].split(" (")[0], fontsize=8)
+    if any(_mismatch_on(results, r) for r in cells["run_dir"]):
+        drift = axes.flat[5]
+        for label, group in cells.groupby("label", sort=False):
+            curve = seed_curves(results, group, "engine_mismatch_abs_logp", 3)
+            if curve is not None:
+                drift.plot(curve[0], curve[1], color=colours.get(label), ls="--", lw=1)
+        drift.set_title(drift.get_title() + "\n(dashed: engine mismatch at the first update)", fontsize=9)
     _legend_below(fig, axes[1][0], ncol=7)
-    fig.suptitle(f"{setting} (stands in for Qwen3-{paper()['settings'].get(setting, '?')})", fontsize=11)
+    fig.suptitle(f"{setting} (stands in for Qwen3-{paper()['settings'].get(setting, '?')}); {BAND}", fontsize=11)
     return _save(fig, out, stem, formats)
 
 
@@ -190,7 +222,7 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
     cells = results.sweep_cells(sweep)
     if cells.empty:
         return []
-    colours = colour_map(cells)
+    colours = colour_map(results.cells)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for label, group in cells.groupby("label", sort=False):
         rows = [r for run_dir in group["run_dir"] for r in RunStore(run_dir).read("diagnostics.jsonl")]
@@ -208,6 +240,7 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
     axes[1].set_title("top-10% |π(y_t) − μ(y_t)| per position bin", fontsize=10)
     for ax in axes[:2]:
         ax.set_xlabel("response position")
+        ax.set_ylabel("|π(y_t) − μ(y_t)|", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     import yaml
@@ -220,10 +253,44 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
     axes[2].axhline(delta, color="0.5", ls=":", lw=1)
     axes[2].set_title(f"token threshold δ/w_t (δ = {delta}, w_min = {w_min}, T = {horizon})", fontsize=10)
     axes[2].set_xlabel("response position t")
+    axes[2].set_ylabel("δ / w_t", fontsize=9)
     axes[2].grid(alpha=0.3)
-    fig.suptitle(f"Position diagnostic ({cells['setting'].iloc[0]}; pooled over eval steps, band = range)", fontsize=11)
+    fig.suptitle(f"Position diagnostic ({cells['setting'].iloc[0]}; pooled over eval steps and seeds; band = range "
+                 "over eval steps and seeds)", fontsize=11)
     fig.tight_layout()
     return _save(fig, out, "fig2_position_diagnostic", formats)
+
+
+def _mismatch_on(results: Results, run_dir: str) -> bool:
+    mismatch = (results.config(run_dir).get("engine") or {}).get("mismatch") or {}
+    return bool(mismatch.get("bf16_rollout") or mismatch.get("logit_noise") or mismatch.get("lag"))
+
+
+def fig_forest(cmp: pd.DataFrame, names: dict, out: Path, avg_label: str, formats=("png",)) -> list[Path]:
+    """The paired differences (reference − other) with their 95 % intervals, one row per comparison,
+    one panel per protocol; filled markers where the Holm-corrected test detects a difference."""
+    protocols = list(dict.fromkeys(cmp["score"]))
+    n = cmp.groupby("score").size().max()
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6.4 * len(protocols), 0.32 * n + 1.6), squeeze=False,
+                             sharey=True)
+    colours = {"better": "#1f77b4", "worse": "#d62728", "no detectable difference": "0.45"}
+    for ax, score in zip(axes[0], protocols):
+        group = cmp[cmp["score"] == score].reset_index(drop=True)
+        y = np.arange(len(group))[::-1]
+        for yi, r in zip(y, group.itertuples()):
+            colour = colours[r.verdict]
+            ax.plot([100 * r.ci_low, 100 * r.ci_high], [yi, yi], color=colour, lw=1.6)
+            ax.plot(100 * r.diff, yi, "o", color=colour, mfc=colour if r.verdict != "no detectable difference" else "white")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{r.setting}: vs {names.get(r.other, r.other)}" for r in group.itertuples()], fontsize=8)
+        ax.set_xlabel(f"{names.get(group['reference'].iloc[0], group['reference'].iloc[0])} − other ({avg_label}, points)")
+        ax.set_title({"best_headline": "paper protocol (best validation)",
+                      "heldout_headline": "held-out (test at the chosen step)"}.get(score, score), fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Paired differences over seeds, 95 % intervals; filled = detected after Holm correction", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, "forest_comparisons", formats)
 
 
 def _legend_below(fig, ax, ncol: int = 4):

@@ -35,6 +35,14 @@ class Results:
     def has(self, name: str) -> bool:
         return name in self.sweeps and not self.sweep_cells(name).empty
 
+    def config(self, run_dir: str) -> dict:
+        """The run's config snapshot ({} before it has one)."""
+        key = (run_dir, "config.yaml")
+        if key not in self._curves:
+            path = Path(run_dir) / "config.yaml"
+            self._curves[key] = yaml.safe_load(path.read_text()) if path.exists() else {}
+        return self._curves[key]
+
     def curves(self, run_dir: str, name: str = "metrics.jsonl") -> pd.DataFrame:
         key = (run_dir, name)
         if key not in self._curves:
@@ -93,8 +101,10 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
         score["verdict"] = score["state"] = "not started"  # submitted (config snapshotted), never ran
     elif status and status.get("state") == "running" and not busy:
         score["verdict"] = "interrupted"
+    variant = " ".join([cell["method"], *sorted(cell.get("overrides") or [])])  # one colour per variant
     return {"sweep": sweep, "feeds": feeds, "setting": cell["setting"], "label": cell["label"],
-            "method": cell["method"], "seed": cell["seed"], "id": cell["id"], "run_dir": str(run_dir),
+            "method": cell["method"], "variant": variant, "seed": cell["seed"], "id": cell["id"],
+            "run_dir": str(run_dir),
             "eval_samples": _eval_samples(run_dir), **score}
 
 

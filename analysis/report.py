@@ -3,11 +3,14 @@ that names what is missing, running or failed instead of silently leaving it out
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from . import compare as C
 from . import figures as F
+from . import stats as S
 from . import tables as T
 from .load import load_results
 
@@ -39,70 +42,181 @@ def _ordered_rows(cells: pd.DataFrame) -> list[str]:
     return sorted(labels, key=lambda lb: order.index(lb) if lb in order else len(order) + labels.index(lb))
 
 
-def write_tables(results, out: Path, formats=TABLE_FORMATS) -> dict:
+def _reference(rows: list[str], wanted: str | None) -> str:
+    if wanted and wanted not in rows:
+        raise ValueError(f"--reference must be one of the table's rows {rows}, got {wanted!r}")
+    return wanted or next((r for r in rows if r == "cppo"), rows[0])
+
+
+def _write(out: Path, stem: str, formats, md: str | None = None, tex: str | None = None,
+           csv: pd.DataFrame | None = None) -> list[Path]:
+    paths = []
+    for fmt, content in (("md", md), ("tex", tex)):
+        if fmt in formats and content is not None:
+            (out / f"{stem}.{fmt}").write_text(content)
+            paths.append(out / f"{stem}.{fmt}")
+    if "csv" in formats and csv is not None:
+        csv.to_csv(out / f"{stem}.csv", index=False)
+        paths.append(out / f"{stem}.csv")
+    return paths
+
+
+def _protocols(cells: pd.DataFrame) -> list[str]:
+    held = pd.to_numeric(cells.get("heldout_headline"), errors="coerce") if "heldout_headline" in cells else None
+    return ["best_headline"] + (["heldout_headline"] if held is not None and held.notna().any() else [])
+
+
+def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | None = None) -> dict:
     written, notes = {}, []
     name = _main_sweep(results)
     cells = results.sweep_cells(name) if name in results.sweeps else results.cells
     settings, rows = _ordered_settings(cells), _ordered_rows(cells)
     names = {r: (T.display_name(r) if r in T.paper()["methods"] else r) for r in rows}
+    ref = _reference(rows, reference)
+    protocols = _protocols(cells)
+    if len(protocols) == 1:
+        notes.append("held-out view: no cell recorded test-split scores (runs from before the held-out test "
+                     "splits existed); tables and comparisons use the paper's protocol only")
 
-    long = T.table1(cells, settings, rows)
-    for fmt in formats:
-        frame = T.pivot(long, settings, rows, markup=fmt if fmt in ("md", "tex") else None).rename(index=names)
-        frame.index.name = "method"
-        path = out / f"table1.{fmt}"
-        if fmt == "md":
-            path.write_text(f"Table 1 — best validation headline ({results.avg_label}, %) within [0, T_stop], mean ± std over "
-                            f"seeds ({name}); **best**, <u>second</u>; entries with a collapsed seed are not "
-                            f"ranked.\n\n" + T.to_markdown(frame))
-        elif fmt == "tex":
-            path.write_text(T.to_latex(frame, f"Best validation headline within the matched window ({name}); "
-                                              "bold best, underlined second.", "tab:table1"))
-        else:
-            long.drop(columns=["text"]).to_csv(path, index=False)
-        written.setdefault("table1", []).append(path)
+    written["table1"], cmp = _table1(cells, settings, rows, ref, protocols, names, name, results.avg_label, out,
+                                     formats)
+    if not cmp.empty:
+        written["comparisons"] = _write(out, "comparisons", formats, _comparisons_markdown(cmp, names, ref),
+                                        None, cmp)
+    agg = pd.concat([C.aggregate_across_settings(cells, settings, rows, ref, score) for score in protocols])
+    if not agg.empty:
+        written["aggregate"] = _write(out, "aggregate", formats, _aggregate_markdown(agg, names, ref, settings),
+                                      None, agg)
+    noise = C.eval_noise(cells, settings, _measured_noise(results.root))
+    written["eval_noise"] = _write(out, "eval_noise", formats, _noise_markdown(noise), None, noise)
 
     t4 = T.table4(cells, settings, rows)
     t4["label"] = t4["label"].map(lambda r: names.get(r, r))
-    for fmt in formats:
-        path = out / f"table4.{fmt}"
-        if fmt == "md":
-            path.write_text(f"Table 4 — per validation split at each run's best step ({results.avg_label}, %, mean over "
-                            "seeds; on the embedded task val_a/b/c stand in for AIME24/25/26).\n\n" + T.to_markdown(t4, index=False))
-        elif fmt == "tex":
-            path.write_text(T.to_latex(t4, "Per-split scores at the best step.", "tab:table4", index=False))
-        else:
-            t4.to_csv(path, index=False)
-        written.setdefault("table4", []).append(path)
+    written["table4"] = _write(out, "table4", formats,
+                               f"Table 4 — per split at each run's best validation step ({results.avg_label}, %, mean "
+                               "over seeds; on the embedded task val_a/b/c stand in for AIME24/25/26, test_a/b/c are "
+                               "the held-out splits scored at that step).\n\n" + T.to_markdown(t4, index=False),
+                               T.to_latex(t4, "Per-split scores at the best step.", "tab:table4", index=False), t4)
 
     prov = T.provenance(results.cells)
-    for fmt in formats:
-        path = out / f"provenance.{fmt}"
-        if fmt == "md":
-            path.write_text("Provenance — every cell of every sweep.\n\n" + T.to_markdown(prov, index=False))
-        elif fmt == "tex":
-            path.write_text(T.to_latex(prov.drop(columns=["run_dir"]), "Cells.", "tab:provenance", index=False))
-        else:
-            prov.to_csv(path, index=False)
-        written.setdefault("provenance", []).append(path)
-
-    noise = T.seed_noise(long, reference=next((r for r in rows if r == "cppo"), rows[0]))
-    if not noise.empty:
-        scaled = noise.assign(diff=noise["diff"] * 100, se=noise["se"] * 100)
-        (out / "seed_noise.md").write_text(
-            "CPPO (or the first row) against each method per setting: difference of mean best headlines "
-            f"(points of {results.avg_label} %), its standard error over seeds, and whether |diff| > 2·SE.\n\n"
-            + T.to_markdown(scaled, index=False))
-        scaled.to_csv(out / "seed_noise.csv", index=False)
-        written["seed_noise"] = [out / "seed_noise.md", out / "seed_noise.csv"]
+    written["provenance"] = _write(out, "provenance", formats,
+                                   "Provenance — every cell of every sweep.\n\n" + T.to_markdown(prov, index=False),
+                                   T.to_latex(prov.drop(columns=["run_dir"]), "Cells.", "tab:provenance", index=False),
+                                   prov)
     if any(s in T.paper()["settings"] for s in settings):
         versus = T.paper_vs_ours(T.table1(cells, settings, rows, row_key="method"), row_key="method")
-        (out / "paper_vs_ours.csv").write_text(versus.to_csv(index=False))
-        (out / "paper_vs_ours.md").write_text(_versus_markdown(versus, results.avg_label))
-        written["paper_vs_ours"] = [out / "paper_vs_ours.md", out / "paper_vs_ours.csv"]
+        written["paper_vs_ours"] = _write(out, "paper_vs_ours", formats, _versus_markdown(versus, results.avg_label),
+                                          None, versus)
     else:
         notes.append("paper vs ours: no setting of this results folder stands in for a paper column")
-    return {"written": written, "notes": notes, "main_sweep": name}
+    return {"written": written, "notes": notes, "main_sweep": name, "comparisons": cmp, "reference": ref,
+            "names": names}
+
+
+def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out, formats):
+    """Table 1 per protocol, bold where the corrected comparisons support it; and those comparisons."""
+    longs, compared, md, tex = [], [], [], []
+    for score in protocols:
+        cmp = C.comparisons(cells, settings, rows, ref, score)
+        plain = T.table1(cells, settings, rows, score=score)
+        bold = C.supported_best(cells, plain, settings, score, cmp)
+        long = T.table1(cells, settings, rows, score=score, bold=bold)
+        longs.append(long.assign(protocol=score))
+        compared.append(cmp)
+        frame = T.pivot(long, settings, rows, markup="md").rename(index=names)
+        frame.index.name = "method"
+        few = long[(long["scored"] == 1)]
+        warn = (f"\nNo interval for {len(few)} entries with a single seed: one run says nothing about seed "
+                "noise.\n" if len(few) else "")
+        md.append(f"### {C.SCORES[score]} ({avg_label}, %)\n\n" + T.to_markdown(frame) + warn
+                  + ("\nBold: " + ", ".join(f"{names.get(r, r)} in {s}" for r, s in sorted(bold)) + ".\n" if bold else
+                     "\nNothing is bold: in no column does the top entry beat every other entry in a Holm-corrected "
+                     "paired permutation test.\n"))
+        frame = T.pivot(long, settings, rows, markup="tex").rename(index=names)
+        frame.index.name = "method"
+        tex.append(T.to_latex(frame, f"{C.SCORES[score]}: mean over seeds [95\\% interval] ({sweep}); bold only where "
+                                     "a corrected paired test supports the lead.", f"tab:table1_{score}"))
+    caption = (f"Table 1 ({sweep}) — mean over seeds with its 95 % interval (Student-t below "
+               f"{S.BOOTSTRAP_MIN_SEEDS} seeds, BCa bootstrap from there); `collapse (step N)` marks collapsed seeds, "
+               "which count with their best score before the collapse.\n\n")
+    paths = _write(out, "table1", formats, caption + "\n".join(md), "\n".join(tex),
+                   pd.concat(longs).drop(columns=["text"]))
+    return paths, (pd.concat(compared) if any(not c.empty for c in compared) else pd.DataFrame())
+
+
+def _measured_noise(root) -> dict | None:
+    path = Path(root) / "eval_noise.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pts(v) -> str:
+    return "—" if v is None or pd.isna(v) else f"{100 * v:+.1f}"
+
+
+def _comparisons_markdown(cmp: pd.DataFrame, names: dict, ref: str) -> str:
+    lines = [f"# Paired comparisons against {names.get(ref, ref)}\n",
+             f"Per setting and protocol: {names.get(ref, ref)} − other, paired by seed (seed s of every method shares the "
+             "warm start, the training-problem stream and the evaluation noise), in points; 95 % interval of the mean "
+             "difference; two-sided paired permutation p (exact: all sign flips); Holm-adjusted over every comparison "
+             f"of the protocol's table; verdict at α = {S.ALPHA}; seeds a 2-point difference would need at 80 % power "
+             "at the level of Holm's first step (α / number of comparisons), from the observed SD of the "
+             "differences.\n"]
+    for score, group in cmp.groupby("score", sort=False):
+        table = pd.DataFrame({
+            "setting": group["setting"], "other": group["other"].map(lambda r: names.get(r, r)), "seeds": group["seeds"],
+            "diff": group["diff"].map(_pts),
+            "95% CI": [f"[{_pts(lo)}, {_pts(hi)}]" for lo, hi in zip(group["ci_low"], group["ci_high"])],
+            "p": group["p"].map(lambda v: f"{v:.3g}"), "p (Holm)": group["p_holm"].map(lambda v: f"{v:.3g}"),
+            "verdict": group["verdict"], "seeds for 2 pts": group["seeds_needed"], "note": group["note"]})
+        lines.append(f"\n## {C.SCORES[score]}\n")
+        lines.append(T.to_markdown(table, index=False))
+        counts = group["verdict"].value_counts()
+        lines.append("\n" + ", ".join(f"{n} {k}" for k, n in counts.items()) + f" (of {len(group)}).\n")
+    return "\n".join(lines)
+
+
+def _aggregate_markdown(agg: pd.DataFrame, names: dict, ref: str, settings: list[str]) -> str:
+    lines = [f"# Across settings ({', '.join(settings)})\n",
+             "Every (setting, seed) score of a method: mean and interquartile mean (IQM) with 95 % stratified-bootstrap "
+             "intervals (seeds resampled within each setting, percentile method, as rliable does), and the probability "
+             f"that a random seed of {names.get(ref, ref)} beats a random seed of the method in a random setting, "
+             f"P({names.get(ref, ref)} > X), ties ½. With few seeds per setting these intervals are optimistic.\n"]
+    for score, group in agg.groupby("score", sort=False):
+        table = pd.DataFrame({
+            "method": group["row"].map(lambda r: names.get(r, r)), "runs": group["runs"],
+            "mean": [C.interval_text(m, lo, hi) for m, lo, hi in zip(group["mean"], group["mean_low"], group["mean_high"])],
+            "IQM": [C.interval_text(m, lo, hi) for m, lo, hi in zip(group["iqm"], group["iqm_low"], group["iqm_high"])],
+            f"P({names.get(ref, ref)} > X)": [
+                "—" if pd.isna(p) else f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in
+                zip(group.get("p_ref_better"), group.get("p_ref_better_low"), group.get("p_ref_better_high"))]})
+        lines.append(f"\n## {C.SCORES[score]}\n")
+        lines.append(T.to_markdown(table, index=False))
+    return "\n".join(lines)
+
+
+def _noise_markdown(noise: pd.DataFrame) -> str:
+    lines = ["# Evaluation noise\n",
+             "Step 0: every method and seed of a setting starts from the same warm-start model, so the spread of the "
+             "step-0 headline over seeds is evaluation noise alone (SD in points, 95 % chi-square interval). "
+             "Measured designs (`python scripts/eval_noise.py`): SD of one fixed model's headline and of the "
+             "difference of two fixed models (GRPO and CPPO after 30 RL steps) over evaluation seeds, as the study "
+             "compares them (same seed: same problems and noise), the seconds per evaluation, and the whole "
+             "evaluation's share of a run (validation at every eval step, the test splits once).\n"]
+    table = pd.DataFrame({
+        "setting": noise["setting"], "step-0 seeds": noise["step0_seeds"],
+        "step-0 SD": [C.interval_text(m, lo, hi) for m, lo, hi in
+                      zip(noise["step0_sd"], noise["step0_sd_low"], noise["step0_sd_high"])]})
+    if "design" in noise:
+        table["design (problems × samples)"] = noise["design"].fillna("—")
+        table["role"] = noise["role"].fillna("—")
+        table["SD one model"] = noise["sd_single"].map(lambda v: "—" if pd.isna(v) else f"{100 * v:.2f}")
+        table["SD difference"] = [C.interval_text(m, lo, hi, 100) if not pd.isna(m) else "—" for m, lo, hi in
+                                  zip(noise["sd_diff"], noise["sd_diff_low"], noise["sd_diff_high"])]
+        table["s per eval"] = noise["eval_s"].map(lambda v: "—" if pd.isna(v) else f"{v:.2f}")
+        table["evaluation's share of a run"] = noise["plan_eval_share"].map(
+            lambda v: "—" if pd.isna(v) else f"{100 * v:.0f} %")
+    lines.append(T.to_markdown(table, index=False))
+    return "\n".join(lines)
 
 
 def _versus_markdown(frame: pd.DataFrame, avg_label: str = "Avg@k") -> str:
@@ -115,8 +229,11 @@ def _versus_markdown(frame: pd.DataFrame, avg_label: str = "Avg@k") -> str:
     return "".join(parts)
 
 
-def write_figures(results, out: Path, formats=("png",)) -> dict:
+def write_figures(results, out: Path, formats=("png",), comparisons: pd.DataFrame | None = None,
+                  names: dict | None = None) -> dict:
     written, notes = {}, []
+    if comparisons is not None and not comparisons.empty:
+        written["forest"] = F.fig_forest(comparisons, names or {}, out, results.avg_label, formats)
     main = _main_sweep(results)
 
     def add(key, paths, why):
@@ -151,15 +268,16 @@ def write_figures(results, out: Path, formats=("png",)) -> dict:
     return {"written": written, "notes": notes}
 
 
-def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("png",)) -> dict:
+def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("png",), reference=None) -> dict:
     results = load_results(root)
     out = Path(out) if out else Path(root) / "report"
     out.mkdir(parents=True, exist_ok=True)
     bad = [f for f in table_formats if f not in TABLE_FORMATS] + [f for f in figure_formats if f not in FIGURE_FORMATS]
     if bad:
         raise ValueError(f"unknown format(s) {bad}; tables: {list(TABLE_FORMATS)}, figures: {list(FIGURE_FORMATS)}")
-    tables = write_tables(results, out, table_formats)
-    figs = write_figures(results, out, figure_formats) if figure_formats else {"written": {}, "notes": []}
+    tables = write_tables(results, out, table_formats, reference)
+    figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"]) if figure_formats
+            else {"written": {}, "notes": []})
     index = _index(results, tables, figs, out)
     (out / "report.md").write_text(index)
     return {"out": out, "tables": tables, "figures": figs, "cells": results.cells, "index": index}
@@ -179,6 +297,18 @@ def _index(results, tables, figs, out: Path) -> str:
     lines.append("\n## Table 1\n")
     table1 = out / "table1.md"
     lines.append(table1.read_text() if table1.exists() else "(not written)\n")
+    cmp = tables.get("comparisons")
+    if cmp is not None and not cmp.empty:
+        lines.append(f"\n## Comparisons against {tables['reference']} (comparisons.md)\n")
+        for score, group in cmp.groupby("score", sort=False):
+            counts = group["verdict"].value_counts()
+            lines.append(f"- {C.SCORES[score]}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+                         + f" of {len(group)} (Holm-corrected paired permutation tests)")
+        few = cmp[cmp["seeds"].map(S.smallest_p) > S.ALPHA]
+        if not few.empty:
+            lines.append(f"- Warning: {len(few)} comparisons have {sorted(set(few['seeds']))} shared seeds; a paired "
+                         f"permutation test needs ≥ 6 to reach p < {S.ALPHA} at all, so they cannot detect any "
+                         "difference (the 'seeds for 2 pts' column says how many would).")
     lines.append("\n## Files\n")
     for key, paths in {**tables["written"], **figs["written"]}.items():
         lines.append(f"- {key}: " + ", ".join(p.name for p in paths))

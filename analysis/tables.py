@@ -1,6 +1,7 @@
-"""The paper's tables from results: Table 1 (matched-window best, mean ± std over seeds, best bold and
-second underlined, collapses marked), Table 4 (per validation split at the best step), the per-cell
-provenance table, and the paper's Table 1 beside ours with each column's method ranking."""
+"""The paper's tables from results: Table 1 (matched-window best, mean and 95 % interval over seeds,
+bold only where a corrected paired test supports it, collapses marked) under the paper's protocol
+and the held-out one, Table 4 (per split at the best step), the per-cell provenance table, and the
+paper's Table 1 beside ours with each column's method ranking."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from . import stats as S
+from .compare import interval_text
+
 SPLITS = ("val_a", "val_b", "val_c", "aime24", "aime25", "aime26")  # columns without any value are dropped
+HELDOUT_SPLITS = ("test_a", "test_b", "test_c")
 
 
 @lru_cache(maxsize=1)
@@ -31,14 +36,17 @@ def _collapse_note(group: pd.DataFrame) -> str | None:
     return f"collapse ({where})"
 
 
-def aggregate(cells: pd.DataFrame, row_key: str = "label") -> pd.DataFrame:
-    """One row per (row_key, setting): the matched-window best over seeds, and what is missing."""
+def aggregate(cells: pd.DataFrame, row_key: str = "label", score: str = "best_headline") -> pd.DataFrame:
+    """One row per (row_key, setting): ``score`` over seeds (mean, std, 95 % interval), and what is missing."""
     out = []
     for (key, setting), group in cells.groupby([row_key, "setting"], sort=False):
         scored = group[group["state"].isin(["done", "collapsed"])]
-        values = scored["best_headline"].dropna().astype(float)
+        values = pd.to_numeric(scored[score], errors="coerce").dropna().astype(float)
+        ci = S.mean_interval(values, bounds=(0.0, 1.0))  # scores are accuracies
         out.append({row_key: key, "method": group["method"].iloc[0], "setting": setting,
-                    "seeds": len(group), "finished": len(scored), "mean": values.mean() if len(values) else None,
+                    "seeds": len(group), "finished": len(scored), "scored": len(values),
+                    "mean": values.mean() if len(values) else None,
+                    "ci_low": ci.low, "ci_high": ci.high, "interval": ci.method,
                     "std": values.std(ddof=1) if len(values) > 1 else (0.0 if len(values) == 1 else None),
                     "collapsed": int((group["state"] == "collapsed").sum()), "collapse": _collapse_note(group),
                     "failed": int((group["state"] == "failed").sum()),
@@ -56,14 +64,16 @@ def rank_column(agg: pd.DataFrame) -> pd.Series:
 
 
 def table1(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label",
-           scale: float = 100.0) -> pd.DataFrame:
-    """Long form: one row per (row, setting) with mean, std, rank and the cell text (no markup)."""
-    agg = aggregate(cells, row_key)
+           scale: float = 100.0, score: str = "best_headline", bold: set | None = None) -> pd.DataFrame:
+    """Long form: one row per (row, setting) with mean, std, interval, rank, whether a corrected test
+    supports bolding it (``bold``: (row, setting) pairs) and the cell text (no markup)."""
+    agg = aggregate(cells, row_key, score)
     agg = agg[agg["setting"].isin(settings) & agg[row_key].isin(rows)].copy()
     agg["rank"] = None
     for setting in settings:
         idx = agg["setting"] == setting
         agg.loc[idx, "rank"] = rank_column(agg[idx])
+    agg["bold"] = [(r, s) in (bold or set()) for r, s in zip(agg[row_key], agg["setting"])]
     agg["text"] = [_cell_text(r, scale) for r in agg.to_dict("records")]
     return agg
 
@@ -72,8 +82,10 @@ def _cell_text(r: dict, scale: float) -> str:
     if r["mean"] is None or pd.isna(r["mean"]):
         if r["failed"]:
             return f"failed ({r['failed']}/{r['seeds']})"
+        if r["finished"] and not r["scored"]:
+            return "— (not recorded)"  # e.g. a held-out score of a run from before the test splits
         return "missing" if not r["unfinished"] else f"unfinished ({r['unfinished']}/{r['seeds']})"
-    text = f"{r['mean'] * scale:.1f} ± {r['std'] * scale:.1f}" if r["finished"] > 1 else f"{r['mean'] * scale:.1f}"
+    text = interval_text(r["mean"], r["ci_low"], r["ci_high"], scale)
     if r["collapsed"]:
         text = r["collapse"] if r["collapsed"] == r["seeds"] else f"{text}, {r['collapse']} in {r['collapsed']}/{r['seeds']}"
     missing = r["seeds"] - r["finished"]
@@ -84,15 +96,16 @@ def _cell_text(r: dict, scale: float) -> str:
 
 def pivot(long: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label",
           markup: str | None = None) -> pd.DataFrame:
-    """Rows × settings of cell text; ``markup`` 'md' or 'tex' bolds rank 1 and underlines rank 2."""
+    """Rows × settings of cell text; ``markup`` 'md' or 'tex' bolds the entries whose lead a corrected
+    paired test supports (``bold``), and nothing else."""
     def mark(r):
         text = r["text"]
         if markup == "md":
             text = text.replace("|", "\\|")
-            return f"**{text}**" if r["rank"] == 1 else f"<u>{text}</u>" if r["rank"] == 2 else text
+            return f"**{text}**" if r["bold"] else text
         if markup == "tex":
             text = text.replace("±", "$\\pm$").replace("&", "\\&").replace("%", "\\%")
-            return f"\\textbf{{{text}}}" if r["rank"] == 1 else f"\\underline{{{text}}}" if r["rank"] == 2 else text
+            return f"\\textbf{{{text}}}" if r["bold"] else text
         return text
     frame = long.assign(shown=long.apply(mark, axis=1)).pivot(index=row_key, columns="setting", values="shown")
     frame = frame.reindex(index=[r for r in rows if r in frame.index], columns=[s for s in settings if s in frame.columns])
@@ -104,7 +117,10 @@ def table4(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: s
     """Per validation split at each cell's best step, mean over finished seeds (Table 4)."""
     scored = cells[cells["state"].isin(["done", "collapsed"]) & cells["setting"].isin(settings)
                    & cells[row_key].isin(rows)]
-    columns = {f"best_{s}": s for s in SPLITS} | {"best_headline": "headline"}
+    columns = ({f"best_{s}": s for s in SPLITS} | {"best_headline": "headline"}
+               | {f"heldout_{s}": s for s in HELDOUT_SPLITS} | {"heldout_headline": "test_headline"})
+    scored = scored.assign(**{c: pd.to_numeric(scored[c], errors="coerce") for c in columns if c in scored})
+    columns = {c: v for c, v in columns.items() if c in scored}
     agg = scored.groupby(["setting", row_key], sort=False)[list(columns)].mean() * scale
     agg = agg.rename(columns=columns).dropna(axis=1, how="all").reset_index()
     agg["setting"] = pd.Categorical(agg["setting"], settings, ordered=True)
@@ -114,7 +130,7 @@ def table4(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: s
 
 def provenance(cells: pd.DataFrame) -> pd.DataFrame:
     keep = ["sweep", "setting", "label", "method", "seed", "id", "steps_run", "t_stop", "verdict", "best_step",
-            "best_headline", "run_dir"]
+            "best_headline", "heldout_headline", "step0_headline", "run_dir"]
     return cells[keep].rename(columns={"id": "config_hash"}).reset_index(drop=True)
 
 
@@ -180,26 +196,3 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
-
-
-def seed_noise(long: pd.DataFrame, row_key: str = "label", reference: str = "cppo") -> pd.DataFrame:
-    """Per setting, each row against ``reference``: the difference of mean best headlines and its
-    standard error sqrt(s1²/n1 + s2²/n2) over seeds; |diff| > 2·SE is called beyond seed noise
-    (a rough two-sided 95% rule; with 3 seeds per side it is optimistic, so read it as a screen)."""
-    out = []
-    for setting, group in long.groupby("setting", sort=False):
-        ref = group[group[row_key] == reference]
-        if ref.empty or pd.isna(ref["mean"].iloc[0]):
-            continue
-        r = ref.iloc[0]
-        for _, row in group.iterrows():
-            if row[row_key] == reference or pd.isna(row["mean"]):
-                continue
-            se = ((r["std"] or 0) ** 2 / max(r["finished"], 1) + (row["std"] or 0) ** 2 / max(row["finished"], 1)) ** 0.5
-            diff = r["mean"] - row["mean"]
-            out.append({"setting": setting, "reference": reference, "other": row[row_key], "diff": diff, "se": se,
-                        "seeds": f"{r['finished']} vs {row['finished']}",
-                        "beyond_noise": (bool(abs(diff) > 2 * se) if min(r["finished"], row["finished"]) >= 2
-                                         else None),  # one seed has no noise estimate
-                        "other_collapsed": int(row["collapsed"])})
-    return pd.DataFrame(out)

@@ -103,6 +103,7 @@ def _check_local(resolved: dict) -> None:
     _require(resolved["warmup"], "warmup", {"seed": lambda v: (isinstance(v, int), "an integer"), "lr": _pos_num,
                                             "batch_size": _pos_int, "max_steps": _pos_int, "check_every": _pos_int,
                                             "probe_size": _pos_int, "target_accuracy": _prob})
+    _require(resolved["eval"], "eval", {"test_problems_per_split": _pos_int})
     _require(resolved["engine"].get("mismatch", {}), "engine.mismatch",
              {"bf16_rollout": _bool, "logit_noise": _nonneg,
               "lag": lambda v: (isinstance(v, int) and v >= 0, "an integer >= 0")})

@@ -19,8 +19,9 @@ from methods import get_method
 from .lm import encode_prompt, load_lm
 from .math_task import MathVerifier, load_problems
 from .rollout import left_pad, sample
-from .store import RunStore
-from .train import final_status, headline_collapse
+from .seeds import EVAL_STREAM, step_seed
+from .store import RunStore, best_within_window
+from .train import final_status, headline_collapse, held_out_of_row
 from .trl_engine import grpo_args, make_trainer_class
 
 
@@ -44,8 +45,14 @@ class MathReward:
 
 
 @torch.no_grad()
-def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVerifier, seed: int) -> dict:
-    """Avg@k accuracy per validation split and their mean (the headline)."""
+def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVerifier, seed: int,
+             test: dict | None = None) -> dict:
+    """Avg@k accuracy per validation split and their mean (the headline; the best step is chosen on
+    it); with ``test`` (task.test) also each held-out test split as ``test_<name>`` and their mean
+    ``test_headline``, reported at the chosen step only. Big models keep no per-step weights, so the
+    test splits are scored at every eval step; nothing reads them to choose a step."""
+    test = test or {}
+    splits = {**splits, **{f"test_{name}": problems for name, problems in test.items()}}
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -57,14 +64,17 @@ def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVer
         for start in range(0, len(prompts), ev["batch_size"]):
             chunk = prompts[start:start + ev["batch_size"]]
             ids, mask = left_pad(chunk, tok.pad_token_id)
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + s * 7_919 + start)
+            gen = torch.Generator(device=device).manual_seed(step_seed(seed, s, start))
             roll = sample(model, ids.to(device), max_new, tok.eos_token_id, tok.pad_token_id, gen,
                           temperature=ev["temperature"], top_p=ev["top_p"], prompt_mask=mask.to(device))
             for i, n in enumerate(roll.response_mask.sum(1).tolist()):
                 texts.append(tok.decode(roll.response_ids[i, :n].tolist(), skip_special_tokens=True))
         scores = verifier(texts, answers)
         row[name] = sum(scores) / len(scores)
-    row["headline"] = sum(row[n] for n in splits) / len(splits)
+    val = [n for n in splits if not n.startswith("test_")]
+    row["headline"] = sum(row[n] for n in val) / len(val)
+    if test:
+        row["test_headline"] = sum(row[f"test_{n}"] for n in test) / len(test)
     model.train(was_training)
     return row
 
@@ -130,7 +140,7 @@ class LMRun:
         self.rows, self.verdict, self.peak = [], None, 0.0
         self.resumed_from = list((store.read_status() or {}).get("resumed_from", []))
         self.accelerator_main, self.start = True, 0
-        self.model = self.tok = self.verifier = self.splits = self.trainer = None
+        self.model = self.tok = self.verifier = self.splits = self.test = self.trainer = None
 
     def record(self, row: dict) -> None:
         self.store.append("metrics.jsonl", row)  # a no-op on ranks > 0
@@ -165,7 +175,7 @@ class LMRun:
         with unwrap_model_for_generation(t.model_wrapped, t.accelerator,
                                          gather_deepspeed3_params=t.args.ds3_gather_for_generation) as model:
             return evaluate(model, self.tok, self.splits, self.spec.eval, self.spec.rl["max_response_tokens"],
-                            self.verifier, seed=self.spec.seed * 7 + step)
+                            self.verifier, seed=step_seed(self.spec.seed, step, EVAL_STREAM), test=self.test)
 
 
 def train(spec, store: RunStore, main: bool = True) -> dict:
@@ -184,6 +194,8 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     train_problems = load_problems(task["train"], "task.train", limit=task.get("train_limit"))
     run.splits = {name: load_problems(src, f"task.val.{name}", limit=spec.eval.get("problems_per_split"))
                   for name, src in task["val"].items()}
+    run.test = {name: load_problems(src, f"task.test.{name}", limit=spec.eval.get("problems_per_split"))
+                for name, src in (task.get("test") or {}).items()}
     run.verifier = MathVerifier(workers=task.get("reward_workers", 2), timeout=task.get("reward_timeout", 5))
     dataset = Dataset.from_list([{"prompt": p.messages(), "answer": p.answer} for p in train_problems])
 
@@ -219,7 +231,8 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
         run.verifier.close()
     verdict = run.verdict or {"state": "done", "reason": ""}
     status = final_status(spec, store, run.rows, verdict, run.resumed_from, engine="trl",
-                          trl_recomputes_skipped=trainer.recomputes_skipped)
+                          trl_recomputes_skipped=trainer.recomputes_skipped,
+                          held_out=held_out_of_row(best_within_window(run.rows, spec.t_stop)))
     store.write_status(**status)
     if run.accelerator_main:
         shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict

@@ -74,6 +74,7 @@ def sample(
     record_top_k: int = 0,
     logit_noise: float = 0.0,
     prompt_mask: Optional[torch.Tensor] = None,
+    gumbel: Optional[torch.Tensor] = None,
 ) -> Rollout:
     """Sample ``max_new_tokens`` at most per prompt: prompts of one length, or left-padded with
     ``prompt_mask`` (1 on real tokens; positions then count real tokens only, as in ``generate``).
@@ -82,6 +83,11 @@ def sample(
     the distribution actually sampled from (noise and temperature included, no top-p for training);
     the sampled token is always in the recorded set. Rows that sampled the end token leave the batch
     (and the KV cache), so short responses stop costing compute.
+
+    ``gumbel`` ([N, max_new_tokens, V], standard Gumbel noise) samples by Gumbel-max instead of
+    ``torch.multinomial``: row i's token at position t is argmax(log p + gumbel[i, t]), an exact draw
+    whose randomness belongs to (row, position) whatever else is in the batch — common random numbers:
+    two models given the same noise make the same choice wherever their distributions nearly agree.
     """
     n = prompt_ids.shape[0]
     device = prompt_ids.device
@@ -102,7 +108,10 @@ def sample(
         else:
             logp = (logits / temperature).log_softmax(-1)
             dist = _nucleus(logp, top_p) if top_p < 1.0 else logp
-            token = torch.multinomial(dist.exp(), 1, generator=generator).squeeze(-1)
+            if gumbel is not None:
+                token = (dist + gumbel[active, step]).argmax(-1)
+            else:
+                token = torch.multinomial(dist.exp(), 1, generator=generator).squeeze(-1)
             if record_top_k:
                 token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
                 top = logp.topk(record_top_k, dim=-1)

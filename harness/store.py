@@ -5,6 +5,8 @@
     RUN_DIR/metrics.jsonl     one row per training step (validation scores on eval steps)
     RUN_DIR/diagnostics.jsonl per-position diagnostics on eval steps
     RUN_DIR/checkpoint.pt     while running (model, optimizer, step); removed when the run ends
+    RUN_DIR/best-<step>.pt    while running: the weights of each eval step that was the best so far
+                              within [0, T_stop], for the held-out test score; removed when the run ends
 
 Every write of status and checkpoint is atomic (temp file + rename), so a kill never leaves a
 half-written file, and a folder is finished only when its status says so.
@@ -150,6 +152,26 @@ class RunStore:
 
     def remove_checkpoint(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
+
+    # weights of best-so-far eval steps (the held-out score is taken on the chosen one) -----------
+    def _best_paths(self) -> dict:
+        return {int(p.stem.split("-")[1]): p for p in self.dir.glob("best-*.pt")}
+
+    def save_best_weights(self, step: int, state: dict) -> None:
+        atomic_torch_save(self.dir / f"best-{step}.pt", state)
+
+    def load_best_weights(self, step: int) -> Optional[dict]:
+        import torch
+
+        path = self._best_paths().get(step)
+        return None if path is None else torch.load(path, weights_only=True)
+
+    def remove_best_weights(self, after_step: int = -1) -> None:
+        """Remove the kept weights of steps > ``after_step`` (all by default; on resume, those past the
+        checkpoint, whose rows are recomputed)."""
+        for step, path in self._best_paths().items():
+            if step > after_step:
+                path.unlink(missing_ok=True)
 
 
 def best_within_window(rows: Iterable[dict], t_stop: int, key: str = "headline") -> Optional[dict]:

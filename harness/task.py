@@ -17,8 +17,9 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-SPLITS = ("val_a", "val_b", "val_c")  # stand-ins for AIME24/25/26
-_BUCKETS = 20  # pairs hashing to 17, 18, 19 are held out for val_a, val_b, val_c
+SPLITS = ("val_a", "val_b", "val_c")  # stand-ins for AIME24/25/26: the best step is chosen on these
+TEST_SPLITS = ("test_a", "test_b", "test_c")  # held out: scored at the step chosen on SPLITS, never used to choose
+_BUCKETS = 20  # pairs hashing to 17, 18, 19 are held out for the a, b, c splits
 
 
 @dataclass(frozen=True)
@@ -56,23 +57,26 @@ def max_positions(digits: int) -> int:
     return 4 * digits + response_length(digits) + 8
 
 
-def _bucket(a: int, b: int, digits: int) -> int:
-    h = hashlib.blake2b(f"{digits}:{a}:{b}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") % _BUCKETS
+def _digest(a: int, b: int, digits: int) -> bytes:
+    return hashlib.blake2b(f"{digits}:{a}:{b}".encode(), digest_size=8).digest()
 
 
 def split_of(problem: Problem) -> str:
-    bucket = _bucket(problem.a, problem.b, problem.digits)
-    return SPLITS[bucket - (_BUCKETS - 3)] if bucket >= _BUCKETS - 3 else "train"
+    digest = _digest(problem.a, problem.b, problem.digits)
+    bucket = int.from_bytes(digest, "little") % _BUCKETS
+    if bucket < _BUCKETS - 3:
+        return "train"
+    held_out = TEST_SPLITS if digest[-1] & 1 else SPLITS  # an independent bit of the same hash
+    return held_out[bucket - (_BUCKETS - 3)]
 
 
 def sample_problems(split: str, count: int, digits: int, seed: int) -> list[Problem]:
-    """``count`` problems of ``split`` ('train' or a validation split), deterministic in ``seed``."""
-    if split != "train" and split not in SPLITS:
-        raise ValueError(f"split must be 'train' or one of {SPLITS}, got {split!r}")
+    """``count`` problems of ``split`` ('train', a validation or a test split), deterministic in ``seed``."""
+    if split != "train" and split not in SPLITS + TEST_SPLITS:
+        raise ValueError(f"split must be 'train' or one of {SPLITS + TEST_SPLITS}, got {split!r}")
     if digits < 1:
         raise ValueError(f"task.digits must be >= 1, got {digits}")
-    if split != "train" and 10 ** (2 * digits) < 200 * count:
+    if split != "train" and 10 ** (2 * digits) < 40 * count:  # a held-out split holds ≈ 1/40 of all pairs
         raise ValueError(f"task.digits={digits} is too small for {count} held-out problems per split")
     rng = random.Random(f"{split}:{digits}:{seed}")
     limit = 10 ** digits
@@ -85,7 +89,7 @@ def sample_problems(split: str, count: int, digits: int, seed: int) -> list[Prob
 
 
 def validation_set(split: str, count: int, digits: int) -> list[Problem]:
-    """The fixed held-out problems of a validation split (distinct pairs, seed-independent)."""
+    """The fixed held-out problems of a validation or test split (distinct pairs, seed-independent)."""
     seen, out = set(), []
     for p in sample_problems(split, count * 4, digits, seed=0):
         if (p.a, p.b) not in seen:

@@ -20,29 +20,13 @@ from methods import LossTotals, PolicyBatch, get_method, list_methods, policy_lo
 
 from . import task as tasks
 from .config import ConfigError, RunSpec, resolve
+from .evaluation import evaluate, held_out
 from .model import CharTokenizer, ModelSize, build_model
+from .provenance import provenance
 from .rollout import response_logits, sample, shared_prefix_logits
+from .seeds import step_seed
 from .store import RunStore, best_within_window
-from .warmup import encode_problems, rollout_rewards, sampled_accuracy, warm_start
-
-
-def step_seed(seed: int, step: int, salt: int = 0) -> int:
-    """Every random draw of a step comes from (seed, step): a resumed run replays it exactly."""
-    return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**62)
-
-
-def evaluate(model, tokenizer, spec: RunSpec, step: int) -> dict:
-    ev, digits = spec.eval, spec.task["digits"]
-    max_new = tasks.response_length(digits)
-    row = {}
-    for i, split in enumerate(tasks.SPLITS):
-        problems = tasks.validation_set(split, ev["problems_per_split"], digits)
-        row[split] = sampled_accuracy(model, tokenizer, problems, max_new, seed=step_seed(spec.seed, step, 100 + i),
-                                      temperature=ev["temperature"], top_p=ev["top_p"], samples=ev["samples"])
-    row["headline"] = sum(row[s] for s in tasks.SPLITS) / len(tasks.SPLITS)
-    problems = tasks.validation_set(tasks.SPLITS[0], ev["problems_per_split"], digits)
-    row["greedy_accuracy"] = sampled_accuracy(model, tokenizer, problems, max_new, seed=0, greedy=True)
-    return row
+from .warmup import encode_problems, rollout_rewards, warm_start
 
 
 def position_diagnostics(records: list[dict], horizon: int, bins: int) -> dict:
@@ -61,9 +45,10 @@ def position_diagnostics(records: list[dict], horizon: int, bins: int) -> dict:
     return out
 
 
-def run(cfg: DictConfig, tags: dict | None = None) -> dict:
+def run(cfg: DictConfig, tags: dict | None = None, keep_model=None) -> dict:
     """Train one run to its verdict (or return the verdict of a finished one). ``tags`` (e.g. the
-    launcher's job id) are recorded in the run's status."""
+    launcher's job id) are recorded in the run's status; ``keep_model`` (a path, local engine) saves
+    the final weights there (the run folder keeps none)."""
     spec = resolve(cfg)
     if spec.engine.get("threads"):
         torch.set_num_threads(int(spec.engine["threads"]))
@@ -75,7 +60,7 @@ def run(cfg: DictConfig, tags: dict | None = None) -> dict:
         from .lm_train import train as train_lm
         return train_lm(spec, store, main=False)
     with store.exclusive():  # one process per run folder: a second one fails fast instead of interleaving
-        return _run_locked(spec, store)
+        return _run_locked(spec, store, keep_model)
 
 
 def _finished(spec: RunSpec, store: RunStore) -> dict | None:
@@ -90,7 +75,7 @@ def _finished(spec: RunSpec, store: RunStore) -> dict | None:
     return None
 
 
-def _run_locked(spec: RunSpec, store: RunStore) -> dict:
+def _run_locked(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
     finished = _finished(spec, store)
     if finished:
         return finished
@@ -99,7 +84,7 @@ def _run_locked(spec: RunSpec, store: RunStore) -> dict:
         if spec.engine["name"] == "trl":
             from .lm_train import train as train_lm
             return train_lm(spec, store)
-        return _train(spec, store)
+        return _train(spec, store, keep_model)
     except Exception as err:  # a crash is recorded as a verdict, then re-raised
         store.write_status(state="failed", reason=f"{type(err).__name__}: {err}", config_hash=spec.config_hash,
                            step=_last_step(store), resumed_from=(store.read_status() or {}).get("resumed_from", []))
@@ -111,7 +96,7 @@ def _last_step(store: RunStore) -> int:
     return rows[-1]["step"] if rows else 0
 
 
-def _train(spec: RunSpec, store: RunStore) -> dict:
+def _train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
     rl, digits = spec.rl, spec.task["digits"]
     tokenizer = CharTokenizer()
     horizon = tasks.response_length(digits)
@@ -141,21 +126,26 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
         resumed_from.append(start)
         store.truncate("metrics.jsonl", start)
         store.truncate("diagnostics.jsonl", start)
+        store.remove_best_weights(after_step=start)
     else:
         for name in ("metrics.jsonl", "diagnostics.jsonl"):
             (store.dir / name).unlink(missing_ok=True)
+        store.remove_best_weights()
     if not lagged:
         lagged.append(copy.deepcopy(model.state_dict()))
     store.write_status(state="running", step=start, config_hash=spec.config_hash, resumed_from=resumed_from,
-                       warmup=warm_info_brief(warm_info))
+                       warmup=warm_info_brief(warm_info), provenance=provenance())
 
     rows = store.read()
     peak_headline = max([r["headline"] for r in rows if "headline" in r], default=0.0)
     if start == 0:
-        row = {"step": 0, **evaluate(model, tokenizer, spec, 0)}
+        t0 = time.perf_counter()
+        row = {"step": 0, **evaluate(model, tokenizer, spec, 0), "time_eval": 0.0}
+        row["time_eval"] = time.perf_counter() - t0
         store.append("metrics.jsonl", row)
         rows.append(row)
         peak_headline = row["headline"]
+        keep_if_best(store, rows, model, spec.t_stop)
 
     sink = _wandb_sink(spec, store)
     rollout_model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, tasks.max_positions(digits), seed=0)
@@ -223,6 +213,8 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
                "finished_fraction": float(roll.finished.float().mean()),
                "groups_kept": len(kept_groups), "groups_skipped": len(problems) - len(kept_groups),
                "updates": updates, **_mean_metrics(step_metrics),
+               # before the step's first update π is the rollout's weights: what remains is engine mismatch
+               "engine_mismatch_abs_logp": step_metrics[0]["mismatch_abs_logp"] if step_metrics else float("nan"),
                "time_rollout": t1 - t0, "time_update": t2 - t1}
         if not math.isfinite(row.get("policy_loss", 0.0)) or not _params_finite(model):
             verdict = {"state": "collapsed", "reason": "non-finite loss or parameters", "collapse_step": step}
@@ -233,6 +225,7 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
             if diag_records:
                 store.append("diagnostics.jsonl", {"step": step, **position_diagnostics(diag_records, horizon, spec.eval["position_bins"])})
             peak_headline = max(peak_headline, row["headline"])
+            keep_if_best(store, rows + [row], model, spec.t_stop)
             reason = headline_collapse(row["headline"], peak_headline, spec.collapse)
             if reason:
                 verdict = {"state": "collapsed", "collapse_step": step, "reason": reason}
@@ -252,9 +245,13 @@ def _train(spec: RunSpec, store: RunStore) -> dict:
     if bar is not None:
         bar.close()
 
-    status = final_status(spec, store, rows, verdict, resumed_from, warmup=warm_info_brief(warm_info))
+    status = final_status(spec, store, rows, verdict, resumed_from, warmup=warm_info_brief(warm_info),
+                          held_out=_held_out(spec, store, rows, model, tokenizer))
     store.write_status(**status)
     store.remove_checkpoint()
+    store.remove_best_weights()
+    if keep_model:
+        torch.save(model.state_dict(), keep_model)
     if sink is not None:
         sink.summary.update({k: v for k, v in status.items() if not isinstance(v, dict)})
         sink.finish()
@@ -266,7 +263,34 @@ def final_status(spec: RunSpec, store, rows: list[dict], verdict: dict, resumed_
     best = best_within_window(rows, spec.t_stop)
     return {**verdict, "step": rows[-1]["step"], "config_hash": spec.config_hash, "t_stop": spec.t_stop,
             "run_dir": str(store.dir), "best_headline": best["headline"] if best else None,
-            "best_step": best["step"] if best else None, "resumed_from": resumed_from, **extra}
+            "best_step": best["step"] if best else None, "resumed_from": resumed_from,
+            "provenance": provenance(), **extra}
+
+
+def keep_if_best(store: RunStore, rows: list[dict], model, t_stop: int) -> None:
+    """Keep the weights of the last eval row if it is the best so far within [0, t_stop]."""
+    row = rows[-1]
+    if row["step"] <= t_stop and best_within_window(rows, t_stop)["step"] == row["step"]:
+        store.save_best_weights(row["step"], model.state_dict())
+
+
+def _held_out(spec: RunSpec, store: RunStore, rows: list[dict], model, tokenizer) -> dict | None:
+    """The test splits scored on the weights of the step chosen on the validation splits."""
+    best = best_within_window(rows, spec.t_stop)
+    weights = store.load_best_weights(best["step"]) if best else None
+    if weights is None:
+        return None
+    chosen = copy.deepcopy(model)
+    chosen.load_state_dict(weights)
+    started = time.perf_counter()
+    return {**held_out(chosen, tokenizer, spec, best["step"]), "time_eval": time.perf_counter() - started}
+
+
+def held_out_of_row(row: dict | None) -> dict | None:
+    """The held-out score of an eval row that carries its test splits (``test_*``), else None."""
+    if not row or row.get("test_headline") is None:
+        return None
+    return {"step": row["step"], **{k: v for k, v in row.items() if k.startswith("test_")}}
 
 
 def headline_collapse(headline: float, peak: float, rule: dict):

@@ -117,7 +117,8 @@ def _print_status(args) -> int:
         return 2
     counts = rows["verdict"].str.replace(r" \(step \d+\)", "", regex=True).value_counts()
     print(f"{args.name}: {len(rows)} cells — " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    columns = ["setting", "label", "seed", "id", "verdict", "steps_run", "best_headline", "best_step"]
+    columns = ["setting", "label", "seed", "id", "verdict", "steps_run", "best_headline", "best_step",
+               "heldout_headline"]
     with pd.option_context("display.width", 160, "display.max_rows", 500):
         print(rows[columns].to_string(index=False))
     return 0
@@ -126,18 +127,28 @@ def _print_status(args) -> int:
 def _print_sweep_summary(result) -> None:
     import pandas as pd
 
+    from analysis.compare import interval_text
+    from analysis.tables import aggregate
+
     rows = pd.DataFrame(result["rows"])
     cells = result["outcomes"]
     trained = sum(o.seconds is not None for o in cells)
     print(f"sweep {result['spec'].name}: {len(cells)} cells ({trained} run now, {len(cells) - trained} finished "
           f"before), wall {result['wall_s']:.0f} s; per cell: {result['sweep_dir'] / 'summary.csv'}")
-    table = (rows.assign(collapsed=rows["state"].eq("collapsed"), failed=rows["state"].eq("failed"))
-             .groupby(["setting", "label"], sort=False)
-             .agg(seeds=("seed", "count"), best_mean=("best_headline", "mean"), best_std=("best_headline", "std"),
-                  collapsed=("collapsed", "sum"), failed=("failed", "sum")))
-    with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):
-        print("matched window (best headline within [0, T_stop], mean and std over seeds):")
-        print(table.to_string())
+    table = aggregate(rows, "label")
+    held = aggregate(rows, "label", "heldout_headline") if "heldout_headline" in rows else None
+    out = pd.DataFrame({"setting": table["setting"], "label": table["label"], "seeds": table["finished"],
+                        "best validation (95% CI)": [interval_text(m, lo, hi) for m, lo, hi in
+                                                     zip(table["mean"], table["ci_low"], table["ci_high"])]})
+    if held is not None and held["mean"].notna().any():
+        out["held-out test (95% CI)"] = [interval_text(m, lo, hi) for m, lo, hi in
+                                         zip(held["mean"], held["ci_low"], held["ci_high"])]
+    out["collapsed"], out["failed"] = table["collapsed"], table["failed"]
+    with pd.option_context("display.width", 180, "display.max_colwidth", 40):
+        print("matched window (best validation headline within [0, T_stop], %; the held-out test splits at that "
+              "step), mean over seeds with a 95 % t interval where a cell has ≥ 2 seeds "
+              "(`trh report` for paired comparisons):")
+        print(out.to_string(index=False))
 
 
 def cmd_search(args) -> int:
@@ -157,7 +168,14 @@ def cmd_search(args) -> int:
         print("no trial completed")
         return 1
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
-    print(f"best: trial {best['number']}, {best['value']:.4f} ({params})")
+    scores = best.get("seed_scores") or []
+    spread = ""
+    if len(scores) >= 2:
+        from analysis.stats import mean_interval
+        ci = mean_interval(scores, bounds=(0.0, 1.0))
+        spread = f", 95 % t interval over {len(scores)} seeds [{ci.low:.4f}, {ci.high:.4f}]"
+    print(f"best: trial {best['number']}, {best['value']:.4f}{spread} ({params}); the best of many trials is "
+          "optimistic: rerun it with fresh seeds before comparing it")
     return 0
 
 
@@ -166,7 +184,7 @@ def cmd_report(args) -> int:
 
     split = lambda text: [x for x in text.split(",") if x]  # noqa: E731
     try:
-        result = build_report(args.results_dir, args.out, split(args.format), split(args.figures))
+        result = build_report(args.results_dir, args.out, split(args.format), split(args.figures), args.reference)
     except (FileNotFoundError, ValueError) as err:
         print(f"trh report: {err}", file=sys.stderr)
         return 2
@@ -224,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output folder (default RESULTS_DIR/report)")
     rp.add_argument("--format", default="md,tex,csv", help="table formats: md, tex, csv")
     rp.add_argument("--figures", default="png", help="figure formats: png, pdf ('' for none)")
+    rp.add_argument("--reference", default=None, help="the row every comparison is against (default cppo)")
     rp.set_defaults(func=cmd_report)
     return parser
 

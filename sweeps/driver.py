@@ -18,9 +18,10 @@ import statistics
 import time
 from pathlib import Path
 
+from harness.provenance import code_state
 from harness.store import RunStore, _atomic_write
 
-from .executors import git_state, make_executor, resources
+from .executors import make_executor, resources
 from .runner import CellRunner, Outcome
 from .launch import launch_of
 from .spec import Cell, SweepError, SweepSpec, expand, load_raw, parse, split_overrides
@@ -82,7 +83,7 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Pa
     path = sweep_dir / "manifest.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     invocation = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "executor": executor,
-                  "overrides": list(overrides), "git": git_state(), "cells": len(cells)}
+                  "overrides": list(overrides), "git": code_state(), "cells": len(cells)}
     manifest = {"sweep": spec.name, "feeds": spec.feeds, "description": spec.description, "spec": spec.raw,
                 "settings": spec.settings, "labels": [v.label for v in spec.variants], "seeds": spec.seeds,
                 "cells": [c.manifest_row(root) for c in cells],

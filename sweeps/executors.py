@@ -98,12 +98,3 @@ def _quiet_sacct() -> None:
     for handler in logger.handlers:
         if not any(isinstance(f, _NoSacctNoise) for f in handler.filters):
             handler.addFilter(_NoSacctNoise())
-
-
-def git_state(cwd: Path | None = None) -> dict:
-    """The commit the sweep was submitted from (and whether the tree had local changes)."""
-    def git(*args):
-        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd or Path(__file__).parent)
-        return out.stdout.strip() if out.returncode == 0 else None
-    commit = git("rev-parse", "HEAD")
-    return {"commit": commit, "dirty": bool(git("status", "--porcelain")) if commit else None}

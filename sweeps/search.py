@@ -32,10 +32,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.provenance import code_state
 from harness.store import RunStore, _atomic_write
 
 from .driver import _progress_bar, default_workers
-from .executors import git_state, make_executor, resources
+from .executors import make_executor, resources
 from .runner import CellRunner, Outcome
 from .spec import Cell, SweepError, cell_configs, load_raw, split_overrides
 
@@ -226,7 +227,7 @@ def search(name: str, trials: int, overrides=(), storage: str | None = None, exe
     with open(out_dir / "invocations.jsonl", "a") as f:  # what ran when, from which commit
         f.write(json.dumps({"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                             "trials": trials, "executor": executor, "overrides": list(overrides),
-                            "git": git_state(), "trials_before": len(study.trials)}) + "\n")
+                            "git": code_state(), "trials_before": len(study.trials)}) + "\n")
     runner = CellRunner(ex, executor, log=log)
     owner = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -34,3 +34,24 @@ def test_missing_running_failed():
     assert failed["verdict"] == "failed" and failed["reason"] == "boom" and failed["best_headline"] == 0.1
     nan = cell_row({"state": "done"}, [{"step": 0, "headline": float("nan")}, {"step": 10, "headline": 0.2}], 60)
     assert nan["best_step"] == 10
+
+
+def test_held_out_score_is_the_one_recorded_for_the_validation_choice():
+    rows = _rows([0.2, 0.5, 0.4])
+    status = {"state": "done", "held_out": {"step": 10, "test_a": 0.3, "test_b": 0.4, "test_c": 0.5,
+                                            "test_headline": 0.4}}
+    row = cell_row(status, rows, t_stop=60)
+    assert row["best_step"] == 10 and row["heldout_headline"] == 0.4 and row["heldout_test_c"] == 0.5
+    assert row["step0_headline"] == 0.2
+    stale = {"state": "done", "held_out": {**status["held_out"], "step": 20}}  # not the chosen step
+    assert cell_row(stale, rows, 60)["heldout_headline"] is None
+    assert cell_row({"state": "done"}, rows, 60)["heldout_headline"] is None  # an old-protocol run
+
+
+def test_selection_never_reads_the_test_split():
+    """Test scores that would pick another step, or garbage, leave the choice unchanged."""
+    rows = _rows([0.2, 0.5, 0.4])
+    for i, r in enumerate(rows):
+        if "headline" in r:
+            r.update(test_headline=[0.9, 0.1, 1.0][i // 2], test_a=float("nan"), test_b="garbage")
+    assert cell_row({"state": "done"}, rows, 60)["best_step"] == 10

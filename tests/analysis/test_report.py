@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -97,41 +98,100 @@ def test_load_reads_manifest_and_scores_cells(results_root):
     assert len(load_results(results_root / "sweeps" / "paper_main").cells) == 15
 
 
-def test_table1_marks_best_second_collapse_and_missing_seeds(results_root):
+def test_table1_intervals_collapse_and_missing_seeds(results_root):
     cells = load_results(results_root).sweep_cells("paper_main")
     long = table1(cells, ["base_s", "long_s"], ["grpo", "cispo", "dppo", "cppo"])
     agg = long.set_index(["label", "setting"])
     assert agg.loc[("cppo", "base_s"), "mean"] == pytest.approx(0.8)
     assert agg.loc[("cppo", "base_s"), "std"] == pytest.approx(0.1414213, rel=1e-5)
-    assert agg.loc[("cppo", "base_s"), "text"] == "80.0 ± 14.1"
-    assert agg.loc[("dppo", "base_s"), "text"] == "70.0 ± 0.0"
+    # two seeds (0.9, 0.7): t interval 0.8 ± 12.706·0.1, clipped to the accuracy range [0, 1]
+    assert agg.loc[("cppo", "base_s"), "text"] == "80.0 [0.0, 100.0]"
+    grpo = agg.loc[("grpo", "base_s")]  # (0.6, 0.55): 0.575 ± 12.706·0.025
+    assert (grpo["ci_low"], grpo["ci_high"]) == pytest.approx((0.575 - 0.317655, 0.575 + 0.317655), abs=1e-5)
+    assert agg.loc[("dppo", "base_s"), "text"] == "70.0 [70.0, 70.0]"  # both seeds 0.7: no spread
     assert agg.loc[("cispo", "long_s"), "text"] == "collapse (steps 20, 30)"
-    assert agg.loc[("grpo", "long_s"), "text"] == "70.0 ± 28.3, collapse (step 20) in 1/2"
+    assert agg.loc[("grpo", "long_s"), "text"] == "70.0 [0.0, 100.0], collapse (step 20) in 1/2"
     assert agg.loc[("cppo", "long_s"), "text"] == "60.0 (1/2 seeds)"
     assert agg.loc[("dppo", "long_s"), "text"] == "failed (1/2)"
     long2 = table1(cells, ["long_s"], ["trm_max"])
     assert long2["text"].tolist() == ["unfinished (1/1)"]
     md = pivot(long, ["base_s", "long_s"], ["grpo", "cispo", "dppo", "cppo"], markup="md")
-    assert md.loc["cppo", "base_s"] == "**80.0 ± 14.1**" and md.loc["dppo", "base_s"] == "<u>70.0 ± 0.0</u>"
-    assert md.loc["grpo", "base_s"] == "57.5 ± 3.5"
-    # long_s: only cppo is ranked (cispo/grpo collapsed, dppo failed)
-    assert md.loc["cppo", "long_s"] == "**60.0 (1/2 seeds)**"
-    assert not md.loc["grpo", "long_s"].startswith(("**", "<u>"))
-    tex = pivot(long, ["base_s"], ["cppo", "dppo"], markup="tex")
-    assert tex.loc["cppo", "base_s"] == "\\textbf{80.0 $\\pm$ 14.1}"
-    assert tex.loc["dppo", "base_s"] == "\\underline{70.0 $\\pm$ 0.0}"
+    assert not any(v.startswith("**") for v in md.to_numpy().ravel())  # bold only when given support
+    bold = table1(cells, ["base_s"], ["dppo", "cppo"], bold={("cppo", "base_s")})
+    tex = pivot(bold, ["base_s"], ["cppo", "dppo"], markup="tex")
+    assert tex.loc["cppo", "base_s"] == "\\textbf{80.0 [0.0, 100.0]}" and tex.loc["dppo", "base_s"] == "70.0 [70.0, 70.0]"
+
+
+def _seeded_root(root, effects: dict, seeds: int = 8, setting="base_s"):
+    """``seeds`` seeds per method; seed s shares a seed effect across methods (the common warm start and
+    streams), plus the method's effect and a little independent noise."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    seed_effect = rng.normal(0, 0.05, seeds)
+    cells = []
+    for method, effect in effects.items():
+        for s in range(seeds):
+            h = float(np.clip(0.7 + seed_effect[s] + effect + rng.normal(0, 0.004), 0, 1))
+            cells.append(_write_cell(root, setting, method, s, [0.5, h]))
+    (root / "sweeps" / "paper_main").mkdir(parents=True)
+    (root / "sweeps" / "paper_main" / "manifest.json").write_text(json.dumps({"sweep": "paper_main", "cells": cells}))
+    return root
+
+
+def test_bold_only_where_the_corrected_paired_test_supports_it(tmp_path):
+    from analysis import compare as C
+
+    root = _seeded_root(tmp_path / "r1", {"grpo": 0.0, "dppo": 0.0, "cppo": 0.03})
+    cells = load_results(root).sweep_cells("paper_main")
+    rows, settings = ["grpo", "dppo", "cppo"], ["base_s"]
+    cmp = C.comparisons(cells, settings, rows, "cppo").set_index("other")
+    assert (cmp["verdict"] == "better").all() and (cmp["p_holm"] < 0.05).all()
+    assert cmp.loc["grpo", "diff"] == pytest.approx(0.03, abs=0.006) and cmp.loc["grpo", "seeds"] == 8
+    plain = table1(cells, settings, rows)
+    assert C.supported_best(cells, plain, settings, "best_headline", cmp.reset_index()) == {("cppo", "base_s")}
+    # a lead inside the noise: nothing is bold and the comparisons say so
+    root = _seeded_root(tmp_path / "r2", {"grpo": 0.0, "dppo": 0.0, "cppo": 0.001})
+    cells = load_results(root).sweep_cells("paper_main")
+    cmp = C.comparisons(cells, settings, rows, "cppo")
+    assert set(cmp["verdict"]) == {"no detectable difference"}
+    assert C.supported_best(cells, table1(cells, settings, rows), settings, "best_headline", cmp) == set()
+
+
+def test_report_bolds_nothing_its_comparisons_call_undetectable(tmp_path):
+    root = _seeded_root(tmp_path / "r", {"grpo": 0.0, "dppo": 0.002, "cppo": 0.03, "cispo": -0.02})
+    out = tmp_path / "report"
+    build_report(root, out, ("md", "csv"), ())
+    cmp = pd.read_csv(out / "comparisons.csv")
+    table = pd.read_csv(out / "table1.csv")
+    for r in table[table["bold"]].itertuples():
+        if r.label != "cppo":
+            assert cmp[(cmp["other"] == r.label)]["verdict"].item() == "worse"
+        else:
+            assert (cmp["verdict"] == "better").all()
+    assert table[table["bold"]]["label"].tolist() == ["cppo"]
+    assert "**" in (out / "table1.md").read_text()
 
 
 def test_report_files(results_root, tmp_path):
     out = tmp_path / "report"
     result = build_report(results_root, out, ("md", "tex", "csv"), ("png",))
     table1_md = (out / "table1.md").read_text()
-    assert "| CPPO | **80.0 ± 14.1** | **60.0 (1/2 seeds)** |" in table1_md
-    assert "| CISPO | missing | collapse (steps 20, 30) |" in table1_md
+    assert "| CPPO | 80.0 [0.0, 100.0] | 60.0 (1/2 seeds) |" in table1_md
+    assert "| CISPO | missing | collapse (steps 20, 30) |" in table1_md and "Nothing is bold" in table1_md
     tex = (out / "table1.tex").read_text()
-    assert "\\toprule" in tex and "\\bottomrule" in tex and "CPPO & \\textbf{80.0 $\\pm$ 14.1}" in tex
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "CPPO & 80.0 [0.0, 100.0]" in tex
     csv = pd.read_csv(out / "table1.csv")
-    assert set(csv.columns) >= {"label", "setting", "mean", "std", "rank", "collapsed"}
+    assert set(csv.columns) >= {"label", "setting", "mean", "std", "ci_low", "ci_high", "rank", "bold", "collapsed"}
+    cmp = pd.read_csv(out / "comparisons.csv").set_index(["setting", "other"])
+    # cppo (0.9, 0.7) − grpo (0.6, 0.55): paired diffs (0.30, 0.15); exact sign-flip p with 2 pairs = 2/4
+    assert cmp.loc[("base_s", "grpo"), "diff"] == pytest.approx(0.225)
+    assert cmp.loc[("base_s", "grpo"), "p"] == pytest.approx(0.5)
+    assert cmp.loc[("base_s", "grpo"), "verdict"] == "no detectable difference"
+    assert "cannot reach p < 0.05" in cmp.loc[("base_s", "grpo"), "note"]
+    for name in ("comparisons.md", "aggregate.md", "aggregate.csv", "eval_noise.md", "eval_noise.csv",
+                 "forest_comparisons.png"):
+        assert (out / name).exists(), name
+    assert "cannot detect any difference" in (out / "report.md").read_text()
     t4 = pd.read_csv(out / "table4.csv").set_index(["setting", "label"])
     # per split at each seed's best step (seed 0 at step 20: 1.0/0.9/0.8; seed 1 at 10: 0.8/0.7/0.6)
     assert t4.loc[("base_s", "CPPO"), ["val_a", "val_b", "val_c"]].tolist() == pytest.approx([90.0, 80.0, 70.0])
@@ -154,13 +214,32 @@ def test_report_files(results_root, tmp_path):
     assert set(result["figures"]["written"]) >= {"fig4", "fig7", "fig9_base_s", "fig11_long_s", "fig5", "fig2"}
 
 
-def test_seed_band_is_mean_and_range(results_root):
+def test_seed_band_is_the_t_interval_of_the_mean(results_root):
     res = load_results(results_root)
     group = res.cells[(res.cells["setting"] == "base_s") & (res.cells["label"] == "dppo")]
     steps, mean, low, high = seed_curves(res, group, "headline")
     assert list(steps) == [0, 10, 20, 30]
-    assert mean[:3] == pytest.approx([0.5, 0.65, 0.7]) and low[1] == 0.6 and high[1] == 0.7
-    assert mean[3] == pytest.approx(0.6)  # only seed 0 reached step 30
+    assert mean[:3] == pytest.approx([0.5, 0.65, 0.7])
+    assert (low[1], high[1]) == pytest.approx((0.65 - 12.7062 * 0.05, 0.65 + 12.7062 * 0.05), abs=1e-4)
+    assert mean[3] == pytest.approx(0.6) and pd.isna(low[3])  # only seed 0 reached step 30: no band
+
+
+def test_fig7_plots_steps_in_order(results_root, tmp_path, monkeypatch):
+    """A seed whose budget-mask share is missing at some steps must not send the line backwards."""
+    from analysis import figures as F
+
+    res = load_results(results_root)
+    for run_dir, gaps in zip(res.sweep_cells("paper_main").query("label == 'cppo' and setting == 'base_s'")["run_dir"],
+                             ({10}, set())):
+        rows = [{"step": t, "budget_mask_share": None if t in gaps else 0.1 * t / 10, "delta_b_mean": 0.002}
+                for t in range(0, 41, 10)]
+        (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plotted = []
+    real_save = F._save
+    monkeypatch.setattr(F, "_save", lambda fig, *a: plotted.extend(
+        line.get_xdata() for ax in fig.axes for line in ax.lines if len(line.get_xdata()) > 2) or real_save(fig, *a))
+    assert F.fig_warmup(load_results(results_root), "paper_main", ["base_s"], tmp_path)
+    assert plotted and all(list(x) == sorted(x) for x in plotted)
 
 
 def test_colours_follow_the_paper(results_root):
@@ -173,6 +252,19 @@ def test_colours_follow_the_paper(results_root):
     assert gate["CPPO"] == "#1f77b4" and gate["DPPO"] == "#d62728" and gate["cppo_soft"] == "#ff7f0e"
 
 
+def test_one_colour_per_variant_across_sweeps():
+    from analysis.figures import colour_map
+
+    cells = pd.DataFrame({"label": ["cppo", "CPPO (KL)", "CPPO", "CPPO (KL, other name)", "CPPO (w 0.6)"],
+                          "method": ["cppo"] * 5,
+                          "variant": ["cppo", "cppo method.divergence=topk_kl", "cppo",
+                                      "cppo method.divergence=topk_kl", "cppo setting.w_min=0.6"]})
+    colours = colour_map(cells)
+    assert colours["cppo"] == colours["CPPO"] == "#1f77b4"
+    assert colours["CPPO (KL)"] == colours["CPPO (KL, other name)"] != colours["CPPO (w 0.6)"]
+    assert len({colours["cppo"], colours["CPPO (KL)"], colours["CPPO (w 0.6)"]}) == 3
+
+
 def test_paper_vs_ours_kendall(results_root):
     cells = load_results(results_root).sweep_cells("paper_main")
     long = table1(cells, ["base_s"], ["grpo", "dppo", "cppo"], row_key="method")
@@ -183,21 +275,6 @@ def test_paper_vs_ours_kendall(results_root):
     assert aggregate(cells).query("label == 'grpo' and setting == 'long_s'")["collapsed"].item() == 1
 
 
-def test_seed_noise_screen(results_root):
-    from analysis.tables import seed_noise
-
-    long = table1(load_results(results_root).sweep_cells("paper_main"), ["base_s", "long_s"], ["grpo", "dppo", "cppo"])
-    noise = seed_noise(long).set_index(["setting", "other"])
-    # cppo (0.9, 0.7) vs grpo (0.6, 0.55): diff 0.225, SE sqrt(0.02/2 + 0.00125/2) = 0.1031 → beyond 2·SE
-    assert noise.loc[("base_s", "grpo"), "diff"] == pytest.approx(0.225)
-    assert noise.loc[("base_s", "grpo"), "se"] == pytest.approx(0.010625 ** 0.5)
-    assert noise.loc[("base_s", "grpo"), "beyond_noise"] is True
-    # cppo vs dppo (0.7, 0.7): diff 0.1, SE 0.1 → within noise
-    assert noise.loc[("base_s", "dppo"), "beyond_noise"] is False
-    # long_s: cppo has one finished seed → no noise estimate
-    assert noise.loc[("long_s", "grpo"), "beyond_noise"] is None
-
-
 def test_report_errors(tmp_path, capsys):
     from sweeps.cli import main
 
@@ -206,3 +283,28 @@ def test_report_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "holds no sweep manifests" in capsys.readouterr().err
+
+
+def test_trh_report_on_the_committed_study(tmp_path):
+    """The README's report command end to end on the committed results (Kendall τ needs scipy):
+    every file written, and Table 1 bolds nothing its comparisons call undetectable."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "report", str(repo / "results" / "embedded"),
+                           "--out", str(out), "--figures", "png"], capture_output=True, text=True, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("table1.md", "table1.tex", "table1.csv", "comparisons.md", "comparisons.csv", "aggregate.md",
+                 "eval_noise.md", "eval_noise.csv", "paper_vs_ours.md", "forest_comparisons.png",
+                 "fig7_warmup_diagnostics.png", "report.md"):
+        assert (out / name).exists(), name
+    versus = pd.read_csv(out / "paper_vs_ours.csv")
+    assert versus["kendall_tau"].notna().all()
+    table, cmp = pd.read_csv(out / "table1.csv"), pd.read_csv(out / "comparisons.csv")
+    for r in table[table["bold"]].itertuples():
+        rows = cmp[(cmp["score"] == r.protocol) & (cmp["setting"] == r.setting)]
+        assert not (rows[rows["other"] == r.label]["verdict"] == "no detectable difference").any()
+        if r.label == "cppo":
+            assert (rows["verdict"] == "better").all()

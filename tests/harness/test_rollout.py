@@ -74,3 +74,38 @@ def test_shared_prefix_logits_equal_the_full_forward_with_gradients(left_padded)
     torch.testing.assert_close(lb, la, atol=1e-5, rtol=1e-5)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+
+
+def _gumbel(n, t, v, seed):
+    return -torch.empty(n, t, v).exponential_(generator=torch.Generator().manual_seed(seed)).log()
+
+
+def test_gumbel_noise_belongs_to_its_row_whatever_else_is_in_the_batch():
+    """Common random numbers: a row's sample depends on its own noise only, so evaluating a subset of
+    the rows (or other rows beside them) gives the same responses; rows still leave the batch."""
+    tok = CharTokenizer()
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    prompts = torch.tensor([[tok.bos_id] + tok.encode(p) for p in ("12+34=", "56+78=", "90+11=", "23+45=")] * 2)
+    noise = _gumbel(8, 20, tok.vocab_size, seed=5)
+    gen = torch.Generator().manual_seed(0)
+    full = sample(model, prompts, 20, tok.eos_id, tok.pad_id, gen, temperature=0.7, top_p=0.95, gumbel=noise)
+    assert full.finished.any() and not full.finished.all()
+    rows = torch.tensor([1, 4, 6])
+    part = sample(model, prompts[rows], 20, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(9),
+                  temperature=0.7, top_p=0.95, gumbel=noise[rows])
+    width = part.response_ids.shape[1]
+    assert torch.equal(part.response_ids, full.response_ids[rows, :width])
+    assert bool((full.response_ids[rows, width:] == tok.pad_id).all())
+
+
+def test_gumbel_max_draws_from_the_nucleus_distribution():
+    """argmax(log p + Gumbel) is an exact draw from p (here p after temperature and top-p)."""
+    from harness.rollout import _nucleus
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 17) * 2
+    logp = _nucleus((logits / 0.7).log_softmax(-1), 0.95)[0]
+    draws = (logp + _gumbel(1, 40000, 17, seed=1)[0]).argmax(-1)
+    freq = torch.bincount(draws, minlength=17).double() / 40000
+    assert (freq - logp.exp().double()).abs().max() < 0.01
+    assert float(freq[logp == float("-inf")].sum()) == 0.0  # nothing outside the nucleus

@@ -35,19 +35,38 @@ def test_splits_are_disjoint_deterministic_and_seeded():
     train = tasks.sample_problems("train", 400, 3, seed=0)
     assert train == tasks.sample_problems("train", 400, 3, seed=0)
     assert train != tasks.sample_problems("train", 400, 3, seed=1)
-    pairs = {split: {(p.a, p.b) for p in tasks.validation_set(split, 40, 3)} for split in tasks.SPLITS}
+    held_out = tasks.SPLITS + tasks.TEST_SPLITS
+    pairs = {split: {(p.a, p.b) for p in tasks.validation_set(split, 40, 3)} for split in held_out}
     train_pairs = {(p.a, p.b) for p in train}
-    for split in tasks.SPLITS:
+    for split in held_out:
         assert len(pairs[split]) == 40
         assert not pairs[split] & train_pairs
-        for other in tasks.SPLITS:
+        assert all(tasks.split_of(tasks.Problem(a, b, 3)) == split for a, b in pairs[split])
+        for other in held_out:
             if other != split:
                 assert not pairs[split] & pairs[other]
+
+
+def test_test_splits_leave_the_training_stream_unchanged():
+    """The test splits are carved out of the held-out buckets: no training problem moved."""
+    import hashlib
+    for p in tasks.sample_problems("train", 2000, 3, seed=5):
+        digest = hashlib.blake2b(f"3:{p.a}:{p.b}".encode(), digest_size=8).digest()
+        assert int.from_bytes(digest, "little") % 20 < 17
+    counts = {s: 0 for s in tasks.SPLITS + tasks.TEST_SPLITS + ("train",)}
+    for a in range(0, 1000, 7):
+        for b in range(0, 1000, 11):
+            counts[tasks.split_of(tasks.Problem(a, b, 3))] += 1
+    total = sum(counts.values())
+    assert 0.83 < counts["train"] / total < 0.87
+    for split in tasks.SPLITS + tasks.TEST_SPLITS:  # each held-out split ≈ 1/40 of all pairs
+        assert 0.02 < counts[split] / total < 0.03, (split, counts)
 
 
 def test_bad_task_arguments():
     with pytest.raises(ValueError, match="split"):
         tasks.sample_problems("test", 3, 3, 0)
+    assert len(tasks.sample_problems("test_b", 3, 3, 0)) == 3
     with pytest.raises(ValueError, match="digits"):
         tasks.sample_problems("train", 3, 0, 0)
     with pytest.raises(ValueError, match="too small"):

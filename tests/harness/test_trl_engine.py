@@ -180,7 +180,13 @@ def test_trl_run_through_the_config(tmp_path):
     folder = next(tmp_path.iterdir())
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
-    assert all("headline" in r and set(r) >= {"aime24", "aime25", "aime26"} for r in rows if r["step"] % 2 == 0)
+    evals = [r for r in rows if r["step"] % 2 == 0]
+    assert all("headline" in r and set(r) >= {"aime24", "aime25", "aime26"} for r in evals)
+    # the held-out split (task.test) is scored beside validation; the headline ignores it
+    assert all(r["headline"] == pytest.approx((r["aime24"] + r["aime25"] + r["aime26"]) / 3) for r in evals)
+    held = status["held_out"]
+    assert held["step"] == status["best_step"] and held["test_headline"] == held["test_heldout"]
+    assert status["provenance"]["trl"] == "1.16.0"
     assert all(r["updates"] == 2 and "mask_fraction" in r for r in rows[1:])
     assert not (folder / "trl_checkpoints").exists()
     assert run(cfg)["skipped"] is True  # a finished cell is never rerun
