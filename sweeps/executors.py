@@ -63,12 +63,23 @@ def make_executor(kind: str, folder: Path, res: dict, job_name: str, check: bool
         check_slurm()
     _quiet_sacct()
     s = res["slurm"]
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=s["max_num_timeout"])
+    executor = slurm_executor(folder, s["max_num_timeout"], print_only=not check)
     params = slurm_parameters(res, job_name, array_parallelism=s["array_parallelism"])
     if s["gpus_per_node"]:
         params["gpus_per_node"] = s["gpus_per_node"]
     executor.update_parameters(**params)
     return executor
+
+
+def slurm_executor(folder: Path, max_num_timeout: int, print_only: bool = False):
+    """submitit's SlurmExecutor. ``print_only`` (a dry run) builds one where SLURM is not installed, to
+    print the sbatch script it would submit: submitit refuses to construct it when ``srun`` is missing."""
+    import submitit
+
+    cls = submitit.SlurmExecutor
+    if print_only:
+        cls = type("PrintOnlySlurmExecutor", (cls,), {"affinity": classmethod(lambda _cls: 1)})
+    return cls(folder=folder, max_num_timeout=max_num_timeout)
 
 
 def slurm_parameters(res: dict, job_name: str, **overrides) -> dict:

@@ -87,8 +87,10 @@ def slurm_parameters(res: dict, launch: dict, job_name: str) -> dict:
                 ntasks_per_node=1, **geometry)
 
 
-def multi_gpu_executor(folder: Path, res: dict, launch: dict, job_name: str):
-    executor = submitit.SlurmExecutor(folder=Path(folder) / "%j", max_num_timeout=res["slurm"]["max_num_timeout"])
+def multi_gpu_executor(folder: Path, res: dict, launch: dict, job_name: str, print_only: bool = False):
+    from .executors import slurm_executor
+
+    executor = slurm_executor(Path(folder) / "%j", res["slurm"]["max_num_timeout"], print_only=print_only)
     executor.update_parameters(**slurm_parameters(res, launch, job_name))
     return executor
 
@@ -97,7 +99,7 @@ def plan(cell, res: dict, folder: Path, job_name: str = "trh") -> LaunchPlan | N
     launch = launch_of(cell.config)
     if launch is None:
         return None
-    executor = multi_gpu_executor(folder, res, launch, job_name)
+    executor = multi_gpu_executor(folder, res, launch, job_name, print_only=True)  # prints, never submits
     launch_dir = Path(cell.run_dir) / "launch"
     return LaunchPlan(sbatch=executor._make_submission_file_text(executor._submitit_command_str, "dry-run"),
                       command=accelerate_command(str(launch_dir / "accelerate.yaml"), str(launch_dir / "config.json")),

@@ -21,6 +21,21 @@ def test_dry_run_prints_the_30b_launch_without_submitting(tmp_path, capsys):
     assert not any(tmp_path.rglob("*"))  # nothing written, nothing submitted
 
 
+def test_dry_run_needs_no_slurm_tools(tmp_path, capsys, monkeypatch):
+    """A laptop preparing jobs: srun/sbatch/scontrol are not on PATH, and --dry-run still prints both
+    kinds of submission (a multi-node launch and a plain array task) without a traceback."""
+    import shutil
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    assert shutil.which("srun") is None and shutil.which("sbatch") is None
+    for setting in ("qwen3_30b_a3b_base", "base_s"):
+        code = main(["sweep", "paper_main", f"setting={setting}", "method=cppo", "seed=0", "--executor", "slurm",
+                     "--dry-run", "--results", str(tmp_path / "results")])
+        out = capsys.readouterr().out
+        assert code == 0 and "nothing submitted" in out and "#SBATCH --job-name=trh-" in out, out[-2000:]
+    assert not (tmp_path / "results").exists()
+
+
 def test_paper_settings_express_table_3(tmp_path, capsys):
     from harness.config import compose, resolve
 
