@@ -14,11 +14,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from harness.store import FINISHED
+
 from . import stats as S
 
 SCORES = {"best_headline": "paper protocol: best validation headline", "heldout_headline":
           "held-out: test splits at the step chosen on validation"}
-FINISHED = ("done", "collapsed")
 
 
 def seed_scores(cells: pd.DataFrame, row: str, setting: str, score: str, row_key: str = "label") -> dict:

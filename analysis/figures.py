@@ -16,7 +16,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from .compare import SCORES  # noqa: E402
 from .load import Results  # noqa: E402
+from .stats import CONFIDENCE  # noqa: E402
 from .tables import display_name, paper  # noqa: E402
 
 EXTRA_COLORS = ["#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
@@ -64,7 +66,7 @@ def seed_curves(results: Results, group: pd.DataFrame, key: str, smooth: int = 1
     n = table.notna().sum(axis=1).to_numpy()
     half = np.full_like(mean, np.nan)
     ok = n > 1
-    half[ok] = stats.t.ppf(0.975, n[ok] - 1) * table.std(axis=1, ddof=1).to_numpy()[ok] / np.sqrt(n[ok])
+    half[ok] = stats.t.ppf((1 + CONFIDENCE) / 2, n[ok] - 1) * table.std(axis=1, ddof=1).to_numpy()[ok] / np.sqrt(n[ok])
     return table.index.to_numpy(), mean, mean - half, mean + half
 
 
@@ -285,8 +287,7 @@ def fig_forest(cmp: pd.DataFrame, names: dict, out: Path, avg_label: str, format
         ax.set_yticks(y)
         ax.set_yticklabels([f"{r.setting}: vs {names.get(r.other, r.other)}" for r in group.itertuples()], fontsize=8)
         ax.set_xlabel(f"{names.get(group['reference'].iloc[0], group['reference'].iloc[0])} − other ({avg_label}, points)")
-        ax.set_title({"best_headline": "paper protocol (best validation)",
-                      "heldout_headline": "held-out (test at the chosen step)"}.get(score, score), fontsize=10)
+        ax.set_title(SCORES.get(score, score), fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("Paired differences over seeds, 95 % intervals; filled = detected after Holm correction", fontsize=10)
     fig.tight_layout()

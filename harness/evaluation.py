@@ -18,7 +18,7 @@ import torch
 from . import task as tasks
 from .rollout import sample
 from .seeds import EVAL_STREAM, step_seed
-from .warmup import encode_problems, rollout_rewards
+from .warmup import encode_problems, rollout_rewards, sampled_accuracy
 
 HELD_OUT = tasks.SPLITS + tasks.TEST_SPLITS
 
@@ -45,9 +45,7 @@ def split_scores(model, tokenizer, digits: int, ev: dict, stream: int, splits=HE
 def greedy_accuracy(model, tokenizer, digits: int, count: int) -> float:
     """Accuracy of greedy decoding on the first ``count`` problems of test_a (no sampling noise)."""
     problems = tasks.validation_set(tasks.TEST_SPLITS[0], count, digits)
-    roll = sample(model, encode_problems(tokenizer, problems), tasks.response_length(digits), tokenizer.eos_id,
-                  tokenizer.pad_id, torch.Generator().manual_seed(0), greedy=True)
-    return float(rollout_rewards(tokenizer, problems, roll).mean())
+    return sampled_accuracy(model, tokenizer, problems, tasks.response_length(digits), seed=0, greedy=True)
 
 
 def streams(seed: int) -> tuple[int, int]:

@@ -52,6 +52,7 @@ def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVer
     ``test_headline``, reported at the chosen step only. Big models keep no per-step weights, so the
     test splits are scored at every eval step; nothing reads them to choose a step."""
     test = test or {}
+    val = list(splits)
     splits = {**splits, **{f"test_{name}": problems for name, problems in test.items()}}
     was_training = model.training
     model.eval()
@@ -71,7 +72,6 @@ def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVer
                 texts.append(tok.decode(roll.response_ids[i, :n].tolist(), skip_special_tokens=True))
         scores = verifier(texts, answers)
         row[name] = sum(scores) / len(scores)
-    val = [n for n in splits if not n.startswith("test_")]
     row["headline"] = sum(row[n] for n in val) / len(val)
     if test:
         row["test_headline"] = sum(row[f"test_{n}"] for n in test) / len(test)

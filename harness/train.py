@@ -140,7 +140,7 @@ def _train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
     peak_headline = max([r["headline"] for r in rows if "headline" in r], default=0.0)
     if start == 0:
         t0 = time.perf_counter()
-        row = {"step": 0, **evaluate(model, tokenizer, spec, 0), "time_eval": 0.0}
+        row = {"step": 0, **evaluate(model, tokenizer, spec, 0)}
         row["time_eval"] = time.perf_counter() - t0
         store.append("metrics.jsonl", row)
         rows.append(row)
