@@ -146,7 +146,7 @@ def _print_sweep_summary(result) -> None:
     out["collapsed"], out["failed"] = table["collapsed"], table["failed"]
     with pd.option_context("display.width", 180, "display.max_colwidth", 40):
         print("matched window (best validation headline within [0, T_stop], %; the held-out test splits at that "
-              "step), mean over seeds with a 95 % t interval where a cell has ≥ 2 seeds "
+              "step), mean over seeds with a 95 % interval (Student-t below 20 seeds) where a cell has ≥ 2 seeds "
               "(`trh report` for paired comparisons):")
         print(out.to_string(index=False))
 
