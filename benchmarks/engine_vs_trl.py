@@ -134,7 +134,7 @@ def trl_trainer(cls, model, tok, problems, reward, **kwargs):
                         gradient_accumulation_steps=1, steps_per_generation=UPDATES, num_generations=SAMPLES,
                         max_completion_length=TOKENS, temperature=1.0, top_p=1.0, top_k=0, learning_rate=1e-4,
                         max_steps=UPDATES, logging_steps=UPDATES, report_to="none", use_cpu=True, bf16=False,
-                        gradient_checkpointing=False, beta=0.0, scale_rewards="none", save_strategy="no",
+                        activation_checkpointing=False, beta=0.0, scale_rewards="none", save_strategy="no",
                         remove_unused_columns=False, seed=0, disable_tqdm=True, lr_scheduler_type="constant",
                         dataloader_num_workers=0, loss_type="dapo")
     timer = RoundTimer()

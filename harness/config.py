@@ -100,7 +100,7 @@ def _check_local(resolved: dict) -> None:
     """The embedded default: the addition task on a model built from sizes, with a warm start."""
     _require(resolved["task"], "task", {"digits": _pos_int})
     _check_sizes(resolved["model"])
-    _require(resolved["warmup"], "warmup", {"seed": lambda v: (isinstance(v, int), "an integer"), "lr": _pos_num,
+    _require(resolved["warmup"], "warmup", {"seed": lambda v: (isinstance(v, int) and 0 <= v < 2**32, "an integer in [0, 2**32)"), "lr": _pos_num,
                                             "batch_size": _pos_int, "max_steps": _pos_int, "check_every": _pos_int,
                                             "probe_size": _pos_int, "target_accuracy": _prob})
     _require(resolved["eval"], "eval", {"test_problems_per_split": _pos_int})
@@ -198,8 +198,8 @@ def resolve(cfg: DictConfig) -> RunSpec:
                                                                              "a number in [0, 1)")})
     _require(engine, "engine", {"checkpoint_every": _pos_int})
     seed = resolved.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
 
     semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC and k != "hydra"}
     digest = config_hash(_without_omitted_defaults(semantic))

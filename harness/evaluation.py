@@ -17,7 +17,8 @@ import torch
 
 from . import task as tasks
 from .rollout import sample
-from .seeds import EVAL_STREAM, step_seed
+from methods.seeds import derive_seed
+
 from .warmup import encode_problems, rollout_rewards, sampled_accuracy
 
 HELD_OUT = tasks.SPLITS + tasks.TEST_SPLITS
@@ -52,7 +53,7 @@ def streams(seed: int) -> tuple[int, int]:
     """The evaluation noise of a run: one stream for the validation splits (the same at every step, so
     steps are compared under the same noise) and one for the test splits; both depend on the run's seed
     only, so every method at a seed shares them."""
-    return step_seed(seed, 0, EVAL_STREAM), step_seed(seed, 0, EVAL_STREAM + 1)
+    return derive_seed("evaluation", seed, 0), derive_seed("evaluation", seed, 1)
 
 
 def evaluate(model, tokenizer, spec, step: int) -> dict:

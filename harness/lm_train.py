@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from methods import get_method
+from methods.seeds import derive_seed
 
 from .lm import encode_prompt, load_lm
 from .math_task import MathVerifier, load_problems
 from .rollout import left_pad, sample
-from .seeds import EVAL_STREAM, step_seed
 from .store import RunStore, best_within_window
 from .train import final_status, headline_collapse, held_out_of_row
 from .trl_engine import grpo_args, make_trainer_class
@@ -50,7 +50,9 @@ def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVer
     """Avg@k accuracy per validation split and their mean (the headline; the best step is chosen on
     it); with ``test`` (task.test) also each held-out test split as ``test_<name>`` and their mean
     ``test_headline``, reported at the chosen step only. Big models keep no per-step weights, so the
-    test splits are scored at every eval step; nothing reads them to choose a step."""
+    test splits are scored at every eval step; nothing reads them to choose a step. The sampling of
+    each (split, batch) is seeded by the run's ``seed`` only, so every step and every method at a seed
+    is evaluated under the same random numbers."""
     test = test or {}
     val = list(splits)
     splits = {**splits, **{f"test_{name}": problems for name, problems in test.items()}}
@@ -62,10 +64,10 @@ def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVer
         prompts = [encode_prompt(tok, p.messages()) for p in problems for _ in range(ev["samples"])]
         answers = [p.answer for p in problems for _ in range(ev["samples"])]
         texts = []
-        for start in range(0, len(prompts), ev["batch_size"]):
+        for chunk_index, start in enumerate(range(0, len(prompts), ev["batch_size"])):
             chunk = prompts[start:start + ev["batch_size"]]
             ids, mask = left_pad(chunk, tok.pad_token_id)
-            gen = torch.Generator(device=device).manual_seed(step_seed(seed, s, start))
+            gen = torch.Generator(device=device).manual_seed(derive_seed("trl_evaluation", seed, s, chunk_index))
             roll = sample(model, ids.to(device), max_new, tok.eos_token_id, tok.pad_token_id, gen,
                           temperature=ev["temperature"], top_p=ev["top_p"], prompt_mask=mask.to(device))
             for i, n in enumerate(roll.response_mask.sum(1).tolist()):
@@ -175,7 +177,7 @@ class LMRun:
         with unwrap_model_for_generation(t.model_wrapped, t.accelerator,
                                          gather_deepspeed3_params=t.args.ds3_gather_for_generation) as model:
             return evaluate(model, self.tok, self.splits, self.spec.eval, self.spec.rl["max_response_tokens"],
-                            self.verifier, seed=step_seed(self.spec.seed, step, EVAL_STREAM), test=self.test)
+                            self.verifier, seed=self.spec.seed, test=self.test)
 
 
 def train(spec, store: RunStore, main: bool = True) -> dict:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from methods.seeds import derive_seed
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 CHARS = "0123456789+=;>"
 
@@ -59,7 +61,7 @@ def build_model(size: ModelSize, vocab_size: int, max_positions: int, seed: int)
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
     config._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
+    torch.manual_seed(derive_seed("model_init", seed))
     model = Qwen3ForCausalLM(config)
     model.generation_config.pad_token_id = 0
     return model

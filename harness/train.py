@@ -24,7 +24,7 @@ from .evaluation import evaluate, held_out
 from .model import CharTokenizer, ModelSize, build_model
 from .provenance import provenance
 from .rollout import response_logits, sample, shared_prefix_logits
-from .seeds import step_seed
+from methods.seeds import derive_seed
 from .store import RunStore, best_within_window
 from .warmup import encode_problems, rollout_rewards, warm_start
 
@@ -156,9 +156,9 @@ def _train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
         # --- 1. rollout from μ (possibly bf16, noisy or lagging) --------------------------------
         rollout_model.load_state_dict(lagged[0])
         sampler = rollout_model.to(torch.bfloat16) if mismatch["bf16_rollout"] else rollout_model
-        problems = tasks.sample_problems("train", rl["prompts_per_iter"], digits, seed=step_seed(spec.seed, step))
+        problems = tasks.sample_problems("train", rl["prompts_per_iter"], digits, seed=derive_seed("problems", spec.seed, step))
         n = rl["samples_per_prompt"]
-        gen = torch.Generator().manual_seed(step_seed(spec.seed, step, 1))
+        gen = torch.Generator().manual_seed(derive_seed("rollout", spec.seed, step))
         prompts = encode_problems(tokenizer, problems).repeat_interleave(n, 0)
         roll = sample(sampler, prompts, horizon, tokenizer.eos_id, tokenizer.pad_id, gen,
                       record_top_k=top_k, logit_noise=mismatch["logit_noise"])

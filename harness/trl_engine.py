@@ -12,9 +12,17 @@ checkpoints); the harness supplies four things, and only these touch TRL (pinned
 3. ``_get_per_token_logps_and_entropies`` during generation: TRL would recompute "old" log-probs
    with the trainer whenever a generation feeds several optimiser steps; the harness never uses
    them (μ comes from the rollout, bypass mode), so the forward pass is skipped, not silently used.
-4. ``_compute_loss``: π's log-probs (and π at μ's top-K ids) from the training logits in chunks,
-   then ``method(PolicyBatch, LossTotals)``; every registry metric goes to TRL's metric sink
-   ``self._metrics``.
+4. ``_prepare_inputs``: after TRL splits a generation batch into its micro-batches, each one gets
+   the valid-token and response counts of the optimiser step it belongs to, summed over processes
+   (``step_totals``), so every aggregation is the registry's loss of the whole minibatch.
+5. ``_compute_loss``: π's log-probs (and π at μ's top-K ids) from the training logits in chunks,
+   then ``method(PolicyBatch, LossTotals)`` plus TRL's MoE router auxiliary loss where TRL would add
+   it; every registry metric goes to TRL's metric sink ``self._metrics``.
+
+TRL options whose effect lives in the loss the engine replaces (β's KL penalty, entropy masks and
+bonus, the off-policy sequence mask, sequence-level importance sampling, two-sided clipping, vLLM
+importance-sampling correction, ``loss_type``) are refused at construction (``check_trl_options``)
+rather than silently dropped.
 
 Updates per iteration (the paper's off-policy knob) = ``steps_per_generation`` optimiser steps per
 generation batch (``num_iterations`` = 1): an RL step of the harness is that many TRL steps.
@@ -25,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
+from methods.seeds import derive_seed
 
 from .lm import encode_prompt
 from .rollout import left_pad, positions, sample
@@ -35,6 +44,20 @@ TRL_INTERNALS = {
     "_generate_and_score_completions": ("self", "inputs"),
     "_get_per_token_logps_and_entropies": ("self", "model", "input_ids", "attention_mask", "logits_to_keep"),
     "_compute_loss": ("self", "model", "inputs"),
+    "_prepare_inputs": ("self", "generation_batch"),
+}
+
+# GRPOConfig options that act inside TRL's own loss, which the engine replaces: each must keep
+# the value below (the effect it would have is then none) or the trainer refuses to start.
+IGNORED_TRL_OPTIONS = {
+    "beta": (0.0, "the KL penalty to a reference model; registry methods have no KL term"),
+    "loss_type": ("dapo", "the registry method and its `aggregation` decide the loss"),
+    "top_entropy_quantile": (1.0, "entropy masks are not part of any registry method"),
+    "entropy_coef": (0.0, "no entropy bonus in the registry loss"),
+    "use_adaptive_entropy": (False, "no entropy bonus in the registry loss"),
+    "off_policy_mask_threshold": (None, "the trust region is the registry method's"),
+    "importance_sampling_level": ("token", "registry methods weight tokens; GSPO-style sequence ratios are not one"),
+    "delta": (None, "two-sided clipping belongs to TRL's loss"),
 }
 
 
@@ -73,6 +96,46 @@ def mu_from_vllm(completion_ids: list, logprobs: list, token_ids: list, top_k: i
     return sampled_logp, top_ids, top_logp
 
 
+def check_trl_options(args) -> None:
+    """Refuse GRPOConfig options the registry loss would silently ignore (one line naming each)."""
+    bad = [f"{name}={getattr(args, name)!r} (must be {keep!r}: {why})"
+           for name, (keep, why) in IGNORED_TRL_OPTIONS.items() if getattr(args, name, keep) != keep]
+    if args.use_vllm and args.vllm_importance_sampling_correction:
+        bad.append("vllm_importance_sampling_correction=True (must be False: the registry anchors on the "
+                   "rollout's own log-probs, so there is no vLLM/trainer mismatch to correct)")
+    if bad:
+        raise ValueError("engine=trl replaces TRL's loss with the registry's; unsupported GRPOConfig option(s): "
+                         + "; ".join(bad))
+
+
+def step_totals(slices: list[dict], accumulation: int) -> torch.Tensor:
+    """[optimiser steps, 2] float64: valid response tokens and responses of each optimiser step on this
+    process. TRL feeds a generation batch's micro-batches in order and steps the optimiser after every
+    ``accumulation`` of them."""
+    counts = torch.stack([torch.stack([_valid_mask(s).sum().double(),
+                                       torch.tensor(float(len(s["completion_ids"])), dtype=torch.float64,
+                                                    device=s["completion_ids"].device)])
+                          for s in slices])
+    if len(slices) % accumulation:
+        raise ValueError(f"{len(slices)} micro-batches per generation is not a multiple of gradient "
+                         f"accumulation {accumulation}")
+    return counts.view(-1, accumulation, 2).sum(1)
+
+
+def attach_step_totals(slices: list[dict], accumulation: int, global_totals: torch.Tensor,
+                       num_processes: int) -> None:
+    """Give each micro-batch this process's share of its optimiser step's totals over all processes:
+    data parallelism averages the processes' accumulated gradients, so dividing each micro-batch loss
+    by (step total / processes) makes the result the registry loss of the whole minibatch."""
+    for i, batch in enumerate(slices):
+        batch["step_totals"] = global_totals[i // accumulation] / num_processes
+
+
+def _valid_mask(inputs: dict) -> torch.Tensor:
+    mask = inputs["completion_mask"].bool()
+    return mask & inputs["tool_mask"].bool() if "tool_mask" in inputs else mask
+
+
 def registry_rollout(prompts: list, trainer) -> dict:
     """TRL's ``rollout_func``: sample with the harness sampler and record μ (see the module doc)."""
     return trainer.registry_rollout(prompts)
@@ -89,6 +152,9 @@ def make_trainer_class():
         def __init__(self, *args, method, top_k: int, rollout_temperature: float = 1.0, rollout_seed: int = 0,
                      **kwargs):
             kwargs["rollout_func"] = registry_rollout
+            trl_args = kwargs.get("args", args[2] if len(args) > 2 else None)  # (model, reward_funcs, args, ...)
+            if trl_args is not None:
+                check_trl_options(trl_args)
             super().__init__(*args, **kwargs)
             self.method = method
             self.top_k = top_k if method.needs_topk else 1  # μ's sampled log-prob is always recorded
@@ -109,7 +175,7 @@ def make_trainer_class():
             ids, mask = left_pad(prompt_ids, tok.pad_token_id)
             device = self.accelerator.device
             generator = torch.Generator(device=device).manual_seed(
-                (self.rollout_seed * 1_000_003 + self._generations * 7_919 + self.accelerator.process_index) % 2**62)
+                derive_seed("trl_rollout", self.rollout_seed, self._generations, self.accelerator.process_index))
             self._generations += 1
             with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                              gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model:
@@ -169,17 +235,30 @@ def make_trainer_class():
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                               *args, **kwargs)
 
-        # -- 4. the registry loss ----------------------------------------------------------------------
+        # -- 4. each micro-batch learns its optimiser step's totals --------------------------------------
+        def _prepare_inputs(self, generation_batch):
+            training = self.model.training
+            fresh = training and (self._buffered_inputs is None
+                                  or self._step % (self.args.steps_per_generation * self.num_iterations) == 0)
+            out = super()._prepare_inputs(generation_batch)
+            if fresh:  # TRL has just generated, shuffled and split a batch: count each optimiser step once
+                accumulation = self.args.gradient_accumulation_steps
+                local = step_totals(self._buffered_inputs, accumulation)
+                attach_step_totals(self._buffered_inputs, accumulation, self.accelerator.reduce(local, "sum"),
+                                   self.accelerator.num_processes)
+            return out
+
+        # -- 5. the registry loss ----------------------------------------------------------------------
         def _compute_loss(self, model, inputs):
             mode = "train" if self.model.training else "eval"
             prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
             attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
             length = completion_ids.shape[1]
-            logits = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
-                           position_ids=positions(attention), logits_to_keep=length + 1).logits[:, :-1]
-            mask = inputs["completion_mask"].bool()
-            if "tool_mask" in inputs:
-                mask = mask & inputs["tool_mask"].bool()
+            extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
+            output = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
+                           position_ids=positions(attention), logits_to_keep=length + 1, **extra)
+            logits = output.logits[:, :-1]
+            mask = _valid_mask(inputs)
             topk_ids = inputs["rollout_topk_ids"] if self.method.needs_topk else None
             logp, pi_topk = policy_logprobs_from_logits(logits, completion_ids, topk_ids,
                                                         temperature=self.rollout_temperature)
@@ -189,22 +268,26 @@ def make_trainer_class():
                                 rollout_topk_ids=topk_ids,
                                 rollout_topk_logp=inputs["rollout_topk_logp"].float() if topk_ids is not None else None,
                                 policy_topk_logp=pi_topk, sequence_ids=inputs["sequence_ids"])
-            totals = self.loss_totals(inputs)
-            out = self.method(batch, totals)
+            out = self.method(batch, self.loss_totals(inputs, mask))
+            loss = out.loss
+            if self.aux_loss_enabled:  # as TRL adds it: the MoE load-balancing loss, scaled for accumulation
+                accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+                loss = loss + self.router_aux_loss_coef * output.aux_loss / accumulation
+                self._metrics[mode]["aux_loss"].append(float(output.aux_loss.detach()))
             with torch.no_grad():
                 ratio = (logp.detach() - batch.rollout_logp).exp()
                 self.last_ratio_deviation = float((ratio - 1).abs()[mask].max()) if bool(mask.any()) else 0.0
             for name, value in out.metrics.items():
                 self._metrics[mode][name].append(float(value))
-            return out.loss
+            return loss
 
-        def loss_totals(self, inputs) -> LossTotals:
-            """Denominators of one optimiser step on this process, so accumulated micro-batches sum
-            to the minibatch loss (TRL's GRPO loss is scaled for gradient accumulation by the loss)."""
-            sequences = self.args.per_device_train_batch_size * self.current_gradient_accumulation_steps
-            tokens = inputs.get("num_items_in_batch")
-            if tokens is not None:
-                tokens = float(tokens) / self.accelerator.num_processes
+        def loss_totals(self, inputs, mask: torch.Tensor) -> LossTotals:
+            """The denominators of this micro-batch: its optimiser step's share (``step_totals``) in
+            training; in evaluation the batch is the whole minibatch (no accumulation, no split)."""
+            if "step_totals" in inputs:
+                tokens, sequences = inputs["step_totals"].tolist()
+            else:
+                tokens, sequences = float(mask.sum()), float(mask.shape[0])
             return LossTotals(num_sequences=sequences, num_tokens=tokens, horizon=self.max_completion_length)
 
     return RegistryGRPOTrainer
@@ -234,6 +317,6 @@ def grpo_args(spec, output_dir: str, cuda: bool):
         max_steps=spec.steps * updates, logging_steps=updates, save_steps=eng["checkpoint_every"] * updates,
         save_total_limit=1, report_to="none", disable_tqdm=not spec.logging.get("progress", True),
         bf16=bool(eng["bf16"]) and cuda, use_cpu=not cuda,
-        gradient_checkpointing=bool(eng["gradient_checkpointing"]), remove_unused_columns=False,
+        activation_checkpointing=bool(eng["gradient_checkpointing"]), remove_unused_columns=False,
         log_completions=False, dataloader_num_workers=0,
     )

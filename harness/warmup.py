@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 
+from methods.seeds import derive_seed
+
 from . import task as tasks
 from .model import CharTokenizer, ModelSize, build_model
 from .rollout import response_logits, sample
 from .store import atomic_torch_save, config_hash
 
-CODE_VERSION = 2  # bump when the warm-up procedure (or the sampler it probes with) changes
+CODE_VERSION = 3  # bump when the warm-up procedure (or the sampler it probes with) changes
 
 
 def cache_dir() -> Path:
@@ -89,11 +91,13 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
     max_new = tasks.response_length(digits)
     model = build_model(size, tokenizer.vocab_size, tasks.max_positions(digits), seed=warmup_cfg["seed"])
     opt = torch.optim.AdamW(model.parameters(), lr=warmup_cfg["lr"], weight_decay=0.0)
-    probe = tasks.sample_problems("train", warmup_cfg["probe_size"], digits, seed=10**6 + warmup_cfg["seed"])
+    probe = tasks.sample_problems("train", warmup_cfg["probe_size"], digits,
+                                  seed=derive_seed("warmup_probe", warmup_cfg["seed"]))
     accuracy, step, history = 0.0, 0, []
     bar = _progress(warmup_cfg["max_steps"], "warm-up", progress)
     while step < warmup_cfg["max_steps"]:
-        problems = tasks.sample_problems("train", warmup_cfg["batch_size"], digits, seed=warmup_cfg["seed"] * 7919 + step)
+        problems = tasks.sample_problems("train", warmup_cfg["batch_size"], digits,
+                                         seed=derive_seed("warmup_batch", warmup_cfg["seed"], step))
         prompts, ids, mask = _sft_batch(tokenizer, problems)
         logits = response_logits(model, prompts, ids)
         loss = torch.nn.functional.cross_entropy(logits[mask], ids[mask])
@@ -105,7 +109,8 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
         if bar is not None:
             bar.update(1)
         if step % warmup_cfg["check_every"] == 0:
-            accuracy = sampled_accuracy(model, tokenizer, probe, max_new, seed=step)
+            accuracy = sampled_accuracy(model, tokenizer, probe, max_new,
+                                        seed=derive_seed("warmup_probe_sampling", warmup_cfg["seed"], step))
             history.append({"step": step, "loss": loss.item(), "sampled_accuracy": accuracy})
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .context import TokenContext
+from .seeds import derive_seed
 
 NAN = float("nan")
 
@@ -82,10 +83,6 @@ def rowwise_quantile(values: torch.Tensor, valid: torch.Tensor, q: float) -> tor
     return torch.where(count > 0, out, torch.full_like(out, NAN))
 
 
-def _permutation_key(seed: int, sequence_id: int) -> int:
-    return (seed * 1_000_003 + sequence_id * 7_919 + 12_345) % (2**62)
-
-
 def position_weights(ctx: TokenContext, params, dtype=torch.float64) -> torch.Tensor:
     """w_t = 1 − (1 − w_min)(t − 1)/max(T_i − 1, 1) per response (Eq. 9); 0 on padding.
     'uniform' gives w ≡ 1; 'shuffled' permutes each response's weights, keyed by
@@ -100,7 +97,8 @@ def position_weights(ctx: TokenContext, params, dtype=torch.float64) -> torch.Te
     if params.position_weights == "shuffled":
         for row in range(w.shape[0]):
             idx = valid[row].nonzero().squeeze(-1)
-            gen = torch.Generator().manual_seed(_permutation_key(params.shuffle_seed, int(ctx.sequence_ids[row])))
+            gen = torch.Generator().manual_seed(
+                derive_seed("shuffled_weights", params.shuffle_seed, int(ctx.sequence_ids[row])))
             perm = torch.randperm(idx.numel(), generator=gen).to(idx.device)
             w[row, idx] = w[row, idx[perm]]
     return w

@@ -166,6 +166,8 @@ class CppoParams(DppoParams):
                 f"delta_b_max must be >= delta_b ({self.delta_b}), got {self.delta_b_max!r}")
         if not (0.0 <= self.budget_quantile <= 1.0):
             raise MethodConfigError(f"budget_quantile must be in [0, 1], got {self.budget_quantile!r}")
+        if not 0 <= self.shuffle_seed < 2**32:
+            raise MethodConfigError(f"shuffle_seed must be an integer in [0, 2**32), got {self.shuffle_seed!r}")
 
     @property
     def delta_b_upper(self) -> float:

@@ -40,20 +40,20 @@ from harness.config import compose, resolve  # noqa: E402
 from harness.evaluation import split_scores  # noqa: E402
 from harness.model import CharTokenizer, ModelSize, build_model  # noqa: E402
 from harness.rollout import sample  # noqa: E402
-from harness.seeds import EVAL_STREAM, step_seed  # noqa: E402
 from harness.store import RunStore, _atomic_write  # noqa: E402
 from harness.train import run  # noqa: E402
 from harness.warmup import encode_problems, rollout_rewards, warm_start  # noqa: E402
+from methods.seeds import derive_seed  # noqa: E402
 
 
 def old_headline(model, tokenizer, digits: int, ev: dict, stream: int) -> float:
-    """The evaluation before common random numbers: one multinomial stream per validation split."""
-    scores = []
-    for i, split in enumerate(tasks.SPLITS):
+    """The evaluation before common random numbers: multinomial sampling, the splits one after another."""
+    scores, gen = [], torch.Generator().manual_seed(stream)
+    for split in tasks.SPLITS:
         problems = tasks.validation_set(split, ev["problems_per_split"], digits)
         prompts = encode_problems(tokenizer, problems).repeat_interleave(ev["samples"], 0)
         roll = sample(model, prompts, tasks.response_length(digits), tokenizer.eos_id, tokenizer.pad_id,
-                      torch.Generator().manual_seed(stream + i), temperature=ev["temperature"], top_p=ev["top_p"])
+                      gen, temperature=ev["temperature"], top_p=ev["top_p"])
         rows = [p for p in problems for _ in range(ev["samples"])]
         scores.append(float(rollout_rewards(tokenizer, rows, roll).mean()))
     return statistics.fmean(scores)
@@ -105,7 +105,7 @@ def measure(overrides, designs, streams: int, rl_steps: int) -> dict:
         scores = {name: [] for name in models}
         started = time.perf_counter()
         for i in range(streams):
-            stream = step_seed(10_000 + i, 0, EVAL_STREAM)
+            stream = derive_seed("eval_noise_probe", i)
             for name, model in models.items():
                 scores[name].append(headline(model, tokenizer, digits, ev, stream, old == "old"))
         eval_s = (time.perf_counter() - started) / (streams * len(models))

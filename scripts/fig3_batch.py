@@ -17,14 +17,13 @@ from harness import task as tasks
 from harness.config import compose, resolve
 from harness.model import CharTokenizer, ModelSize, build_model
 from harness.rollout import response_logits, sample
-from harness.train import step_seed
 from harness.warmup import encode_problems, rollout_rewards, warm_start
 from methods import LossTotals, PolicyBatch, get_method, policy_logprobs_from_logits
+from methods.seeds import derive_seed
 
 
 def find_batch(overrides, max_steps: int = 30) -> dict:
     spec = resolve(compose(["method=cppo", *overrides]))
-    torch.manual_seed(spec.seed)
     tok, digits = CharTokenizer(), spec.task["digits"]
     horizon, top_k = tasks.response_length(digits), min(20, CharTokenizer().vocab_size)
     state, _ = warm_start(spec.model, spec.warmup, digits, progress=False)
@@ -35,8 +34,8 @@ def find_batch(overrides, max_steps: int = 30) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.rl["lr"], weight_decay=spec.rl["weight_decay"])
     n = spec.rl["samples_per_prompt"]
     for step in range(1, max_steps + 1):
-        problems = tasks.sample_problems("train", spec.rl["prompts_per_iter"], digits, seed=step_seed(spec.seed, step))
-        gen = torch.Generator().manual_seed(step_seed(spec.seed, step, 1))
+        problems = tasks.sample_problems("train", spec.rl["prompts_per_iter"], digits, seed=derive_seed("problems", spec.seed, step))
+        gen = torch.Generator().manual_seed(derive_seed("rollout", spec.seed, step))
         prompts = encode_problems(tok, problems).repeat_interleave(n, 0)
         with torch.no_grad():
             roll = sample(model, prompts, horizon, tok.eos_id, tok.pad_id, gen, record_top_k=top_k)

@@ -35,9 +35,10 @@ def resources(spec_resources: dict | None, overrides=()) -> dict:
 
 def check_slurm() -> None:
     """Fail before any submission when no SLURM controller answers."""
-    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
-        raise SweepError("--executor slurm: sbatch/scontrol are not on PATH (is SLURM installed here? "
-                         "scripts/slurm_local.sh starts a one-node cluster on localhost)")
+    missing = [tool for tool in ("sbatch", "scontrol", "srun") if shutil.which(tool) is None]
+    if missing:
+        raise SweepError(f"--executor slurm: {'/'.join(missing)} not on PATH (is SLURM installed here? "
+                         "scripts/slurm_local.sh starts a one-node cluster on localhost; --dry-run needs none)")
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:

@@ -11,7 +11,10 @@ whether some process (ours, another driver's, an orphan of a killed driver) is t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from harness.store import FINISHED, RunStore
 
 from .cell import CellJob
 from .launch import LaunchJob, launch_of, multi_gpu_executor, write_launch_files
-from .spec import Cell
+from .spec import Cell, SweepError
 
 
 @dataclass
@@ -76,8 +79,22 @@ class CellRunner:
         return done
 
     def _submit(self, cells: list[Cell]) -> None:
+        """Submit ``cells``; a refused submission (sbatch's error, a missing tool) is one SweepError line."""
         if not cells:
             return
+        from submitit.core.utils import FailedSubmissionError, UncompletedJobError
+        echoed = io.StringIO()  # submitit prints sbatch's stderr before raising it: say it once, below
+        try:
+            with contextlib.redirect_stderr(echoed):
+                self._submit_jobs(cells)
+        except (FailedSubmissionError, UncompletedJobError, OSError, subprocess.CalledProcessError) as err:
+            lines = [line.strip() for line in (str(err) or echoed.getvalue()).splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(err).__name__
+            raise SweepError(f"--executor {self.kind}: submitting {len(cells)} cell(s) failed: {reason} "
+                             "(finished cells are kept; rerun the same command to resume)") from None
+        sys.stderr.write(echoed.getvalue())
+
+    def _submit_jobs(self, cells: list[Cell]) -> None:
         job_fn = CellJob()
         narrow = [c for c in cells if not launch_of(c.config)]
         wide = [c for c in cells if launch_of(c.config)]  # multi-GPU: SLURM only (driver.prepare checks)

@@ -4,8 +4,11 @@ way that holds on any machine.
 Which method survives 30 stress steps is chaotic: it changed with the CPU on identical package
 versions (docs/reproducibility.md). The first RL step is not: every method starts from the same warm
 start and samples the same batch at a seed, so the eight updates on it are a paired experiment. There,
-without a trust region (pg_is) nothing is masked and the policy drifts furthest from μ; GRPO's clip and
-DPPO's divergence mask bind on some tokens and the drift within the iteration is smaller.
+without a trust region (pg_is) nothing is masked; GRPO's clip and DPPO's divergence mask bind on some
+tokens, and on average over seeds the policy drifts less far from μ within the iteration. Not at
+every seed: AdamW normalises its steps, so masking tokens changes the direction more than the size
+of an update (measured at seeds 0–7: GRPO drifted less than pg_is at 8 of 8 seeds, DPPO at 7 of 8;
+mean |log π − log μ| 0.141 pg_is, 0.102 GRPO, 0.100 DPPO).
 """
 
 import statistics
@@ -42,10 +45,9 @@ def test_trust_regions_bind_and_slow_the_drift_from_mu(first_steps):
         assert pg["updates"] == grpo["updates"] == dppo["updates"] > 0
         assert pg["mask_fraction"] == 0.0  # no trust region: every token keeps its gradient
         assert grpo["mask_fraction"] > 0 and dppo["mask_fraction"] > 0  # the rules bind under stress
-        # drift within the iteration: mean |log π − log μ| over the 8 updates on the same batch
-        assert dppo["mismatch_abs_logp"] < pg["mismatch_abs_logp"], seed
-    mean = {m: statistics.fmean(first_steps[m, s]["mismatch_abs_logp"] for s in SEEDS) for m in ("pg_is", "grpo")}
-    assert mean["grpo"] < mean["pg_is"]
+    # drift within the iteration: mean |log π − log μ| over the 8 updates on the same batch, paired by seed
+    mean = {m: statistics.fmean(first_steps[m, s]["mismatch_abs_logp"] for s in SEEDS) for m in ("pg_is", "grpo", "dppo")}
+    assert mean["grpo"] < mean["pg_is"] and mean["dppo"] < mean["pg_is"], mean
 
 
 @pytest.mark.xdist_group("stress")

@@ -1,8 +1,5 @@
 """End-to-end runs on the tiny smoke setting: verdicts, records, determinism, resume, bad input."""
 
-import json
-import math
-
 import pytest
 import torch
 

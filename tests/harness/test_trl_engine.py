@@ -11,42 +11,18 @@ import torch
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import trl  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl import GRPOTrainer  # noqa: E402
 
 from harness.lm import load_lm  # noqa: E402
-from harness.math_task import load_problems  # noqa: E402
 from harness.rollout import positions, response_logits, sample  # noqa: E402
-from harness.trl_engine import PINNED_TRL, TRL_INTERNALS, make_trainer_class  # noqa: E402
-from methods import LossTotals, PolicyBatch, get_method, policy_logprobs_from_logits  # noqa: E402
+from harness.trl_engine import PINNED_TRL, TRL_INTERNALS  # noqa: E402
+from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits  # noqa: E402
+
+from .trl_helpers import HORIZON, TINY, make_trainer  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("trl")
 
-TINY = {"source": "tiny", "hidden": 32, "layers": 2, "mlp": 64, "heads": 2, "kv_heads": 1, "max_positions": 512}
 SEVEN = ["grpo", "minpro", "cispo", "dppo", "trm_max", "trm_avg", "cppo"]
-HORIZON = 16
-
-
-def digit_share(prompts, completions, **_):
-    """A shaped reward with variance even for a random model (math-verify would give all zeros)."""
-    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
-
-
-def make_trainer(tmp_path, method_name, steps=4, **method_params):
-    model, tok = load_lm(TINY, seed=0)
-    problems = load_problems("fixture:fixture_dapo_math")
-    data = Dataset.from_list([{"prompt": p.messages(), "answer": p.answer} for p in problems])
-    args = GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, gradient_accumulation_steps=1,
-                      steps_per_generation=2, num_generations=4, max_completion_length=HORIZON, learning_rate=1e-2,
-                      max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, bf16=False,
-                      gradient_checkpointing=False, beta=0.0, scale_rewards="none", save_strategy="no",
-                      remove_unused_columns=False, seed=0, disable_tqdm=True, lr_scheduler_type="constant")
-    method = get_method(method_name, horizon=HORIZON, **method_params)
-    top_k = getattr(method.params, "top_k", 1) or 1
-    cls = make_trainer_class()
-    return cls(model=model, processing_class=tok, reward_funcs=[digit_share], args=args, train_dataset=data,
-               method=method, top_k=top_k)
 
 
 def test_pinned_trl_internals_are_unchanged():
@@ -65,6 +41,12 @@ def test_pinned_trl_internals_are_unchanged():
     assert "old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(" in source
     assert 'output["sampling_per_token_logps"] = sampling_per_token_logps' in source
     assert GRPOTrainer.loss_is_scaled_for_ga is True
+    # step totals: a generation is split into steps_per_generation micro-batches fed in order by _step
+    prepare = inspect.getsource(GRPOTrainer._prepare_inputs)
+    assert "split_tensor_dict(generation_batch, self.args.steps_per_generation)" in prepare
+    assert "self._buffered_inputs[self._step % self.args.steps_per_generation]" in prepare
+    # the MoE auxiliary loss the engine adds as TRL does
+    assert "self.router_aux_loss_coef * aux_loss / normalizer" in inspect.getsource(GRPOTrainer._compute_loss)
     # the vLLM path: logprobs=K is read at generate time and token ids come back with the log-probs
     from trl.generation.vllm_generation import VLLMGeneration
     assert tuple(inspect.signature(VLLMGeneration.generate).parameters) == ("self", "prompts", "images",
@@ -132,6 +114,7 @@ def test_per_token_loss_equals_local_engine(tmp_path):
     logits = torch.stack(rows).requires_grad_(True)
     logp, pi_topk = policy_logprobs_from_logits(logits, inputs["completion_ids"], inputs["rollout_topk_ids"])
     mask = inputs["completion_mask"].bool()
+    assert inputs["step_totals"].tolist() == [float(mask.sum()), 8.0]  # one process, no accumulation
     batch = PolicyBatch(logp=logp, rollout_logp=inputs["sampling_per_token_logps"], advantages=inputs["advantages"],
                         response_mask=mask, response_ids=inputs["completion_ids"],
                         rollout_topk_ids=inputs["rollout_topk_ids"], rollout_topk_logp=inputs["rollout_topk_logp"],

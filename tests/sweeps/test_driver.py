@@ -6,8 +6,6 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
-
 from sweeps.driver import sweep
 
 from .helpers import assert_each_step_once, finish, metrics, statuses, trh, wait_for

@@ -1,5 +1,8 @@
 """The SLURM multi-GPU launch generated from config (printed by --dry-run; nothing submitted)."""
 
+from pathlib import Path
+
+import pytest
 import yaml
 
 from sweeps.cli import main
@@ -34,6 +37,38 @@ def test_dry_run_needs_no_slurm_tools(tmp_path, capsys, monkeypatch):
         out = capsys.readouterr().out
         assert code == 0 and "nothing submitted" in out and "#SBATCH --job-name=trh-" in out, out[-2000:]
     assert not (tmp_path / "results").exists()
+
+
+def fake_slurm(folder: Path, sbatch_error: str) -> Path:
+    """A SLURM whose controller answers but whose sbatch refuses every job with ``sbatch_error``."""
+    folder.mkdir(parents=True)
+    scripts = {"scontrol": 'echo "Slurmctld(primary) at localhost is UP"', "srun": "exit 0", "squeue": "exit 0",
+               "sacct": "exit 0", "sbatch": f'echo "{sbatch_error}" >&2; exit 1'}
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_a_refused_submission_is_one_line(tmp_path, capsys, monkeypatch, missing):
+    """sbatch's own error (or a missing SLURM) reaches the user as one line naming it, not a traceback,
+    and nothing is left marked as running."""
+    error = "sbatch: error: Batch job submission failed: Invalid partition name specified"
+    bin_dir = fake_slurm(tmp_path / "bin", error)
+    if missing:
+        (bin_dir / "srun").unlink()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    code = main(["sweep", "smoke", "method=grpo", "seed=0", "--executor", "slurm", "--results", str(tmp_path / "r"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("trh sweep: --executor slurm: "), err
+    if missing:
+        assert "srun not on PATH" in err
+    else:
+        assert "submitting 1 cell(s) failed: " + error in err and "rerun the same command" in err
+        assert not list((tmp_path / "r").rglob("status.json"))
 
 
 def test_paper_settings_express_table_3(tmp_path, capsys):
