@@ -218,8 +218,6 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
 def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> list[Path]:
     """Fig. 2: |π(y_t) − μ(y_t)| of the sampled token by position bin (mean, top-10% tail), pooled over
     eval steps after step 0, and the position-weighted threshold δ/w_t against position."""
-    from harness.store import RunStore
-    from harness.task import response_length
 
     cells = results.sweep_cells(sweep)
     if cells.empty:
@@ -227,7 +225,8 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
     colours = colour_map(results.cells)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for label, group in cells.groupby("label", sort=False):
-        rows = [r for run_dir in group["run_dir"] for r in RunStore(run_dir).read("diagnostics.jsonl")]
+        rows = [r for run_dir in group["run_dir"]
+                for r in results.curves(run_dir, diagnostics=True).to_dict("records")]
         if not rows:
             continue
         centres = (np.array(rows[0]["bin_start"]) + np.array(rows[0]["bin_end"])) / 2
@@ -245,10 +244,10 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
         ax.set_ylabel("|π(y_t) − μ(y_t)|", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    import yaml
-    cfg = yaml.safe_load((Path(cells["run_dir"].iloc[0]) / "config.yaml").read_text())
+    run_dir = cells["run_dir"].iloc[0]
+    cfg = results.config(run_dir)
     delta, w_min = cfg["setting"]["delta"], cfg["setting"]["w_min"]
-    horizon = response_length(cfg["task"]["digits"])
+    horizon = int(results.curves(run_dir, diagnostics=True)["bin_end"].iloc[0][-1])  # the last bin ends at H
     t = np.arange(1, horizon + 1)
     w = 1 - (1 - w_min) * (t - 1) / max(horizon - 1, 1)
     axes[2].plot(t, delta / w, color=paper()["methods"]["cppo"]["color"])

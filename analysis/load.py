@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from harness.store import RunStore
+from harness.store import RunStore, manifest_path, run_folders, sweep_manifests
 
 from .cells import cell_row
 
@@ -37,16 +36,17 @@ class Results:
 
     def config(self, run_dir: str) -> dict:
         """The run's config snapshot ({} before it has one)."""
-        key = (run_dir, "config.yaml")
+        key = (run_dir, "config")
         if key not in self._curves:
-            path = Path(run_dir) / "config.yaml"
-            self._curves[key] = yaml.safe_load(path.read_text()) if path.exists() else {}
+            self._curves[key] = RunStore(run_dir).read_config() or {}
         return self._curves[key]
 
-    def curves(self, run_dir: str, name: str = "metrics.jsonl") -> pd.DataFrame:
-        key = (run_dir, name)
+    def curves(self, run_dir: str, diagnostics: bool = False) -> pd.DataFrame:
+        """The run's metrics rows (or its per-position diagnostics) as a frame."""
+        key = (run_dir, diagnostics)
         if key not in self._curves:
-            self._curves[key] = pd.DataFrame(RunStore(run_dir).read(name))
+            store = RunStore(run_dir)
+            self._curves[key] = pd.DataFrame(store.read_diagnostics() if diagnostics else store.read_metrics())
         return self._curves[key]
 
 
@@ -60,12 +60,9 @@ def load_results(root) -> Results:
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"results folder {root} does not exist")
-    if (root / "manifest.json").exists():  # one sweep folder: cells are relative to the results root
-        manifests = {root.name: root / "manifest.json"}
-        base = root.parent.parent
-    else:
-        manifests = {p.parent.name: p for p in sorted((root / "sweeps").glob("*/manifest.json"))}
-        base = root
+    manifests = sweep_manifests(root)
+    one_sweep = list(manifests.values()) == [manifest_path(root)]
+    base = root.parent.parent if one_sweep else root  # cells are relative to the results root
     rows, sweeps = [], {}
     for name, path in manifests.items():
         manifest = json.loads(path.read_text())
@@ -73,15 +70,15 @@ def load_results(root) -> Results:
         for cell in manifest["cells"]:
             rows.append(score_cell(base, cell, name, manifest.get("feeds", "")))
     if not manifests:  # plain run folders (trh train, Hydra multirun)
-        for config in sorted((root / "runs").glob("*/config.yaml")) + sorted(root.glob("*/config.yaml")):
-            cfg = yaml.safe_load(config.read_text())
-            cell = {"id": config.parent.name.rsplit("-", 1)[-1], "setting": cfg["setting"]["name"],
+        for folder in run_folders(root):
+            cfg = RunStore(folder).read_config()
+            cell = {"id": folder.name.rsplit("-", 1)[-1], "setting": cfg["setting"]["name"],
                     "label": cfg["method"]["name"], "method": cfg["method"]["name"], "seed": cfg["seed"],
-                    "t_stop": cfg["setting"]["t_stop"], "run_dir": str(config.parent)}
+                    "t_stop": cfg["setting"]["t_stop"], "run_dir": str(folder.resolve())}
             rows.append(score_cell(base, cell, "runs", ""))
     cells = pd.DataFrame(rows)
     if cells.empty:
-        raise FileNotFoundError(f"{root} holds no sweep manifests (sweeps/*/manifest.json) and no run folders")
+        raise FileNotFoundError(f"{root} holds no sweep (a trh sweep output) and no run folder (a trh train output)")
     return Results(root=root, cells=cells, sweeps=sweeps)
 
 
@@ -93,11 +90,11 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
     status = store.read_status()
     if status is not None and status.get("config_hash") not in (None, cell["id"]):
         status = None  # a folder of another config: not this cell's result
-    score = cell_row(status, store.read() if status else [], cell["t_stop"])
+    score = cell_row(status, store.read_metrics() if status else [], cell["t_stop"])
     busy = store.in_use()
     if status is None and busy:
         score["verdict"] = score["state"] = "running"  # (still in its warm-up: no status yet)
-    elif status is None and (run_dir / "config.yaml").exists():
+    elif status is None and store.has_config():
         score["verdict"] = score["state"] = "not started"  # submitted (config snapshotted), never ran
     elif status and status.get("state") == "running" and not busy:
         score["verdict"] = "interrupted"
@@ -105,14 +102,4 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
     return {"sweep": sweep, "feeds": feeds, "setting": cell["setting"], "label": cell["label"],
             "method": cell["method"], "variant": variant, "seed": cell["seed"], "id": cell["id"],
             "run_dir": str(run_dir),
-            "eval_samples": _eval_samples(run_dir), **score}
-
-
-def _eval_samples(run_dir: Path):
-    """k of the cell's Avg@k (eval.samples in its config snapshot), None before it has one."""
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return None
-    return (yaml.safe_load(path.read_text()).get("eval") or {}).get("samples")
+            "eval_samples": ((store.read_config() or {}).get("eval") or {}).get("samples"), **score}

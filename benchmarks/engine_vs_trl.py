@@ -159,7 +159,7 @@ def main() -> None:
 
     from harness.lm import encode_prompt
     from harness.rollout import left_pad
-    from harness.trl_engine import make_trainer_class
+    from harness.engines.trl_trainer import make_trainer_class
     from methods import get_method
 
     transformers.logging.set_verbosity_error()

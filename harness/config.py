@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from methods import list_methods
+from methods import MethodConfigError, get_method, list_methods, method_names
 
 from .store import config_hash
 
@@ -53,12 +53,30 @@ def compose_many(override_lists) -> list[DictConfig]:
     """Compose several configs under one Hydra initialisation (a sweep composes all its cells)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    register_method_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return [hydra_compose("config", overrides=list(o)) for o in override_lists]
 
 
+def register_method_configs() -> None:
+    """The registry is the one list of method names: every registered method is a ``method=NAME``
+    option. A file ``conf/method/NAME.yaml`` is needed only to tie parameters to the setting (e.g.
+    ``delta: ${setting.delta}``); without one the method runs with its registered defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    with_files = {p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")}
+    for row in list_methods():
+        if row["name"] not in with_files:  # its registered defaults, so that method.X=... overrides them
+            defaults = {p["name"]: p["default"] for p in row["params"] if p["name"] not in ("aggregation", "horizon")}
+            store.store(group="method", name=row["name"],
+                        node={"name": row["name"], "aggregation": "${rl.aggregation}", **defaults})
+
+
 def available(group: str) -> list[str]:
-    """The option names of a config group (``setting``, ``method``, ...)."""
+    """The option names of a config group (``setting``, ``method``, ...); methods are the registry's."""
+    if group == "method":
+        return method_names()
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
@@ -158,6 +176,17 @@ def _without_omitted_defaults(semantic: dict) -> dict:
     return out
 
 
+def semantic_config(resolved: dict) -> dict:
+    """The part of a resolved config that decides what a run computes."""
+    return {k: v for k, v in resolved.items() if k not in NON_SEMANTIC and k != "hydra"}
+
+
+def run_id(semantic: dict) -> str:
+    """A run's id: the hash of its semantic config (options added later are left out at their
+    defaults, so the ids of runs that never set them stay valid)."""
+    return config_hash(_without_omitted_defaults(semantic))
+
+
 def resolve(cfg: DictConfig) -> RunSpec:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -168,9 +197,13 @@ def resolve(cfg: DictConfig) -> RunSpec:
             raise ConfigError(f"config section '{section}' is missing")
     method = dict(resolved["method"])
     name = method.pop("name", None)
-    known = [m["name"] for m in list_methods()]
-    if name not in known:
-        raise ConfigError(f"method.name must be one of {known}, got {name!r}")
+    if name not in method_names():
+        raise ConfigError(f"method.name must be one of {method_names()}, got {name!r}")
+    try:  # the method's parameters, checked now: before any warm-up, model load or cell launch
+        get_method(name, **method)
+    except MethodConfigError as err:
+        text = str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}"
+        raise ConfigError(f"method {text}") from None
     setting = resolved["setting"]
     _require(setting, "setting", {"name": lambda v: (isinstance(v, str), "a string"), "t_stop": _pos_int,
                                   "steps": _pos_int})
@@ -201,8 +234,8 @@ def resolve(cfg: DictConfig) -> RunSpec:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
 
-    semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC and k != "hydra"}
-    digest = config_hash(_without_omitted_defaults(semantic))
+    semantic = semantic_config(resolved)
+    digest = run_id(semantic)
     run_dir = resolved.get("run_dir") or str(
         Path(resolved.get("results_root") or "results/runs") / f"{setting['name']}-{name}-s{seed}-{digest}")
     return RunSpec(resolved=semantic, config_hash=digest, run_dir=Path(run_dir), seed=seed, method_name=name,

@@ -1,4 +1,12 @@
-"""The results store: the one place that knows a run folder's format.
+"""The results store: the one place that knows the layout of a results folder.
+
+    ROOT/runs/<setting>-<method>-s<seed>-<hash>/   one run folder per cell (shared by every sweep)
+    ROOT/sweeps/<name>/manifest.json               a sweep's cells, spec and invocations
+    ROOT/sweeps/<name>/summary.csv                 one row per cell
+    ROOT/sweeps/<name>/submitit/                   launcher logs
+    ROOT/searches/<name>/                          an Optuna study's journal, trials.csv, best.json
+
+A run folder:
 
     RUN_DIR/config.yaml       the resolved config (its hash is the run id)
     RUN_DIR/status.json       {"state": running|done|collapsed|failed, "step", "reason", ...}
@@ -7,6 +15,8 @@
     RUN_DIR/checkpoint.pt     while running (model, optimizer, step); removed when the run ends
     RUN_DIR/best-<step>.pt    while running: the weights of each eval step that was the best so far
                               within [0, T_stop], for the held-out test score; removed when the run ends
+    RUN_DIR/trl_checkpoints/  engine=trl: TRL's checkpoints while running
+    RUN_DIR/launch/           multi-GPU cells: the accelerate config and the cell's config for each node
 
 Every write of status and checkpoint is atomic (temp file + rename), so a kill never leaves a
 half-written file, and a folder is finished only when its status says so.
@@ -25,6 +35,53 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 FINISHED = ("done", "collapsed")
+METRICS, DIAGNOSTICS, STATUS, CONFIG = "metrics.jsonl", "diagnostics.jsonl", "status.json", "config.yaml"
+
+
+def runs_dir(results_root) -> Path:
+    """Where the run folders of a results root live."""
+    return Path(results_root) / "runs"
+
+
+def sweep_dir(results_root, name: str) -> Path:
+    return Path(results_root) / "sweeps" / name
+
+
+def search_dir(results_root, name: str) -> Path:
+    return Path(results_root) / "searches" / name
+
+
+def submitit_dir(folder) -> Path:
+    """The launcher logs of a sweep or search folder."""
+    return Path(folder) / "submitit"
+
+
+def manifest_path(folder) -> Path:
+    return Path(folder) / "manifest.json"
+
+
+def summary_path(folder) -> Path:
+    return Path(folder) / "summary.csv"
+
+
+def sweep_manifests(results_root) -> dict:
+    """{sweep name: manifest path} of a results root, or of one sweep folder given directly."""
+    root = Path(results_root)
+    if manifest_path(root).exists():
+        return {root.name: manifest_path(root)}
+    return {p.parent.name: p for p in sorted((root / "sweeps").glob("*/manifest.json"))}
+
+
+def run_folders(results_root) -> list[Path]:
+    """Every run folder (one holding a config) under ``ROOT/runs`` or directly under ``ROOT``."""
+    root = Path(results_root)
+    configs = sorted(runs_dir(root).glob(f"*/{CONFIG}")) + sorted(root.glob(f"*/{CONFIG}"))
+    return [c.parent for c in configs]
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write a whole file so that a reader never sees it half-written (temp file + rename)."""
+    _atomic_write(Path(path), text.encode())
 
 
 class RunInUse(RuntimeError):
@@ -89,7 +146,7 @@ class RunStore:
 
     # status ------------------------------------------------------------------------------
     def read_status(self) -> Optional[dict]:
-        path = self.dir / "status.json"
+        path = self.dir / STATUS
         if not path.exists():
             return None
         return json.loads(path.read_text())
@@ -97,7 +154,7 @@ class RunStore:
     def write_status(self, **status) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         status = {**status, **self.tags}
-        _atomic_write(self.dir / "status.json", json.dumps(status, indent=1, default=_json_default).encode())
+        _atomic_write(self.dir / STATUS, json.dumps(status, indent=1, default=_json_default).encode())
 
     def is_finished(self) -> bool:
         status = self.read_status()
@@ -106,15 +163,65 @@ class RunStore:
     # config ------------------------------------------------------------------------------
     def write_config(self, yaml_text: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.dir / "config.yaml", yaml_text.encode())
+        _atomic_write(self.dir / CONFIG, yaml_text.encode())
 
-    # metrics -----------------------------------------------------------------------------
-    def append(self, name: str, row: dict) -> None:
+    def has_config(self) -> bool:
+        return (self.dir / CONFIG).exists()
+
+    def read_config(self) -> Optional[dict]:
+        import yaml
+
+        path = self.dir / CONFIG
+        return yaml.safe_load(path.read_text()) if path.exists() else None
+
+    @property
+    def trl_checkpoint_dir(self) -> Path:
+        return self.dir / "trl_checkpoints"
+
+    @property
+    def launch_files(self) -> tuple[Path, Path]:
+        """A multi-GPU cell's accelerate config and its run config, read by every node's launch."""
+        return self.dir / "launch" / "accelerate.yaml", self.dir / "launch" / "config.json"
+
+    def write_launch_files(self, config: dict, accelerate: dict) -> None:
+        import yaml
+
+        accelerate_path, config_path = self.launch_files
+        accelerate_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(config_path, json.dumps(config, indent=1).encode())
+        _atomic_write(accelerate_path, yaml.safe_dump(accelerate).encode())
+
+    # metrics and diagnostics: one JSON row per step ------------------------------------------
+    def append_metrics(self, row: dict) -> None:
+        self._append(METRICS, row)
+
+    def append_diagnostics(self, row: dict) -> None:
+        self._append(DIAGNOSTICS, row)
+
+    def read_metrics(self) -> list[dict]:
+        return self._read(METRICS)
+
+    def read_diagnostics(self) -> list[dict]:
+        return self._read(DIAGNOSTICS)
+
+    def truncate_records(self, last_step: int) -> None:
+        """Keep the rows up to ``last_step`` (rows past a checkpoint are recomputed on resume)."""
+        for name in (METRICS, DIAGNOSTICS):
+            if (self.dir / name).exists():
+                rows = [r for r in self._read(name) if r["step"] <= last_step]
+                _atomic_write(self.dir / name, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    def clear_records(self) -> None:
+        """A run starting from step 0: no rows of an earlier attempt survive."""
+        for name in (METRICS, DIAGNOSTICS):
+            (self.dir / name).unlink(missing_ok=True)
+
+    def _append(self, name: str, row: dict) -> None:
         with open(self.dir / name, "a") as f:
             f.write(json.dumps(row, default=_json_default) + "\n")
             f.flush()
 
-    def read(self, name: str = "metrics.jsonl") -> list[dict]:
+    def _read(self, name: str) -> list[dict]:
         path = self.dir / name
         if not path.exists():
             return []
@@ -125,11 +232,6 @@ class RunStore:
             except json.JSONDecodeError:  # a line cut by a kill: everything after it is redone
                 break
         return rows
-
-    def truncate(self, name: str, last_step: int) -> None:
-        """Keep rows up to ``last_step`` (rows past the checkpoint are recomputed on resume)."""
-        rows = [r for r in self.read(name) if r["step"] <= last_step]
-        _atomic_write(self.dir / name, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     # checkpoints -------------------------------------------------------------------------
     @property

@@ -4,7 +4,7 @@
     >>> cppo = get_method("cppo", delta=0.15, horizon=512)
     >>> out = cppo(batch)            # LossOutput(loss, mask, weight, metrics, details)
 
-The contract is ``specs/methods.md``; every method is a mask rule and a weight rule over the one
+The contract is ``docs/methods.md``; every method is a mask rule and a weight rule over the one
 loss form −A·M·sg(W)·logp, aggregated with denominators that masking never shrinks.
 """
 

@@ -1,4 +1,4 @@
-"""Token losses → one scalar (methods.md §2).
+"""Token losses → one scalar (docs/methods.md).
 
 Masks never enter the denominators: they count every valid response token (or every response),
 so masking a token shrinks the gradient instead of re-normalising over the kept ones. With global

@@ -1,4 +1,4 @@
-"""Per-token divergences D_t between μ(·|s_t) and π(·|s_t) (methods.md §3).
+"""Per-token divergences D_t between μ(·|s_t) and π(·|s_t) (docs/methods.md).
 
 Top-K reduced TV/KL follow DPPO (arXiv 2602.04879, App.; Stable-RL ``compute_topk_kl``): the
 partition is μ's top-K ids with the sampled token forced in, plus one residual bucket. Binary uses

@@ -1,4 +1,4 @@
-"""Mask rules M_t ∈ [0, 1] — one short function per trust region (methods.md §4–5).
+"""Mask rules M_t ∈ [0, 1] — one short function per trust region (docs/methods.md).
 
 Every rule reads a TokenContext and its typed params and returns a MaskResult: the detached mask
 (0 on padding), its rule-specific metrics, and per-token details for diagnostics and figures.

@@ -35,7 +35,7 @@ class LossParams:
     """Parameters every method shares: how token losses become one scalar."""
 
     aggregation: Aggregation = _doc(
-        "how token losses are reduced (methods.md §2); use one mode for a whole comparison",
+        "how token losses are reduced (docs/methods.md); use one mode for a whole comparison",
         "seq-mean-token-sum-norm")
     horizon: Optional[int] = _doc(
         "H of seq-mean-token-sum-norm: the configured max response length (a constant, so the "

@@ -1,8 +1,10 @@
 """The registry: every method is data — (params, mask rule, weight rule) over one loss form.
 
-    ℓ_t = −A_t · M_t · sg(W_t) · logp_t          (REINFORCE form, methods.md §2)
+    ℓ_t = −A_t · M_t · sg(W_t) · logp_t          (REINFORCE form, docs/methods.md)
 
-A new trust-region rule is one mask function in ``masks.py`` plus one ``MethodSpec`` below.
+A new method: its params class (if new) in ``params.py``, one mask rule in ``masks.py`` (or weight
+rule in ``weights.py``), one ``MethodSpec`` below, one closed-form test — nothing else (the
+registry is the one list of names; docs/methods.md, "Adding a method").
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .params import (ClippedWeightParams, CppoParams, DivergenceParams, DppoPara
                      LossParams, MethodConfigError, MinproParams, TrmParams, TruncatedParams,
                      describe_fields)
 
-# Metric names are part of the interface (methods.md §6); NaN where a metric does not apply.
+# Metric names are part of the interface (docs/methods.md, "Metrics"); NaN where a metric does not apply.
 METRIC_NAMES = (
     "policy_loss",
     "valid_tokens",

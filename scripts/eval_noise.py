@@ -40,7 +40,7 @@ from harness.config import compose, resolve  # noqa: E402
 from harness.evaluation import split_scores  # noqa: E402
 from harness.model import CharTokenizer, ModelSize, build_model  # noqa: E402
 from harness.rollout import sample  # noqa: E402
-from harness.store import RunStore, _atomic_write  # noqa: E402
+from harness.store import RunStore, atomic_write_text  # noqa: E402
 from harness.train import run  # noqa: E402
 from harness.warmup import encode_problems, rollout_rewards, warm_start  # noqa: E402
 from methods.seeds import derive_seed  # noqa: E402
@@ -74,7 +74,7 @@ def train_models(overrides, steps: int, folder: Path) -> tuple[dict, float]:
         cfg = compose([*overrides, f"method={method}", f"setting.steps={steps}", f"setting.t_stop={steps}",
                        f"eval.every={steps}", "logging=quiet", "engine.threads=1", f"run_dir={folder / method}"])
         run(cfg, keep_model=path)
-        rows = [r for r in RunStore(folder / method).read() if r["step"] > 0]
+        rows = [r for r in RunStore(folder / method).read_metrics() if r["step"] > 0]
         per_step += [r["time_rollout"] + r["time_update"] for r in rows]
         models[method] = torch.load(path, weights_only=True)
     return models, statistics.median(per_step)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         merged = json.loads(path.read_text()) if path.exists() else {}
         merged[result["setting"]] = result
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps(merged, indent=1).encode())
+        atomic_write_text(path, json.dumps(merged, indent=1))
     return 0
 
 

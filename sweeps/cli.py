@@ -43,8 +43,9 @@ def cmd_train(args) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from harness.config import ConfigError, compose
+    from harness.lifecycle import summary_line
     from harness.store import RunInUse
-    from harness.train import run, summary_line
+    from harness.train import run
     from methods import MethodConfigError
 
     try:
@@ -127,6 +128,8 @@ def _print_status(args) -> int:
 def _print_sweep_summary(result) -> None:
     import pandas as pd
 
+    from harness.store import summary_path
+
     from analysis.compare import interval_text
     from analysis.tables import aggregate
 
@@ -134,7 +137,7 @@ def _print_sweep_summary(result) -> None:
     cells = result["outcomes"]
     trained = sum(o.seconds is not None for o in cells)
     print(f"sweep {result['spec'].name}: {len(cells)} cells ({trained} run now, {len(cells) - trained} finished "
-          f"before), wall {result['wall_s']:.0f} s; per cell: {result['sweep_dir'] / 'summary.csv'}")
+          f"before), wall {result['wall_s']:.0f} s; per cell: {summary_path(result['sweep_dir'])}")
     table = aggregate(rows, "label")
     held = aggregate(rows, "label", "heldout_headline") if "heldout_headline" in rows else None
     out = pd.DataFrame({"setting": table["setting"], "label": table["label"], "seeds": table["finished"],
@@ -194,6 +197,8 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .executors import EXECUTORS
+
     parser = argparse.ArgumentParser(prog="trh", description="trust-region-harness")
     sub = parser.add_subparsers(dest="command", required=True)
     methods = sub.add_parser("methods", help="list the registered trust-region methods and their parameters")
@@ -205,25 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
                            description="e.g. trh train method=cppo setting=base_s seed=1 method.delta=0.2")
     train.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     train.set_defaults(func=cmd_train)
-    sw = sub.add_parser("sweep", help="run a sweep spec's grid (missing cells only) and summarise it",
+    cells = argparse.ArgumentParser(add_help=False)  # the options of everything that runs cells
+    cells.add_argument("--executor", default="local", choices=list(EXECUTORS))
+    cells.add_argument("--workers", type=int, default=None,
+                       help="cells running at once (default: cores / local.cpus_per_task here, "
+                            "slurm.array_parallelism on SLURM)")
+    cells.add_argument("--results", default="results", help="results root (default: results)")
+    cells.add_argument("--no-progress", action="store_true")
+    sw = sub.add_parser("sweep", parents=[cells], help="run a sweep spec's grid (missing cells only) and summarise it",
                         description="e.g. trh sweep demo --workers 2; trh sweep paper_main seed=0,1 "
                                     "'setting=base_*' rl.lr=2e-4 --executor slurm slurm.partition=gpu")
     sw.add_argument("name", nargs="?", help="a spec under sweeps/specs/ (or a path to a .yaml)")
     sw.add_argument("overrides", nargs="*", help="grid axes (setting=, seed=, method=), Hydra overrides for every "
                                                   "cell, resources (slurm.*, local.*)")
-    sw.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
-    sw.add_argument("--workers", type=int, default=None,
-                    help="cells running at once (default: cores / local.cpus_per_task here, "
-                         "slurm.array_parallelism on SLURM)")
-    sw.add_argument("--results", default="results", help="results root (default: results)")
     sw.add_argument("--retries", type=int, default=2, help="resubmissions of a job that dies without a verdict")
-    sw.add_argument("--no-progress", action="store_true")
     sw.add_argument("--list", action="store_true", help="list the sweep and search specs")
     sw.add_argument("--status", action="store_true", help="show each cell's state on disk; run nothing")
     sw.add_argument("--dry-run", action="store_true",
                     help="with --executor slurm: print the sbatch script and launch command of each cell; submit nothing")
     sw.set_defaults(func=cmd_sweep)
-    se = sub.add_parser("search", help="an Optuna study over a search spec (resumes after a kill)",
+    se = sub.add_parser("search", parents=[cells], help="an Optuna study over a search spec (resumes after a kill)",
                         description="e.g. trh search search_cppo --trials 20 --workers 2 "
                                     "[--storage sqlite:///results/searches/cppo.db]")
     se.add_argument("name", help="a search spec under sweeps/specs/ (kind: search)")
@@ -231,10 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
     se.add_argument("--storage", default=None,
                     help="Optuna storage: a journal file path (default results/searches/NAME/journal.log) or an RDB URL")
-    se.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
-    se.add_argument("--workers", type=int, default=None, help="cells running at once (default as trh sweep)")
-    se.add_argument("--results", default="results")
-    se.add_argument("--no-progress", action="store_true")
     se.set_defaults(func=cmd_search)
     rp = sub.add_parser("report", help="tables and figures from a results folder (never trains)",
                         description="e.g. trh report results; trh report results/embedded --figures png,pdf")

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from harness.provenance import code_state
-from harness.store import RunStore, _atomic_write
+from harness.store import (RunStore, atomic_write_text, manifest_path, submitit_dir, summary_path,
+                           sweep_dir as sweep_folder)
 
 from .executors import make_executor, resources
 from .runner import CellRunner, Outcome
@@ -51,7 +52,7 @@ def dry_run(name: str, overrides=(), results_root="results", executor="slurm") -
     from .launch import plan
 
     spec, cells, res, _ = prepare(name, overrides, results_root, "slurm")
-    folder = Path(results_root) / "sweeps" / spec.name / "submitit"
+    folder = submitit_dir(sweep_folder(results_root, spec.name))
     out, shown = [f"# trh sweep {spec.name} --executor slurm --dry-run: {len(cells)} cell(s); nothing submitted"], set()
     for cell in cells:
         key = cell.config["setting"]["name"]
@@ -80,7 +81,7 @@ def default_workers(executor: str, res: dict) -> int:
 
 def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Path, overrides, executor: str) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    path = sweep_dir / "manifest.json"
+    path = manifest_path(sweep_dir)
     previous = json.loads(path.read_text()) if path.exists() else {}
     invocation = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "executor": executor,
                   "overrides": list(overrides), "git": code_state(), "cells": len(cells)}
@@ -88,10 +89,10 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Pa
                 "settings": spec.settings, "labels": [v.label for v in spec.variants], "seeds": spec.seeds,
                 "cells": [c.manifest_row(root) for c in cells],
                 "invocations": previous.get("invocations", []) + [invocation]}
-    _atomic_write(path, json.dumps(manifest, indent=1, default=str).encode())
+    atomic_write_text(path, json.dumps(manifest, indent=1, default=str))
     for cell in cells:  # snapshot each cell's config now: later edits to the config files change nothing
         store = RunStore(cell.run_dir)
-        if not (cell.run_dir / "config.yaml").exists():
+        if not store.has_config():
             from omegaconf import OmegaConf
             store.write_config(OmegaConf.to_yaml(OmegaConf.create(cell.config)))
 
@@ -101,7 +102,7 @@ def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: boo
     pending = list(cells)
     outcomes: dict[str, Outcome] = {}
     durations: list[float] = []
-    bar = _progress_bar(len(cells), label) if progress else None
+    bar = progress_bar(len(cells), label) if progress else None
     while pending or runner.in_flight or runner.elsewhere:
         room = max(0, workers - runner.in_flight)
         batch, pending = pending[:room], pending[room:]
@@ -134,7 +135,7 @@ def _eta(durations: list[float], remaining: int, workers: int) -> str:
     return f"{seconds / 60:.0f}m" if seconds >= 90 else f"{seconds:.0f}s"
 
 
-def _progress_bar(total: int, label: str):
+def progress_bar(total: int, label: str):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=label, unit="cell", dynamic_ncols=True)
 
@@ -144,18 +145,18 @@ def sweep(name: str, overrides=(), executor: str = "local", workers: int | None 
           log=print) -> dict:
     spec, cells, res, hydra_overrides = prepare(name, overrides, results_root, executor)
     root = Path(results_root)
-    sweep_dir = root / "sweeps" / spec.name
+    sweep_dir = sweep_folder(root, spec.name)
     if workers is None:
         workers = default_workers(executor, res)
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
-    ex = make_executor(executor, sweep_dir / "submitit", res, job_name=f"trh-{spec.name}")
+    ex = make_executor(executor, submitit_dir(sweep_dir), res, job_name=f"trh-{spec.name}")
     write_manifest(sweep_dir, spec, cells, root, overrides, executor)
     runner = CellRunner(ex, executor, max_retries=max_retries, log=log, resources=res)
     started = time.time()
     outcomes = run_cells(cells, runner, 1 if executor == "debug" else workers, progress, poll_s, label=spec.name)
     table = summary_rows(outcomes)
-    write_summary(sweep_dir / "summary.csv", table)
+    write_summary(summary_path(sweep_dir), table)
     return {"spec": spec, "cells": cells, "outcomes": outcomes, "rows": table, "sweep_dir": sweep_dir,
             "wall_s": time.time() - started}
 
@@ -172,10 +173,10 @@ def cell_states(name: str, overrides=(), results_root="results") -> list[dict]:
 def summary_rows(outcomes: list[Outcome]) -> list[dict]:
     from analysis.cells import cell_row
     return [{"id": o.cell.id, "setting": o.cell.setting, "label": o.cell.label, "method": o.cell.method,
-             "seed": o.cell.seed, **cell_row(o.status, RunStore(o.cell.run_dir).read(), o.cell.t_stop),
+             "seed": o.cell.seed, **cell_row(o.status, RunStore(o.cell.run_dir).read_metrics(), o.cell.t_stop),
              "run_dir": str(o.cell.run_dir)} for o in outcomes]
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:
     import pandas as pd
-    _atomic_write(path, pd.DataFrame(rows).to_csv(index=False).encode())
+    atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import submitit
 
+from harness.store import FINISHED, RunStore
+
 
 def launch_of(config: dict) -> dict | None:
     """The cell's ``engine.launch`` when it needs more than one process, else None."""
@@ -52,7 +54,8 @@ def accelerate_config(launch: dict) -> dict:
 
 def accelerate_command(config_file: str, run_config: str, node_rank: str = "$SLURM_NODEID",
                        main_ip: str = "$MAIN_IP") -> list[str]:
-    return ["accelerate", "launch", "--config_file", config_file, "--machine_rank", node_rank,
+    # accelerate's launcher through this interpreter: the job's PATH need not hold the venv's scripts
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "--machine_rank", node_rank,
             "--main_process_ip", main_ip, "-m", "sweeps.launch", run_config]
 
 
@@ -71,7 +74,7 @@ class LaunchPlan:
             "### on each node, the submitit task (sweeps.launch.LaunchJob) runs, with the node rank and the first",
             "### node's host name ($MAIN_IP) taken from submitit's JobEnvironment:",
             " ".join(shlex.quote(c) if not c.startswith("$") else c for c in self.command), "",
-            f"### {Path(self.command[3]).name}:", yaml.safe_dump(self.accelerate_config, sort_keys=False).rstrip(), ""])
+            f"### {Path(self.command[self.command.index('--config_file') + 1]).name}:", yaml.safe_dump(self.accelerate_config, sort_keys=False).rstrip(), ""])
 
 
 def slurm_parameters(res: dict, launch: dict, job_name: str) -> dict:
@@ -100,21 +103,15 @@ def plan(cell, res: dict, folder: Path, job_name: str = "trh") -> LaunchPlan | N
     if launch is None:
         return None
     executor = multi_gpu_executor(folder, res, launch, job_name, print_only=True)  # prints, never submits
-    launch_dir = Path(cell.run_dir) / "launch"
+    accelerate_file, config_file = RunStore(cell.run_dir).launch_files
     return LaunchPlan(sbatch=executor._make_submission_file_text(executor._submitit_command_str, "dry-run"),
-                      command=accelerate_command(str(launch_dir / "accelerate.yaml"), str(launch_dir / "config.json")),
-                      accelerate_config=accelerate_config(launch), run_config=launch_dir / "config.json")
+                      command=accelerate_command(str(accelerate_file), str(config_file)),
+                      accelerate_config=accelerate_config(launch), run_config=config_file)
 
 
-def write_launch_files(cell) -> Path:
-    """The cell's config and accelerate config beside its run folder, read by every node."""
-    import yaml
-
-    launch_dir = Path(cell.run_dir) / "launch"
-    launch_dir.mkdir(parents=True, exist_ok=True)
-    (launch_dir / "config.json").write_text(json.dumps(cell.config, indent=1))
-    (launch_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(launch_of(cell.config))))
-    return launch_dir
+def write_launch_files(cell) -> None:
+    """The cell's config and accelerate config in its run folder, read by every node."""
+    RunStore(cell.run_dir).write_launch_files(cell.config, accelerate_config(launch_of(cell.config)))
 
 
 class LaunchJob(submitit.helpers.Checkpointable):
@@ -123,13 +120,13 @@ class LaunchJob(submitit.helpers.Checkpointable):
 
     def __call__(self, run_dir: str, executor: str) -> dict:
         env = submitit.JobEnvironment()
-        launch_dir = Path(run_dir) / "launch"
-        command = accelerate_command(str(launch_dir / "accelerate.yaml"), str(launch_dir / "config.json"),
+        store = RunStore(run_dir)
+        accelerate_file, config_file = store.launch_files
+        command = accelerate_command(str(accelerate_file), str(config_file),
                                      node_rank=str(env.node), main_ip=env.hostnames[0])
         proc = subprocess.run(command)
-        status_file = Path(run_dir) / "status.json"
-        status = json.loads(status_file.read_text()) if status_file.exists() else {}
-        if proc.returncode != 0 and status.get("state") not in ("done", "collapsed", "failed"):
+        status = store.read_status() or {}
+        if proc.returncode != 0 and status.get("state") not in (*FINISHED, "failed"):
             return {"state": "failed", "reason": f"accelerate launch exited with {proc.returncode} on node {env.node}"}
         return status
 
@@ -138,7 +135,8 @@ def main(argv=None) -> None:
     """Entry point of each accelerate process: ``python -m sweeps.launch CONFIG.json``."""
     from omegaconf import OmegaConf
 
-    from harness.train import run, summary_line
+    from harness.lifecycle import summary_line
+    from harness.train import run
 
     path = (argv or sys.argv[1:])[0]
     status = run(OmegaConf.create(json.loads(Path(path).read_text())))

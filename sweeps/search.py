@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.provenance import code_state
-from harness.store import RunStore, _atomic_write
+from harness.store import RunStore, atomic_write_text, runs_dir, search_dir, submitit_dir
 
-from .driver import _progress_bar, default_workers
+from .driver import default_workers, progress_bar
 from .executors import make_executor, resources
 from .runner import CellRunner, Outcome
 from .spec import Cell, SweepError, cell_configs, load_raw, split_overrides
@@ -197,7 +197,6 @@ class _Trial:
 def search(name: str, trials: int, overrides=(), storage: str | None = None, executor: str = "local",
            workers: int | None = None, results_root="results", progress: bool = True, poll_s: float = 1.0,
            log=print) -> dict:
-    import optuna
     from optuna.trial import Trial, TrialState
 
     raw, _ = load_raw(name)
@@ -208,22 +207,14 @@ def search(name: str, trials: int, overrides=(), storage: str | None = None, exe
     res = resources(spec.resources, resource_overrides)
     threads = res["slurm" if executor == "slurm" else "local"]["cpus_per_task"]
     root = Path(results_root)
-    out_dir = root / "searches" / spec.name
+    out_dir = search_dir(root, spec.name)
     # compose one cell up front: bad overrides or a bad space key fail here, before Optuna or any job
     probe = {k: (d["choices"][0] if "choices" in d else d["low"]) for k, d in spec.space.items()}
     _cells_for(spec, probe, hydra_overrides, root, threads)
-    store = open_storage(storage, out_dir / "journal.log")
-    sampler_cfg = dict(spec.sampler)
-    _sampler(sampler_cfg), _pruner(spec.pruner)  # validate both before touching the storage
-    study = optuna.create_study(study_name=spec.name, storage=store, direction=spec.direction,
-                                sampler=_sampler(sampler_cfg), pruner=_pruner(spec.pruner), load_if_exists=True)
-    if study.trials and sampler_cfg.get("seed") is not None:
-        # a resumed study: a sampler re-seeded as at the start would propose the same points again
-        sampler_cfg["seed"] = int(sampler_cfg["seed"]) + len(study.trials)
-        study.sampler = _sampler(sampler_cfg)
+    study = _open_study(spec, storage, out_dir)
     workers = workers or default_workers(executor, res)
     parallel_trials = 1 if executor == "debug" else max(1, workers // len(spec.seeds))
-    ex = make_executor(executor, out_dir / "submitit", res, job_name=f"trh-search-{spec.name}")
+    ex = make_executor(executor, submitit_dir(out_dir), res, job_name=f"trh-search-{spec.name}")
     with open(out_dir / "invocations.jsonl", "a") as f:  # what ran when, from which commit
         f.write(json.dumps({"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                             "trials": trials, "executor": executor, "overrides": list(overrides),
@@ -232,31 +223,29 @@ def search(name: str, trials: int, overrides=(), storage: str | None = None, exe
     owner = f"{socket.gethostname()}:{os.getpid()}"
 
     active: list[_Trial] = []
+
+    def launch(trial) -> None:
+        """Start a trial's cells; for an adopted trial ``_suggest`` returns its stored values (a driver
+        killed mid-ask samples the rest)."""
+        trial.set_user_attr("driver", owner)
+        cells = _cells_for(spec, _suggest(trial, spec.space), hydra_overrides, root, threads)
+        trial.set_user_attr("cells", [str(c.run_dir) for c in cells])
+        active.append(_Trial(trial, cells))
+        _start(runner, active[-1])
+
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _alive(frozen.user_attrs.get("driver")):  # orphaned by a killed driver: adopt it
-            trial = Trial(study, frozen._trial_id)
-            trial.set_user_attr("driver", owner)
-            params = _suggest(trial, spec.space)  # its stored values (a driver killed mid-ask samples the rest)
-            cells = _cells_for(spec, params, hydra_overrides, root, threads)
-            trial.set_user_attr("cells", [str(c.run_dir) for c in cells])
+            launch(Trial(study, frozen._trial_id))
             log(f"trial {frozen.number}: re-attached (its cells resume or are finished)")
-            active.append(_Trial(trial, cells))
-            _start(runner, active[-1])
 
     def finished_count():
         return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
 
-    bar = _progress_bar(trials, f"search {spec.name}") if progress else None
+    bar = progress_bar(trials, f"search {spec.name}") if progress else None
     started = time.time()
     while True:
         while len(active) < parallel_trials and finished_count() + len(active) < trials:
-            trial = study.ask()
-            trial.set_user_attr("driver", owner)
-            params = _suggest(trial, spec.space)
-            cells = _cells_for(spec, params, hydra_overrides, root, threads)
-            trial.set_user_attr("cells", [str(c.run_dir) for c in cells])
-            active.append(_Trial(trial, cells))
-            _start(runner, active[-1])
+            launch(study.ask())
         if not active:
             break
         for outcome in runner.poll():
@@ -281,10 +270,27 @@ def search(name: str, trials: int, overrides=(), storage: str | None = None, exe
     return _write_results(study, out_dir, spec, time.time() - started)
 
 
+def _open_study(spec: SearchSpec, storage, out_dir: Path):
+    """The study in its storage (created or resumed); sampler and pruner are checked before the
+    storage is touched."""
+    import optuna
+
+    store = open_storage(storage, out_dir / "journal.log")
+    sampler_cfg = dict(spec.sampler)
+    _sampler(sampler_cfg), _pruner(spec.pruner)
+    study = optuna.create_study(study_name=spec.name, storage=store, direction=spec.direction,
+                                sampler=_sampler(sampler_cfg), pruner=_pruner(spec.pruner), load_if_exists=True)
+    if study.trials and sampler_cfg.get("seed") is not None:
+        # a resumed study: a sampler re-seeded as at the start would propose the same points again
+        sampler_cfg["seed"] = int(sampler_cfg["seed"]) + len(study.trials)
+        study.sampler = _sampler(sampler_cfg)
+    return study
+
+
 def _cells_for(spec: SearchSpec, params: dict, hydra_overrides, root: Path, threads: int) -> list[Cell]:
     base = [f"setting={spec.setting}", f"method={spec.method}", *spec.overrides, *hydra_overrides,
             *[f"{k}={v}" for k, v in params.items()]]
-    built = cell_configs({"trial": base}, {"trial": spec.seeds}, root / "runs", threads, f"search {spec.name!r}")
+    built = cell_configs({"trial": base}, {"trial": spec.seeds}, runs_dir(root), threads, f"search {spec.name!r}")
     cells = []
     for seed in spec.seeds:
         run, container = built[("trial", seed)]
@@ -301,7 +307,7 @@ def _start(runner: CellRunner, t: _Trial) -> None:
 def _seed_score(outcome: Outcome, spec: SearchSpec):
     from analysis.cells import cell_row
 
-    row = cell_row(outcome.status, RunStore(outcome.cell.run_dir).read(), outcome.cell.t_stop)
+    row = cell_row(outcome.status, RunStore(outcome.cell.run_dir).read_metrics(), outcome.cell.t_stop)
     if outcome.state == "collapsed" and spec.collapse_score is not None:
         return float(spec.collapse_score)
     return row["best_headline"]
@@ -319,7 +325,7 @@ def _advance(study, t: _Trial, spec: SearchSpec, runner: CellRunner):
     complete = len(t.outcomes) == len(t.cells)
     # intermediate values: the best headline so far at eval steps every seed has reached (a finished
     # trial reports its whole curve too: the pruner compares later trials against it)
-    curves = [[(r["step"], r["headline"]) for r in RunStore(c.run_dir).read() if "headline" in r] for c in t.cells]
+    curves = [[(r["step"], r["headline"]) for r in RunStore(c.run_dir).read_metrics() if "headline" in r] for c in t.cells]
     common = sorted(set.intersection(*[{s for s, _ in curve} for curve in curves])) if all(curves) else []
     for step in common:
         if step in t.reported:
@@ -352,7 +358,7 @@ def _best(study):
 def _write_results(study, out_dir: Path, spec: SearchSpec, wall_s: float) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
-    _atomic_write(out_dir / "trials.csv", frame.to_csv(index=False).encode())
+    atomic_write_text(out_dir / "trials.csv", frame.to_csv(index=False))
     best = _best(study)
     summary = {"study": spec.name, "setting": spec.setting, "method": spec.method, "seeds": spec.seeds,
                "direction": spec.direction, "objective": "mean over seeds of the best headline within [0, T_stop]",
@@ -361,5 +367,5 @@ def _write_results(study, out_dir: Path, spec: SearchSpec, wall_s: float) -> dic
                "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
                                                   "seed_scores": best.user_attrs.get("seed_scores"),
                                                   "cells": best.user_attrs.get("cells")}}
-    _atomic_write(out_dir / "best.json", json.dumps(summary, indent=1).encode())
+    atomic_write_text(out_dir / "best.json", json.dumps(summary, indent=1))
     return {"summary": summary, "trials": frame, "out_dir": out_dir, "wall_s": wall_s}

@@ -28,6 +28,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, available, compose_many, resolve
+from harness.store import runs_dir
 
 SPEC_DIR = Path(__file__).parent / "specs"
 GRID_KEYS = ("setting", "seed", "method")
@@ -239,7 +240,7 @@ def expand(spec: SweepSpec, results_root: Path, overrides=(), threads: int = 1) 
             bases[key] = [f"setting={s}", f"method={v.method}", *spec.overrides, *v.overrides, *overrides]
             seeds[key] = spec.seeds
             meta[key] = v
-    built = cell_configs(bases, seeds, Path(results_root) / "runs", threads, f"sweep {spec.name!r}")
+    built = cell_configs(bases, seeds, runs_dir(results_root), threads, f"sweep {spec.name!r}")
     cells = []
     for seed in spec.seeds:
         for v in spec.variants:

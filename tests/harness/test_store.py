@@ -28,12 +28,12 @@ def test_metrics_survive_a_cut_line_and_truncate_to_a_checkpoint(tmp_path):
     store = RunStore(tmp_path)
     tmp_path.mkdir(exist_ok=True)
     for row in ({"step": 1, "a": 1}, {"step": 2, "a": 2}, {"step": 3, "a": 3}):
-        store.append("metrics.jsonl", row)
+        store.append_metrics(row)
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "a"')                # a kill in the middle of a write
-    assert [r["step"] for r in store.read()] == [1, 2, 3]
-    store.truncate("metrics.jsonl", 2)
-    assert [r["step"] for r in store.read()] == [1, 2]
+    assert [r["step"] for r in store.read_metrics()] == [1, 2, 3]
+    store.truncate_records(2)
+    assert [r["step"] for r in store.read_metrics()] == [1, 2]
 
 
 def test_status_is_written_atomically_and_finished_means_done_or_collapsed(tmp_path):

@@ -34,7 +34,7 @@ def first_steps(tmp_path_factory):
         for method in ("pg_is", "grpo", "dppo"):
             folder = root / f"{method}-{seed}"
             train_mod.run(compose(FIRST_STEP + [f"method={method}", f"seed={seed}", f"run_dir={folder}"]))
-            rows[method, seed] = RunStore(folder).read()[1]
+            rows[method, seed] = RunStore(folder).read_metrics()[1]
     return rows
 
 

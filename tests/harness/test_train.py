@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from harness import lifecycle
 from harness import train as train_mod
+from harness.engines import local as local_engine
 from harness.config import ConfigError, compose
 from harness.store import RunStore
 
@@ -22,7 +24,7 @@ def strip_times(rows):
 def test_smoke_run_records_a_verdict_metrics_and_diagnostics(tmp_path):
     status, store = run(tmp_path)
     assert status["state"] == "done" and status["step"] == 4
-    rows = store.read()
+    rows = store.read_metrics()
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert {"val_a", "val_b", "val_c", "headline"} <= set(rows[0])
     assert rows[2]["headline"] == pytest.approx((rows[2]["val_a"] + rows[2]["val_b"] + rows[2]["val_c"]) / 3)
@@ -32,7 +34,7 @@ def test_smoke_run_records_a_verdict_metrics_and_diagnostics(tmp_path):
         assert key in trained[0]
     best = max((r for r in rows if "headline" in r), key=lambda r: (r["headline"], -r["step"]))
     assert status["best_headline"] == best["headline"] and status["best_step"] == best["step"]
-    diag = store.read("diagnostics.jsonl")
+    diag = store.read_diagnostics()
     assert diag and len(diag[0]["mean_dev"]) == 8
     assert not store.checkpoint_path.exists()
     assert (store.dir / "config.yaml").exists()
@@ -40,14 +42,14 @@ def test_smoke_run_records_a_verdict_metrics_and_diagnostics(tmp_path):
 
 def test_held_out_test_splits_are_scored_once_at_the_validation_choice(tmp_path, monkeypatch):
     scored = []
-    real = train_mod.held_out
-    monkeypatch.setattr(train_mod, "held_out", lambda *a: scored.append(a[-1]) or real(*a))
+    real = local_engine.held_out
+    monkeypatch.setattr(local_engine, "held_out", lambda *a: scored.append(a[-1]) or real(*a))
     status, store = run(tmp_path)
     held = status["held_out"]
     assert scored == [status["best_step"]] == [held["step"]]  # once, on the chosen step's weights
     assert held["test_headline"] == pytest.approx((held["test_a"] + held["test_b"] + held["test_c"]) / 3)
     assert 0 <= held["greedy_accuracy"] <= 1
-    assert not any(k.startswith("test_") for r in store.read() for k in r)  # never in the rows that choose
+    assert not any(k.startswith("test_") for r in store.read_metrics() for k in r)  # never in the rows that choose
     assert not list(store.dir.glob("best-*.pt"))  # the kept weights go with the verdict
     prov = status["provenance"]
     assert set(prov) >= {"commit", "dirty", "torch", "transformers", "trl", "numpy", "cpu"}
@@ -91,7 +93,7 @@ def test_every_method_at_a_seed_shares_warm_start_problems_and_evaluation_noise(
         calls = drawn.setdefault(method, [])
         monkeypatch.setattr(tasks, "sample_problems", lambda *a, _c=calls, **k: _c.append((a, k)) or real(*a, **k))
         status, store = run(tmp_path, f"method={method}", name=method)
-        drawn[method + "_status"], drawn[method + "_rows"] = status, store.read()
+        drawn[method + "_status"], drawn[method + "_rows"] = status, store.read_metrics()
     batches = {m: [c for c in drawn[m] if c[0][:2] == ("train", 4)] for m in ("grpo", "cppo")}  # (not the warm-up's)
     assert batches["grpo"] == batches["cppo"] and len(batches["grpo"]) == 4  # one batch of 4 prompts per step
     assert drawn["grpo_status"]["warmup"] == drawn["cppo_status"]["warmup"]
@@ -102,9 +104,9 @@ def test_every_method_at_a_seed_shares_warm_start_problems_and_evaluation_noise(
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     _, a = run(tmp_path, name="a")
     _, b = run(tmp_path, name="b")
-    assert strip_times(a.read()) == strip_times(b.read())
+    assert strip_times(a.read_metrics()) == strip_times(b.read_metrics())
     _, c = run(tmp_path, "seed=1", name="c")
-    assert strip_times(a.read()) != strip_times(c.read())
+    assert strip_times(a.read_metrics()) != strip_times(c.read_metrics())
 
 
 def test_a_finished_run_is_not_rerun(tmp_path):
@@ -117,25 +119,25 @@ def test_a_finished_run_is_not_rerun(tmp_path):
 
 def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     _, reference = run(tmp_path, name="reference")
-    real_evaluate = train_mod.evaluate
+    real_evaluate = local_engine.evaluate
 
     def crash_at_step_3(model, tokenizer, spec, step):
         if step == 3:
             raise KeyboardInterrupt("simulated kill")
         return real_evaluate(model, tokenizer, spec, step)
 
-    monkeypatch.setattr(train_mod, "evaluate", crash_at_step_3)
+    monkeypatch.setattr(local_engine, "evaluate", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "eval.every=3", "engine.checkpoint_every=2", name="resumed")
-    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    monkeypatch.setattr(local_engine, "evaluate", real_evaluate)
     store = RunStore(tmp_path / "resumed")
     assert store.checkpoint_path.exists()
     assert store.read_status()["state"] in ("running", "failed")
     status, _ = run(tmp_path, "eval.every=3", "engine.checkpoint_every=2", name="resumed")
     assert status["state"] == "done"
     _, uninterrupted = run(tmp_path, "eval.every=3", "engine.checkpoint_every=2", name="uninterrupted")
-    assert strip_times(store.read()) == strip_times(uninterrupted.read())
-    assert [r["step"] for r in store.read()] == [0, 1, 2, 3, 4]
+    assert strip_times(store.read_metrics()) == strip_times(uninterrupted.read_metrics())
+    assert [r["step"] for r in store.read_metrics()] == [0, 1, 2, 3, 4]
 
 
 def test_collapse_is_a_recorded_result_not_a_crash(tmp_path):
@@ -143,7 +145,7 @@ def test_collapse_is_a_recorded_result_not_a_crash(tmp_path):
     status, store = run(tmp_path, "collapse.peak_at_least=0", "collapse.floor=1.0")
     assert status["state"] == "collapsed" and status["collapse_step"] == 2
     assert store.read_status()["state"] == "collapsed"
-    assert store.read()[-1]["step"] == 2
+    assert store.read_metrics()[-1]["step"] == 2
 
 
 def test_non_finite_parameters_are_a_collapse(tmp_path):
@@ -208,7 +210,7 @@ def test_simulated_rollout_mismatch_moves_mu_away_from_the_trainer(tmp_path, ove
     status, noisy = run(tmp_path, *common, override, name="noisy")
     assert status["state"] == "done"
     first = 2 if "lag" in override else 1  # lagging weights differ from the trainer's only after updates
-    at = lambda store: [r["engine_mismatch_abs_logp"] for r in store.read()  # noqa: E731
+    at = lambda store: [r["engine_mismatch_abs_logp"] for r in store.read_metrics()  # noqa: E731
                         if r["step"] >= first and r.get("updates")]
     assert at(clean) and max(at(clean)) < 1e-5
     assert at(noisy) and min(at(noisy)) > 1e-4
@@ -238,7 +240,7 @@ def test_a_run_folder_in_use_is_refused_without_touching_it(tmp_path):
 ])
 def test_collapse_rule_is_relative_to_the_peak(headline, peak, collapsed):
     rule = {"peak_at_least": 0.1, "floor": 0.02, "floor_fraction": 0.1}
-    assert bool(train_mod.headline_collapse(headline, peak, rule)) == collapsed
+    assert bool(lifecycle.headline_collapse(headline, peak, rule)) == collapsed
 
 
 def test_a_run_folder_of_another_config_is_not_overwritten(tmp_path):
@@ -275,7 +277,7 @@ def test_shared_prompt_prefix_trains_like_the_full_forward(tmp_path):
     assert resolve(default).config_hash != resolve(shared).config_hash
     assert "share_prompt_prefix" in resolve(default).resolved["engine"]  # still in the snapshot, just not the id
     train_mod.run(default), train_mod.run(shared)
-    a, b = RunStore(tmp_path / "a").read()[1], RunStore(tmp_path / "b").read()[1]
+    a, b = RunStore(tmp_path / "a").read_metrics()[1], RunStore(tmp_path / "b").read_metrics()[1]
     assert a["updates"] == b["updates"] > 0
     for key in ("policy_loss", "mask_fraction", "ratio_mean", "divergence_mean", "train_reward"):
         assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key

@@ -15,7 +15,7 @@ from trl import GRPOTrainer  # noqa: E402
 
 from harness.lm import load_lm  # noqa: E402
 from harness.rollout import positions, response_logits, sample  # noqa: E402
-from harness.trl_engine import PINNED_TRL, TRL_INTERNALS  # noqa: E402
+from harness.engines.trl_trainer import PINNED_TRL, TRL_INTERNALS  # noqa: E402
 from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits  # noqa: E402
 
 from .trl_helpers import HORIZON, TINY, make_trainer  # noqa: E402
@@ -28,7 +28,7 @@ SEVEN = ["grpo", "minpro", "cispo", "dppo", "trm_max", "trm_avg", "cppo"]
 def test_pinned_trl_internals_are_unchanged():
     """The engine overrides these TRL internals; a TRL upgrade that changes them must fail here."""
     assert trl.__version__ == PINNED_TRL, (
-        f"harness/trl_engine.py is written against TRL {PINNED_TRL}, found {trl.__version__}: re-check the "
+        f"harness/engines/trl_trainer.py is written against TRL {PINNED_TRL}, found {trl.__version__}: re-check the "
         "overridden internals (TRL_INTERNALS), then update PINNED_TRL")
     for name, leading in TRL_INTERNALS.items():
         fn = getattr(GRPOTrainer, name, None)
@@ -178,7 +178,7 @@ def test_trl_run_through_the_config(tmp_path):
 def test_mu_from_vllm_logprobs():
     """vLLM (logprobs=K) returns up to K+1 entries per token by rank, the sampled token always among
     them; μ's set is the top K with the sampled token forced in, as the harness sampler records it."""
-    from harness.trl_engine import mu_from_vllm
+    from harness.engines.trl_trainer import mu_from_vllm
 
     completion = [[5, 7, 2]]
     token_ids = [[[5, 3, 9], [1, 2, 7], [2, 4, 6]]]
@@ -193,7 +193,7 @@ def test_mu_from_vllm_logprobs():
 
 def test_trl_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     """A crash after the step-2 checkpoint: the rerun resumes there, each step is recorded once."""
-    from harness import lm_train
+    from harness.engines import trl as lm_train
     from harness.config import compose
     from harness.train import run
 

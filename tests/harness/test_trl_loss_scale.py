@@ -15,7 +15,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import split_tensor_dict
 
 from harness.rollout import positions
-from harness.trl_engine import attach_step_totals, check_trl_options, step_totals
+from harness.engines.trl_trainer import attach_step_totals, check_trl_options, step_totals
 from methods import LossTotals, PolicyBatch, get_method, policy_logprobs_from_logits
 
 from .trl_helpers import HORIZON, make_trainer

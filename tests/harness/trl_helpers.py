@@ -10,7 +10,7 @@ from trl import GRPOConfig  # noqa: E402
 
 from harness.lm import load_lm  # noqa: E402
 from harness.math_task import load_problems  # noqa: E402
-from harness.trl_engine import make_trainer_class  # noqa: E402
+from harness.engines.trl_trainer import make_trainer_class  # noqa: E402
 from methods import get_method  # noqa: E402
 
 TINY = {"source": "tiny", "hidden": 32, "layers": 2, "mlp": 64, "heads": 2, "kv_heads": 1, "max_positions": 512}

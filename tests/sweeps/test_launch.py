@@ -17,7 +17,7 @@ def test_dry_run_prints_the_30b_launch_without_submitting(tmp_path, capsys):
     assert "1 cell(s); nothing submitted" in out
     for line in ("#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=1", "#SBATCH --time=2880"):
         assert line in out
-    assert "accelerate launch --config_file" in out and "--machine_rank $SLURM_NODEID" in out
+    assert "-m accelerate.commands.launch --config_file" in out and "--machine_rank $SLURM_NODEID" in out
     config = yaml.safe_load(out.split("### accelerate.yaml:")[1])
     assert config["num_machines"] == 4 and config["num_processes"] == 32
     assert config["distributed_type"] == "DEEPSPEED" and config["deepspeed_config"]["zero_stage"] == 3

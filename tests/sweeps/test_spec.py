@@ -184,7 +184,7 @@ def test_unreachable_slurm_controller(tmp_path, monkeypatch, capsys):
 
 def test_missing_slurm_tools(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(SweepError, match=r"sbatch/scontrol are not on PATH"):
+    with pytest.raises(SweepError, match=r"sbatch/scontrol/srun not on PATH"):
         check_slurm()
 
 
@@ -202,3 +202,17 @@ def test_status_of_a_sweep_nobody_ran(tmp_path):
 
     rows = cell_states("smoke", [], tmp_path)
     assert [r["verdict"] for r in rows] == ["missing"] * 4 and not (tmp_path / "runs").exists()
+
+
+def test_bad_method_parameter_fails_before_any_cell(tmp_path, capsys):
+    """Method parameters are checked when the cells' configs are resolved: one line naming the field,
+    nothing written, no warm-up or cell started."""
+    from sweeps.cli import main
+
+    code = main(["sweep", "smoke", "method=cppo", "method.delta=-1", "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "delta must be > 0" in err, err
+    assert not (tmp_path / "r").exists()
+    code = main(["train", "setting=smoke", "method.w_min=1.5", f"results_root={tmp_path / 't'}"])
+    assert code == 2 and "w_min must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

@@ -17,12 +17,12 @@ import torch
 from methods import get_method
 from methods.seeds import derive_seed
 
-from .lm import encode_prompt, load_lm
-from .math_task import MathVerifier, load_problems
-from .rollout import left_pad, sample
-from .store import RunStore, best_within_window
-from .train import final_status, headline_collapse, held_out_of_row
-from .trl_engine import grpo_args, make_trainer_class
+from ..lifecycle import RunRecord, held_out_of_row
+from ..lm import encode_prompt, load_lm
+from ..math_task import MathVerifier, load_problems
+from ..rollout import left_pad, sample
+from ..store import RunStore
+from .trl_trainer import grpo_args, make_trainer_class
 
 
 def completion_text(completion) -> str:
@@ -91,9 +91,8 @@ def _callback_class():
             self.run = run
 
         def on_train_begin(self, args, state, control, **kwargs):
-            if self.run.start == 0:  # step 0: the starting policy, evaluated by every rank (see LMRun.evaluate)
-                row = {"step": 0, **self.run.evaluate(0)}
-                self.run.record(row)
+            if self.run.record.start == 0:  # step 0: the starting policy, evaluated by every rank (see LMRun.evaluate)
+                self.run.record.record({"step": 0, **self.run.evaluate(0)})
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "train_runtime" in logs or state.global_step % self.run.updates:
@@ -103,14 +102,13 @@ def _callback_class():
                    "response_length": logs.get("completions/mean_length"),
                    "updates": self.run.updates, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
             verdict = self.run.judge(row)
-            self.run.record(row)
+            self.run.record.record(row)
             if verdict:
-                self.run.verdict = verdict
+                self.run.record.verdict = verdict
                 control.should_training_stop = True
 
         def on_save(self, args, state, control, **kwargs):
-            self.run.store.write_status(state="running", step=state.global_step // self.run.updates,
-                                        config_hash=self.run.spec.config_hash, resumed_from=self.run.resumed_from)
+            self.run.record.running(state.global_step // self.run.updates, engine="trl")
 
     return StoreCallback
 
@@ -121,49 +119,37 @@ class _ReadOnlyStore:
     def __init__(self, store: RunStore):
         self.dir, self._store = store.dir, store
 
-    def read(self):
-        return self._store.read()
+    def read_metrics(self):
+        return self._store.read_metrics()
 
     def read_status(self):
         return self._store.read_status()
 
-    def append(self, *args, **kwargs):
+    def append_metrics(self, *args, **kwargs):
         pass
 
-    write_status = truncate = append
+    write_status = truncate_records = clear_records = append_metrics
 
 
 class LMRun:
     """State shared by the run and its TRL callback."""
 
-    def __init__(self, spec, store: RunStore):
-        self.spec, self.store = spec, store
+    def __init__(self, spec, record: RunRecord):
+        self.spec, self.record = spec, record
         self.updates = spec.rl["updates_per_iter"]
-        self.rows, self.verdict, self.peak = [], None, 0.0
-        self.resumed_from = list((store.read_status() or {}).get("resumed_from", []))
-        self.accelerator_main, self.start = True, 0
+        self.accelerator_main = True
         self.model = self.tok = self.verifier = self.splits = self.test = self.trainer = None
-
-    def record(self, row: dict) -> None:
-        self.store.append("metrics.jsonl", row)  # a no-op on ranks > 0
-        self.rows.append(row)
-        if "headline" in row:
-            self.peak = max(self.peak, row["headline"])
 
     def judge(self, row: dict) -> dict | None:
         """Evaluate at eval steps and decide the verdict; rank 0 decides for every rank, so that all
         of them stop at the same step."""
         from accelerate.utils import broadcast_object_list
 
-        verdict = None
         loss = row.get("policy_loss", row.get("loss", 0.0))
-        if loss is not None and not math.isfinite(loss):
-            verdict = {"state": "collapsed", "reason": "non-finite loss", "collapse_step": row["step"]}
-        elif row["step"] % self.spec.eval["every"] == 0 or row["step"] == self.spec.steps:
+        finite = loss is None or math.isfinite(loss)
+        if finite and (row["step"] % self.spec.eval["every"] == 0 or row["step"] == self.spec.steps):
             row.update(self.evaluate(row["step"]))
-            reason = headline_collapse(row["headline"], max(self.peak, row["headline"]), self.spec.collapse)
-            if reason:
-                verdict = {"state": "collapsed", "reason": reason, "collapse_step": row["step"]}
+        verdict = self.record.judge(row, finite)
         if self.trainer is not None and self.trainer.accelerator.num_processes > 1:
             verdict = broadcast_object_list([verdict], from_process=0)[0]
         return verdict
@@ -189,8 +175,8 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     if eng.get("threads"):
         torch.set_num_threads(int(eng["threads"]))
     cuda = torch.cuda.is_available() and not eng.get("force_cpu", False)
-    run = LMRun(spec, store)
-    output_dir = store.dir / "trl_checkpoints"
+    run = LMRun(spec, RunRecord(spec, store))
+    output_dir = store.trl_checkpoint_dir
     args = grpo_args(spec, str(output_dir), cuda)  # first: under ZeRO-3 it makes from_pretrained partition weights
     run.model, run.tok = load_lm(spec.model, seed=spec.seed)
     train_problems = load_problems(task["train"], "task.train", limit=task.get("train_limit"))
@@ -212,30 +198,17 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     run.trainer = trainer
     run.accelerator_main = main and trainer.accelerator.is_main_process
     if not run.accelerator_main:
-        store = run.store = _ReadOnlyStore(store)
+        store = run.record.store = _ReadOnlyStore(store)
 
     from transformers.trainer_utils import get_last_checkpoint
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    start = int(Path(last).name.split("-")[-1]) // run.updates if last else 0
-    if last:
-        run.resumed_from.append(start)
-        store.truncate("metrics.jsonl", start)
-    elif run.accelerator_main:
-        (store.dir / "metrics.jsonl").unlink(missing_ok=True)
-    store.write_status(state="running", step=start, config_hash=spec.config_hash, resumed_from=run.resumed_from,
-                       engine="trl")
-    run.start = start
-    run.rows = store.read() if last else []
-    run.peak = max([r["headline"] for r in run.rows if "headline" in r], default=0.0)
+    run.record.begin(int(Path(last).name.split("-")[-1]) // run.updates if last else 0, engine="trl")
     try:
         trainer.train(resume_from_checkpoint=last)  # step 0 is evaluated in on_train_begin
     finally:
         run.verifier.close()
-    verdict = run.verdict or {"state": "done", "reason": ""}
-    status = final_status(spec, store, run.rows, verdict, run.resumed_from, engine="trl",
-                          trl_recomputes_skipped=trainer.recomputes_skipped,
-                          held_out=held_out_of_row(best_within_window(run.rows, spec.t_stop)))
-    store.write_status(**status)
+    status = run.record.finish(engine="trl", trl_recomputes_skipped=trainer.recomputes_skipped,
+                               held_out=held_out_of_row(run.record.best()))
     if run.accelerator_main:
         shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict
     return status

@@ -35,8 +35,8 @@ import torch
 from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
 from methods.seeds import derive_seed
 
-from .lm import encode_prompt
-from .rollout import left_pad, positions, sample
+from ..lm import encode_prompt
+from ..rollout import left_pad, positions, sample
 
 PINNED_TRL = "1.16.0"
 # TRL internals the engine relies on; a test checks each exists with these parameters.
