@@ -188,7 +188,8 @@ def _aggregate_markdown(agg: pd.DataFrame, names: dict, ref: str, settings: list
             "IQM": [C.interval_text(m, lo, hi) for m, lo, hi in zip(group["iqm"], group["iqm_low"], group["iqm_high"])],
             f"P({names.get(ref, ref)} > X)": [
                 "—" if pd.isna(p) else f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in
-                zip(group.get("p_ref_better"), group.get("p_ref_better_low"), group.get("p_ref_better_high"))]})
+                zip(*(group[c] if c in group else [float("nan")] * len(group)
+                      for c in ("p_ref_better", "p_ref_better_low", "p_ref_better_high")))]})
         lines.append(f"\n## {C.SCORES[score]}\n")
         lines.append(T.to_markdown(table, index=False))
     return "\n".join(lines)
@@ -278,9 +279,24 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
     tables = write_tables(results, out, table_formats, reference)
     figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"]) if figure_formats
             else {"written": {}, "notes": []})
-    index = _index(results, tables, figs, out)
+    index = _index(results, tables, figs, out) + _theory(results.root, out)
     (out / "report.md").write_text(index)
     return {"out": out, "tables": tables, "figures": figs, "cells": results.cells, "index": index}
+
+
+def _theory(root: Path, out: Path) -> str:
+    """``trh theory``'s exact check of the paper's bounds, when this results root holds one."""
+    import shutil
+
+    from harness.store import theory_dir
+
+    folder = theory_dir(root)
+    if not (folder / "checks.md").exists():
+        return ""
+    for name in ("checks.md", "theory_bounds.png"):
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, out / f"theory_{name}" if not name.startswith("theory") else out / name)
+    return "\n## Theory check (trh theory: the paper's bounds on enumerable toy models)\n\n" + (folder / "checks.md").read_text()
 
 
 def _index(results, tables, figs, out: Path) -> str:

@@ -5,6 +5,7 @@
     ROOT/sweeps/<name>/summary.csv                 one row per cell
     ROOT/sweeps/<name>/submitit/                   launcher logs
     ROOT/searches/<name>/                          an Optuna study's journal, trials.csv, best.json
+    ROOT/theory/                                   trh theory: checks.md/csv, adversarial.csv, a figure
 
 A run folder:
 
@@ -49,6 +50,11 @@ def sweep_dir(results_root, name: str) -> Path:
 
 def search_dir(results_root, name: str) -> Path:
     return Path(results_root) / "searches" / name
+
+
+def theory_dir(results_root) -> Path:
+    """``trh theory``'s tables and figure (the exact check of the paper's bounds)."""
+    return Path(results_root) / "theory"
 
 
 def submitit_dir(folder) -> Path:

@@ -196,6 +196,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_theory(args) -> int:
+    from harness.store import theory_dir
+    from theory.run import TOLERANCE, adversarial_table, checks_table, run
+
+    if args.instances < 1:
+        print(f"trh theory: --instances must be >= 1, got {args.instances}", file=sys.stderr)
+        return 2
+    result = run(args.instances, args.seed, theory_dir(args.results), progress=not args.no_progress)
+    print(checks_table(result["checks"]))
+    print("\nadversarial search (worst-case reward, ξ = 1, w_min = 0.8):")
+    print(adversarial_table(result["adversarial"]))
+    print(f"\nwritten to {theory_dir(args.results)}")
+    if not result["ok"]:
+        print(f"trh theory: a statement is violated beyond {TOLERANCE:g} (see the table)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .executors import EXECUTORS
 
@@ -238,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--storage", default=None,
                     help="Optuna storage: a journal file path (default results/searches/NAME/journal.log) or an RDB URL")
     se.set_defaults(func=cmd_search)
+    th = sub.add_parser("theory", help="check the CPPO paper's bounds exactly on enumerable toy models",
+                        description="e.g. trh theory --instances 1000 (writes RESULTS/theory/)")
+    th.add_argument("--instances", type=int, default=1000, help="random instances per statement")
+    th.add_argument("--seed", type=int, default=0)
+    th.add_argument("--results", default="results", help="results root (default: results)")
+    th.add_argument("--no-progress", action="store_true")
+    th.set_defaults(func=cmd_theory)
     rp = sub.add_parser("report", help="tables and figures from a results folder (never trains)",
                         description="e.g. trh report results; trh report results/embedded --figures png,pdf")
     rp.add_argument("results_dir", nargs="?", default="results", help="a results root or one sweep folder")

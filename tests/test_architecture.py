@@ -5,10 +5,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("methods", "harness", "sweeps", "analysis")
-# what each package may import of ours (methods ← harness ← sweeps → results → analysis)
+PACKAGES = ("methods", "harness", "sweeps", "analysis", "theory")
+# what each package may import of ours (methods ← harness ← sweeps → results → analysis; theory ← methods)
 ALLOWED = {"methods": {"methods"}, "harness": {"methods", "harness"},
-           "analysis": {"analysis", "harness.store"}, "sweeps": {"methods", "harness", "analysis", "sweeps"}}
+           "analysis": {"analysis", "harness.store"}, "theory": {"methods", "theory"},
+           "sweeps": {"methods", "harness", "analysis", "sweeps", "theory"}}
 RUN_FOLDER_FILES = ("metrics.jsonl", "diagnostics.jsonl", "status.json", "config.yaml", "checkpoint.pt",
                     "manifest.json", "summary.csv", "trl_checkpoints")
 
