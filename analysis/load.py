@@ -4,13 +4,12 @@ folder (each run its own label)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from harness.store import RunStore, manifest_path, run_folders, sweep_manifests
+from harness.store import RunStore, manifest_path, read_manifest, run_folders, sweep_manifests
 
 from .cells import cell_row
 
@@ -20,6 +19,7 @@ class Results:
     root: Path
     cells: pd.DataFrame          # one row per (sweep, cell): labels, verdict, matched-window score
     sweeps: dict                 # sweep name → manifest
+    main_sweep: str | None = None  # the sweep Table 1 comes from (analysis.report.choose_table1)
     _curves: dict = field(default_factory=dict)
 
     @property
@@ -65,7 +65,7 @@ def load_results(root) -> Results:
     base = root.parent.parent if one_sweep else root  # cells are relative to the results root
     rows, sweeps = [], {}
     for name, path in manifests.items():
-        manifest = json.loads(path.read_text())
+        manifest = read_manifest(path.parent)
         sweeps[name] = manifest
         for cell in manifest["cells"]:
             rows.append(score_cell(base, cell, name, manifest.get("feeds", "")))
@@ -90,14 +90,19 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
     status = store.read_status()
     if status is not None and status.get("config_hash") not in (None, cell["id"]):
         status = None  # a folder of another config: not this cell's result
-    score = cell_row(status, store.read_metrics() if status else [], cell["t_stop"])
-    busy = store.in_use()
-    if status is None and busy:
-        score["verdict"] = score["state"] = "running"  # (still in its warm-up: no status yet)
-    elif status is None and store.has_config():
-        score["verdict"] = score["state"] = "not started"  # submitted (config snapshotted), never ran
-    elif status and status.get("state") == "running" and not busy:
-        score["verdict"] = "interrupted"
+    damage = store.damage(status)
+    if damage:  # a finished run whose records were cut: reported, never scored as if whole
+        score = {**cell_row(None, [], cell["t_stop"]), "verdict": "damaged", "state": "damaged",
+                 "reason": f"{damage}; delete the run folder and rerun the cell"}
+    else:
+        score = cell_row(status, store.read_metrics() if status else [], cell["t_stop"])
+        busy = store.in_use()
+        if status is None and busy:
+            score["verdict"] = score["state"] = "running"  # (still in its warm-up: no status yet)
+        elif status is None and store.has_config():
+            score["verdict"] = score["state"] = "not started"  # submitted (config snapshotted), never ran
+        elif status and status.get("state") == "running" and not busy:
+            score["verdict"] = "interrupted"
     variant = " ".join([cell["method"], *sorted(cell.get("overrides") or [])])  # one colour per variant
     return {"sweep": sweep, "feeds": feeds, "setting": cell["setting"], "label": cell["label"],
             "method": cell["method"], "variant": variant, "seed": cell["seed"], "id": cell["id"],

@@ -23,11 +23,26 @@ FIG6 = [("sensitivity", "(a) sensitivity"), ("divergence_kl_tv", "(b) KL vs TV")
         ("divergence_binary_topk", "(c) Binary vs Top-K TV")]
 
 
-def _main_sweep(results) -> str | None:
+TABLE1_RULE = "--table1, else paper_main, else demo, else the sweep with the most finished cells"
+
+
+def choose_table1(results, wanted: str | None = None) -> str | None:
+    """The sweep Table 1 and the comparisons come from (``TABLE1_RULE``); "runs" for plain run folders."""
+    if wanted:
+        if not results.has(wanted):
+            raise ValueError(f"--table1 must be one of the sweeps here {sorted(results.sweeps)}, got {wanted!r}")
+        return wanted
     for name in ("paper_main", "demo"):
         if results.has(name):
             return name
-    return next(iter(results.sweeps), "runs" if not results.cells.empty else None)
+    if results.sweeps:
+        done = results.cells[results.cells["state"].isin(["done", "collapsed"])].groupby("sweep").size()
+        return max(sorted(results.sweeps), key=lambda n: int(done.get(n, 0)))  # ties: the first by name
+    return "runs" if not results.cells.empty else None
+
+
+def _main_sweep(results) -> str | None:
+    return results.main_sweep if results.main_sweep is not None else choose_table1(results)
 
 
 def _ordered_settings(cells: pd.DataFrame) -> list[str]:
@@ -269,8 +284,10 @@ def write_figures(results, out: Path, formats=("png",), comparisons: pd.DataFram
     return {"written": written, "notes": notes}
 
 
-def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("png",), reference=None) -> dict:
+def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("png",), reference=None,
+                 table1: str | None = None) -> dict:
     results = load_results(root)
+    results.main_sweep = choose_table1(results, table1)
     out = Path(out) if out else Path(root) / "report"
     out.mkdir(parents=True, exist_ok=True)
     bad = [f for f in table_formats if f not in TABLE_FORMATS] + [f for f in figure_formats if f not in FIGURE_FORMATS]
@@ -310,7 +327,7 @@ def _index(results, tables, figs, out: Path) -> str:
         lines.append("\nNot finished (tables use the finished seeds and say how many):\n")
         lines.append(T.to_markdown(unfinished[["sweep", "setting", "label", "seed", "id", "verdict", "steps_run"]],
                                    index=False))
-    lines.append("\n## Table 1\n")
+    lines.append(f"\n## Table 1\n\nFrom sweep **{results.main_sweep}** (rule: {TABLE1_RULE}).\n")
     table1 = out / "table1.md"
     lines.append(table1.read_text() if table1.exists() else "(not written)\n")
     cmp = tables.get("comparisons")

@@ -26,7 +26,6 @@ half-written file, and a folder is finished only when its status says so.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -35,8 +34,11 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .locks import FileLock, LockHeld
+
 FINISHED = ("done", "collapsed")
 METRICS, DIAGNOSTICS, STATUS, CONFIG = "metrics.jsonl", "diagnostics.jsonl", "status.json", "config.yaml"
+OWNER = ".owner"  # the lock of a run folder (harness.locks)
 
 
 def runs_dir(results_root) -> Path:
@@ -68,6 +70,27 @@ def manifest_path(folder) -> Path:
 
 def summary_path(folder) -> Path:
     return Path(folder) / "summary.csv"
+
+
+class StoreError(ValueError):
+    """A results file cannot be read as what it should be; the message names it and what to do."""
+
+
+def read_manifest(folder) -> Optional[dict]:
+    """A sweep folder's manifest (None if there is none yet)."""
+    path = manifest_path(folder)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"{path} is not a valid manifest ({err}); delete it and rerun the sweep (finished "
+                         "cells are kept in their run folders)") from None
+
+
+def write_manifest(folder, manifest: dict) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(manifest_path(folder), json.dumps(manifest, indent=1, default=str))
 
 
 def sweep_manifests(results_root) -> dict:
@@ -112,50 +135,61 @@ def atomic_torch_save(path: Path, obj) -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     # a unique temp name: two processes writing the same file never share a half-written temp file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill: no temp file is left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class RunStore:
     def __init__(self, run_dir, tags: Optional[dict] = None):
         self.dir = Path(run_dir)
         self.tags = dict(tags or {})  # added to every status write (e.g. the launcher's job id)
+        self.cut: dict = {}  # file name → the first line found cut by the last read
+
+    @property
+    def _lock(self) -> FileLock:
+        return FileLock(self.dir / OWNER)
 
     def in_use(self) -> bool:
-        """Whether a process holds the folder's lock right now (it is training this run)."""
-        if not (self.dir / ".lock").exists():
-            return False
-        with open(self.dir / ".lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
+        """Whether a live process holds the folder's lock right now (it is training this run); reading
+        needs no write access."""
+        return self._lock.held()
 
     @contextlib.contextmanager
     def exclusive(self):
-        """Hold the folder's lock for the life of a run; RunInUse if another process holds it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunInUse(f"run folder {self.dir} is in use by another process") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the folder's lock for the life of a run; RunInUse if another live process holds it
+        (a lock file with a heartbeat: it holds on shared filesystems where flock does not)."""
+        lock = self._lock
+        try:
+            lock.acquire()
+        except LockHeld as err:
+            raise RunInUse(f"run folder {self.dir} is in use by another process ({err})") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     # status ------------------------------------------------------------------------------
     def read_status(self) -> Optional[dict]:
         path = self.dir / STATUS
         if not path.exists():
             return None
-        return json.loads(path.read_text())
+        try:
+            status = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise StoreError(f"{path} is not valid JSON ({err}); delete the run folder {self.dir} to rerun "
+                             "this cell") from None
+        if not isinstance(status, dict) or "state" not in status:
+            raise StoreError(f"{path} holds no run status (no 'state'); delete the run folder {self.dir} to "
+                             "rerun this cell")
+        return status
 
     def write_status(self, **status) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +212,18 @@ class RunStore:
         import yaml
 
         path = self.dir / CONFIG
-        return yaml.safe_load(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            config = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise StoreError(f"{path} is not valid YAML ({' '.join(str(err).split())}); delete the run folder "
+                             f"{self.dir} to rerun this cell") from None
+        missing = [k for k in ("setting", "method", "seed") if not isinstance(config, dict) or k not in config]
+        if missing:
+            raise StoreError(f"{path} is not a run config (missing {missing}); delete the run folder "
+                             f"{self.dir} to rerun this cell")
+        return config
 
     @property
     def trl_checkpoint_dir(self) -> Path:
@@ -232,12 +277,26 @@ class RunStore:
         if not path.exists():
             return []
         rows = []
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: everything after it is redone
+            except json.JSONDecodeError:  # a line cut by a kill: everything after it is redone on resume
+                self.cut[name] = number
                 break
         return rows
+
+    def damage(self, status: Optional[dict]) -> Optional[str]:
+        """Why a finished run's records cannot be trusted (a cut line, or metrics that end before the
+        status's last step), else None: such a run is reported as damaged, never scored."""
+        if not status or status.get("state") not in FINISHED:
+            return None
+        rows = self.read_metrics()
+        if METRICS in self.cut:
+            return f"line {self.cut[METRICS]} of {self.dir / METRICS} is cut"
+        last = rows[-1]["step"] if rows else None
+        if last is None or last < status.get("step", 0):
+            return f"{self.dir / METRICS} ends at step {last}, its status at step {status.get('step')}"
+        return None
 
     # checkpoints -------------------------------------------------------------------------
     @property

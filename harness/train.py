@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -30,6 +31,9 @@ def run(cfg: DictConfig, tags: dict | None = None, keep_model=None) -> dict:
             return done
         from .engines import trl
         return trl.train(spec, store, main=False)
+    done = finished(spec, store)  # a finished run returns its verdict without the lock (a read-only archive works)
+    if done:
+        return done
     with store.exclusive():  # one process per run folder: a second one fails fast instead of interleaving
         done = finished(spec, store)
         if done:
@@ -41,8 +45,9 @@ def run(cfg: DictConfig, tags: dict | None = None, keep_model=None) -> dict:
                 return trl.train(spec, store)
             from .engines import local
             return local.train(spec, store, keep_model)
-        except Exception as err:  # a crash is recorded as a verdict, then re-raised
-            record_failure(spec, store, err)
+        except Exception as err:  # a crash is recorded as a verdict (where it can still be written), then re-raised
+            with contextlib.suppress(OSError):
+                record_failure(spec, store, err)
             raise
 
 

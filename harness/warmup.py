@@ -9,7 +9,6 @@ same whatever the core count of the machine that made them.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -20,6 +19,7 @@ import torch
 from methods.seeds import derive_seed
 
 from . import task as tasks
+from .locks import FileLock
 from .model import CharTokenizer, ModelSize, build_model
 from .rollout import response_logits, sample
 from .store import atomic_torch_save, config_hash
@@ -72,17 +72,19 @@ def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = 
     path = cache_dir() / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     # one process trains a given warm-up; others started meanwhile wait for it and load the result
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # (a heartbeat lock file: it holds on shared filesystems where flock does not)
+    lock = FileLock(path.with_suffix(".owner"))
+    lock.acquire_blocking()
+    threads = torch.get_num_threads()
+    try:
         if path.exists():
             blob = torch.load(path, weights_only=False)
             return blob["state"], blob["info"]
-        threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one thread: the cached weights do not depend on the core count
-        try:
-            return _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress)
-        finally:
-            torch.set_num_threads(threads)
+        return _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress)
+    finally:
+        torch.set_num_threads(threads)
+        lock.release()
 
 
 def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress):

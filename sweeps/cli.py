@@ -44,14 +44,14 @@ def cmd_train(args) -> int:
 
     from harness.config import ConfigError, compose
     from harness.lifecycle import summary_line
-    from harness.store import RunInUse
+    from harness.store import RunInUse, StoreError
     from harness.train import run
     from methods import MethodConfigError
 
     try:
         cfg = compose(args.overrides)
         status = run(cfg)
-    except (HydraException, OmegaConfBaseException, ConfigError, MethodConfigError, RunInUse) as err:
+    except (HydraException, OmegaConfBaseException, ConfigError, MethodConfigError, RunInUse, StoreError) as err:
         print(f"trh train: {err}", file=sys.stderr)
         return 2
     print(f"run folder: {status['run_dir']}")
@@ -64,10 +64,11 @@ def _user_errors():
     from omegaconf.errors import OmegaConfBaseException
 
     from harness.config import ConfigError
+    from harness.store import StoreError
     from methods import MethodConfigError
 
     from .spec import SweepError
-    return (SweepError, ConfigError, MethodConfigError, HydraException, OmegaConfBaseException)
+    return (SweepError, ConfigError, MethodConfigError, StoreError, HydraException, OmegaConfBaseException)
 
 
 def cmd_sweep(args) -> int:
@@ -187,7 +188,8 @@ def cmd_report(args) -> int:
 
     split = lambda text: [x for x in text.split(",") if x]  # noqa: E731
     try:
-        result = build_report(args.results_dir, args.out, split(args.format), split(args.figures), args.reference)
+        result = build_report(args.results_dir, args.out, split(args.format), split(args.figures), args.reference,
+                              args.table1)
     except (FileNotFoundError, ValueError) as err:
         print(f"trh report: {err}", file=sys.stderr)
         return 2
@@ -270,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", default="md,tex,csv", help="table formats: md, tex, csv")
     rp.add_argument("--figures", default="png", help="figure formats: png, pdf ('' for none)")
     rp.add_argument("--reference", default=None, help="the row every comparison is against (default cppo)")
+    rp.add_argument("--table1", default=None,
+                    help="the sweep Table 1 comes from (default paper_main, else demo, else the most finished)")
     rp.set_defaults(func=cmd_report)
     return parser
 
@@ -283,7 +287,12 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as err:  # permission, full disk, missing folder: one line, never a traceback
+        print(f"trh {args.command}: {err.strerror or err} ({err.filename or 'no file named'}); "
+              "finished results are kept, rerun once it is fixed", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

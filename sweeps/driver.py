@@ -12,15 +12,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import statistics
 import time
 from pathlib import Path
 
 from harness.provenance import code_state
-from harness.store import (RunStore, atomic_write_text, manifest_path, submitit_dir, summary_path,
-                           sweep_dir as sweep_folder)
+from harness.store import (RunStore, atomic_write_text, read_manifest, submitit_dir, summary_path,
+                           sweep_dir as sweep_folder, write_manifest as write_manifest_file)
 
 from .executors import make_executor, resources
 from .runner import CellRunner, Outcome
@@ -79,22 +78,27 @@ def default_workers(executor: str, res: dict) -> int:
     return max(1, len(os.sched_getaffinity(0)) // res["local"]["cpus_per_task"])
 
 
-def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Path, overrides, executor: str) -> None:
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    path = manifest_path(sweep_dir)
-    previous = json.loads(path.read_text()) if path.exists() else {}
+def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Path, overrides, executor: str) -> dict:
+    """Record this invocation's cells in the sweep's manifest: the union with every earlier invocation's
+    (a filtered rerun adds cells, never removes them). Returns the manifest."""
+    previous = read_manifest(sweep_dir) or {}
+    current = [c.manifest_row(root) for c in cells]
+    ids = {row["id"] for row in current}
     invocation = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "executor": executor,
                   "overrides": list(overrides), "git": code_state(), "cells": len(cells)}
+    union = lambda key, new: list(dict.fromkeys([*previous.get(key, []), *new]))  # noqa: E731
     manifest = {"sweep": spec.name, "feeds": spec.feeds, "description": spec.description, "spec": spec.raw,
-                "settings": spec.settings, "labels": [v.label for v in spec.variants], "seeds": spec.seeds,
-                "cells": [c.manifest_row(root) for c in cells],
+                "settings": union("settings", spec.settings), "labels": union("labels", [v.label for v in spec.variants]),
+                "seeds": union("seeds", spec.seeds),
+                "cells": [r for r in previous.get("cells", []) if r["id"] not in ids] + current,
                 "invocations": previous.get("invocations", []) + [invocation]}
-    atomic_write_text(path, json.dumps(manifest, indent=1, default=str))
+    write_manifest_file(sweep_dir, manifest)
     for cell in cells:  # snapshot each cell's config now: later edits to the config files change nothing
         store = RunStore(cell.run_dir)
         if not store.has_config():
             from omegaconf import OmegaConf
             store.write_config(OmegaConf.to_yaml(OmegaConf.create(cell.config)))
+    return manifest
 
 
 def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: bool = True, poll_s: float = 1.0,
@@ -151,11 +155,11 @@ def sweep(name: str, overrides=(), executor: str = "local", workers: int | None 
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
     ex = make_executor(executor, submitit_dir(sweep_dir), res, job_name=f"trh-{spec.name}")
-    write_manifest(sweep_dir, spec, cells, root, overrides, executor)
+    manifest = write_manifest(sweep_dir, spec, cells, root, overrides, executor)
     runner = CellRunner(ex, executor, max_retries=max_retries, log=log, resources=res)
     started = time.time()
     outcomes = run_cells(cells, runner, 1 if executor == "debug" else workers, progress, poll_s, label=spec.name)
-    table = summary_rows(outcomes)
+    table = summary_rows(root, manifest)
     write_summary(summary_path(sweep_dir), table)
     return {"spec": spec, "cells": cells, "outcomes": outcomes, "rows": table, "sweep_dir": sweep_dir,
             "wall_s": time.time() - started}
@@ -170,11 +174,10 @@ def cell_states(name: str, overrides=(), results_root="results") -> list[dict]:
     return [score_cell(root, cell.manifest_row(root), spec.name, spec.feeds) for cell in cells]
 
 
-def summary_rows(outcomes: list[Outcome]) -> list[dict]:
-    from analysis.cells import cell_row
-    return [{"id": o.cell.id, "setting": o.cell.setting, "label": o.cell.label, "method": o.cell.method,
-             "seed": o.cell.seed, **cell_row(o.status, RunStore(o.cell.run_dir).read_metrics(), o.cell.t_stop),
-             "run_dir": str(o.cell.run_dir)} for o in outcomes]
+def summary_rows(root: Path, manifest: dict) -> list[dict]:
+    """One row per cell of the sweep (every invocation's), as found on disk."""
+    from analysis.load import score_cell
+    return [score_cell(root, row, manifest["sweep"], manifest.get("feeds", "")) for row in manifest["cells"]]
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,9 @@ def spec_names() -> list[str]:
     return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
 def load_raw(name_or_path: str) -> tuple[dict, Path]:
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
@@ -97,13 +101,21 @@ def load_raw(name_or_path: str) -> tuple[dict, Path]:
     if not path.exists():
         raise SweepError(f"unknown sweep {name_or_path!r}; known sweeps: {', '.join(spec_names())} "
                          f"(or a path to a spec .yaml)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SweepError(f"sweep spec {where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
     if not isinstance(raw, dict):
         raise SweepError(f"sweep spec {path} must be a mapping")
     unknown = sorted(set(raw) - SPEC_KEYS)
     if unknown:
         raise SweepError(f"sweep spec {path}: unknown key(s) {unknown}; allowed: {sorted(SPEC_KEYS)}")
     raw.setdefault("name", path.stem)
+    if not isinstance(raw["name"], str) or not SAFE_NAME.fullmatch(raw["name"]):
+        raise SweepError(f"sweep spec {path}: name must be letters, digits, '_', '-' or '.' (not starting with "
+                         f"'.'), got {raw['name']!r}: it names the sweep's folder under results/")
     return raw, path
 
 

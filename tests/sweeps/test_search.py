@@ -23,13 +23,15 @@ def test_search_reports_prunes_and_writes_results(tmp_path):
     for t in trials:
         # intermediate values = best headline so far at each eval step (non-decreasing), final = value
         steps = sorted(t.intermediate_values)
-        assert steps == [0, 2, 4]
+        assert steps == [0, 2, 4, 6, 8]
         values = [t.intermediate_values[s] for s in steps]
         assert values == sorted(values) and values[-1] == t.value
         (run_dir,) = t.user_attrs["cells"]
         assert t.value == statuses(tmp_path)[run_dir.rsplit("/", 1)[1]]["best_headline"]
     best = result["summary"]["best"]
     assert best["value"] == max(t.value for t in trials)
+    # on smoke_bind the trust region binds: different parameters, different scores
+    assert len({t.value for t in trials}) == 3, [t.value for t in trials]
     csv = (tmp_path / "searches" / "search_smoke" / "trials.csv").read_text().splitlines()
     assert len(csv) == 4 and "params_setting.delta_b" in csv[0]
     # params land in the cells' configs
