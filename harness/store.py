@@ -178,18 +178,23 @@ class RunStore:
 
     # status ------------------------------------------------------------------------------
     def read_status(self) -> Optional[dict]:
-        path = self.dir / STATUS
+        status = self._parse(STATUS, json.loads, "JSON")
+        if status is not None and (not isinstance(status, dict) or "state" not in status):
+            raise self._unreadable(STATUS, "holds no run status (no 'state')")
+        return status
+
+    def _parse(self, name: str, parse, kind: str):
+        """A run-folder file parsed, None if absent; StoreError naming it if it does not parse."""
+        path = self.dir / name
         if not path.exists():
             return None
         try:
-            status = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise StoreError(f"{path} is not valid JSON ({err}); delete the run folder {self.dir} to rerun "
-                             "this cell") from None
-        if not isinstance(status, dict) or "state" not in status:
-            raise StoreError(f"{path} holds no run status (no 'state'); delete the run folder {self.dir} to "
-                             "rerun this cell")
-        return status
+            return parse(path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError and YAMLError's parse errors
+            raise self._unreadable(name, f"is not valid {kind} ({' '.join(str(err).split())})") from None
+
+    def _unreadable(self, name: str, why: str) -> "StoreError":
+        return StoreError(f"{self.dir / name} {why}; delete the run folder {self.dir} to rerun this cell")
 
     def write_status(self, **status) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -211,18 +216,16 @@ class RunStore:
     def read_config(self) -> Optional[dict]:
         import yaml
 
-        path = self.dir / CONFIG
-        if not path.exists():
-            return None
-        try:
-            config = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise StoreError(f"{path} is not valid YAML ({' '.join(str(err).split())}); delete the run folder "
-                             f"{self.dir} to rerun this cell") from None
+        def parse(text):
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise ValueError(err) from None
+
+        config = self._parse(CONFIG, parse, "YAML")
         missing = [k for k in ("setting", "method", "seed") if not isinstance(config, dict) or k not in config]
-        if missing:
-            raise StoreError(f"{path} is not a run config (missing {missing}); delete the run folder "
-                             f"{self.dir} to rerun this cell")
+        if config is not None and missing:
+            raise self._unreadable(CONFIG, f"is not a run config (missing {missing})")
         return config
 
     @property
