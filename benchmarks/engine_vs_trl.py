@@ -64,7 +64,7 @@ def rewards_for(n: int, round_index: int) -> torch.Tensor:
 
 def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, bf16_rollout=False, rollout_model=None,
                 share_prefix=False):
-    """One RL step of the local engine (harness/train.py, steps 1–3) on these prompts: minibatches of
+    """One RL step of the local engine (harness/engines/local.py, steps 1–3) on these prompts: minibatches of
     whole groups, as the engine takes them (``share_prefix``: engine.share_prompt_prefix)."""
     from harness.rollout import positions, sample, shared_prefix_logits
     from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
