@@ -1,4 +1,5 @@
-"""Rollout throughput of the harness sampler vs a bare ``model.generate``, and step time per phase.
+"""Rollout throughput of the harness sampler (its growing KV cache, and the opt-in preallocated one)
+vs a bare ``model.generate``, and step time per phase.
 
     python benchmarks/engine_throughput.py                # S model, 64 × 40 tokens, 1 thread
     python benchmarks/engine_throughput.py --run-dir DIR  # phase shares of an existing run
@@ -8,13 +9,13 @@ row at its end token (the random-init model ends a row with probability 1/17 per
 vary as in a real rollout); tokens/s counts response tokens up to and including the end token.
 The harness sampler also records μ's log-prob and top-K per token (an inference engine's work) and
 drops finished rows from the batch; ``generate`` keeps computing them until every row is done.
-Rounds alternate the two, medians are reported. Target: harness / generate tokens/s ≥ 1.0.
+Rounds alternate the samplers, medians are reported. Targets: harness / generate tokens/s ≥ 1.0;
+preallocated / growing cache ≥ 1.0 (the same samples, bitwise: tests/harness/test_rollout.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,9 +33,9 @@ def sampler_throughput(batch: int, new_tokens: int, rounds: int, hidden: int, la
     tok = CharTokenizer()
     model = build_model(ModelSize(hidden, layers, mlp), tok.vocab_size, 128, seed=0).eval()
     prompts = torch.randint(3, tok.vocab_size, (batch, 8), generator=torch.Generator().manual_seed(0))
-    def harness():
+    def harness(preallocate=False):
         roll = sample(model, prompts, new_tokens, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(1),
-                      record_top_k=min(20, tok.vocab_size))
+                      record_top_k=min(20, tok.vocab_size), preallocate=preallocate)
         return int(roll.response_mask.sum())
 
     def generate():
@@ -47,9 +48,9 @@ def sampler_throughput(batch: int, new_tokens: int, rounds: int, hidden: int, la
         after_end = (ended.cumsum(1) - ended) > 0  # positions after a row's end token are padding
         return int((~after_end).sum())
 
-    times = {"harness": [], "generate": []}
+    times = {"harness": [], "preallocated": [], "generate": []}
     for round_ in range(rounds + 1):  # round 0 warms up
-        for name, fn in (("harness", harness), ("generate", generate)):
+        for name, fn in (("harness", harness), ("preallocated", lambda: harness(True)), ("generate", generate)):
             start = time.perf_counter()
             tokens = fn()
             if round_:
@@ -58,7 +59,9 @@ def sampler_throughput(batch: int, new_tokens: int, rounds: int, hidden: int, la
 
 
 def phase_shares(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    from harness.store import RunStore
+
+    rows = RunStore(run_dir).read_metrics()
     totals = {k: sum(r.get(k, 0.0) for r in rows) for k in ("time_rollout", "time_update", "time_eval")}
     whole = sum(totals.values()) or 1.0
     steps = max(r["step"] for r in rows)
@@ -74,6 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=["s", "m"], default="s")
     parser.add_argument("--run-dir", type=Path, help="report the phase shares of this run folder")
     parser.add_argument("--phase-steps", type=int, default=10, help="steps of the base_s run timed for phases")
+    parser.add_argument("--skip-phases", action="store_true", help="the sampler rows only")
     args = parser.parse_args(argv)
 
     import torch
@@ -83,9 +87,14 @@ def main(argv=None) -> int:
     print(f"rollout, model {args.model.upper()}, {args.batch} × {args.new_tokens} tokens, {args.threads} thread(s), "
           f"median of {args.rounds} alternating rounds")
     print(f"  harness sampler (records μ log-prob + top-K): {tps['harness']:>9.0f} tokens/s")
+    print(f"  the same, preallocated KV cache:              {tps['preallocated']:>9.0f} tokens/s")
     print(f"  model.generate (bare):                        {tps['generate']:>9.0f} tokens/s")
     ratio = tps["harness"] / tps["generate"]
     print(f"  ratio harness / generate: {ratio:.2f}   target ≥ 1.0  {'ok' if ratio >= 1.0 else 'MISSED'}")
+    grow = tps["preallocated"] / tps["harness"]
+    print(f"  ratio preallocated / growing cache: {grow:.2f}   target ≥ 1.0  {'ok' if grow >= 1.0 else 'MISSED'}")
+    if args.skip_phases:
+        return 0
 
     run_dir = args.run_dir
     if run_dir is None:

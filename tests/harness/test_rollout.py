@@ -109,3 +109,21 @@ def test_gumbel_max_draws_from_the_nucleus_distribution():
     freq = torch.bincount(draws, minlength=17).double() / 40000
     assert (freq - logp.exp().double()).abs().max() < 0.01
     assert float(freq[logp == float("-inf")].sum()) == 0.0  # nothing outside the nucleus
+
+
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_the_preallocated_cache_gives_the_same_samples(left_padded):
+    """Bitwise the same tokens, μ log-probs and top-K as the growing cache, while rows leave the batch
+    at different steps (and with left-padded prompts of different lengths)."""
+    from harness.rollout import left_pad
+
+    tok = CharTokenizer()
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    texts = ["12+34=", "5+6=", "123+4=", "7+80="] * 3
+    rows = [[tok.bos_id] + tok.encode(t if left_padded else "12+34=") for t in texts]
+    prompts, mask = left_pad(rows, tok.pad_id)
+    runs = [sample(model, prompts, 24, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(5), record_top_k=4,
+                   prompt_mask=mask if left_padded else None, preallocate=pre) for pre in (False, True)]
+    assert runs[0].finished.any() and not runs[0].finished.all()
+    for key in ("response_ids", "response_mask", "finished", "rollout_logp", "rollout_topk_ids", "rollout_topk_logp"):
+        assert torch.equal(getattr(runs[0], key), getattr(runs[1], key)), key
