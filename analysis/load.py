@@ -90,12 +90,13 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
     status = store.read_status()
     if status is not None and status.get("config_hash") not in (None, cell["id"]):
         status = None  # a folder of another config: not this cell's result
-    damage = store.damage(status)
+    rows = store.read_metrics() if status else []
+    damage = store.damage(status, rows)
     if damage:  # a finished run whose records were cut: reported, never scored as if whole
         score = {**cell_row(None, [], cell["t_stop"]), "verdict": "damaged", "state": "damaged",
                  "reason": f"{damage}; delete the run folder and rerun the cell"}
     else:
-        score = cell_row(status, store.read_metrics() if status else [], cell["t_stop"])
+        score = cell_row(status, rows, cell["t_stop"])
         busy = store.in_use()
         if status is None and busy:
             score["verdict"] = score["state"] = "running"  # (still in its warm-up: no status yet)

@@ -310,10 +310,11 @@ def _theory(root: Path, out: Path) -> str:
     folder = theory_dir(root)
     if not (folder / "checks.md").exists():
         return ""
-    for name in ("checks.md", "theory_bounds.png"):
+    for name, copy in (("checks.md", "theory_checks.md"), ("theory_bounds.png", "theory_bounds.png")):
         if (folder / name).exists():
-            shutil.copyfile(folder / name, out / f"theory_{name}" if not name.startswith("theory") else out / name)
-    return "\n## Theory check (trh theory: the paper's bounds on enumerable toy models)\n\n" + (folder / "checks.md").read_text()
+            shutil.copyfile(folder / name, out / copy)
+    return ("\n## Theory check (trh theory: the paper's bounds on enumerable toy models)\n\n"
+            + (out / "theory_checks.md").read_text())
 
 
 def _index(results, tables, figs, out: Path) -> str:

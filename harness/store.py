@@ -76,16 +76,20 @@ class StoreError(ValueError):
     """A results file cannot be read as what it should be; the message names it and what to do."""
 
 
-def read_manifest(folder) -> Optional[dict]:
-    """A sweep folder's manifest (None if there is none yet)."""
-    path = manifest_path(folder)
+def _parse_file(path: Path, parse, what: str, remedy: str):
+    """A results file parsed, None if absent; one StoreError naming it if it does not parse."""
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StoreError(f"{path} is not a valid manifest ({err}); delete it and rerun the sweep (finished "
-                         "cells are kept in their run folders)") from None
+        return parse(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, and YAML errors re-raised as ValueError
+        raise StoreError(f"{path} is not {what} ({' '.join(str(err).split())}); {remedy}") from None
+
+
+def read_manifest(folder) -> Optional[dict]:
+    """A sweep folder's manifest (None if there is none yet)."""
+    return _parse_file(manifest_path(folder), json.loads, "a valid manifest",
+                       "delete it and rerun the sweep (finished cells are kept in their run folders)")
 
 
 def write_manifest(folder, manifest: dict) -> None:
@@ -184,17 +188,14 @@ class RunStore:
         return status
 
     def _parse(self, name: str, parse, kind: str):
-        """A run-folder file parsed, None if absent; StoreError naming it if it does not parse."""
-        path = self.dir / name
-        if not path.exists():
-            return None
-        try:
-            return parse(path.read_text())
-        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError and YAMLError's parse errors
-            raise self._unreadable(name, f"is not valid {kind} ({' '.join(str(err).split())})") from None
+        return _parse_file(self.dir / name, parse, f"valid {kind}", self._remedy)
 
     def _unreadable(self, name: str, why: str) -> "StoreError":
-        return StoreError(f"{self.dir / name} {why}; delete the run folder {self.dir} to rerun this cell")
+        return StoreError(f"{self.dir / name} {why}; {self._remedy}")
+
+    @property
+    def _remedy(self) -> str:
+        return f"delete the run folder {self.dir} to rerun this cell"
 
     def write_status(self, **status) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -288,12 +289,13 @@ class RunStore:
                 break
         return rows
 
-    def damage(self, status: Optional[dict]) -> Optional[str]:
+    def damage(self, status: Optional[dict], rows: Optional[list] = None) -> Optional[str]:
         """Why a finished run's records cannot be trusted (a cut line, or metrics that end before the
-        status's last step), else None: such a run is reported as damaged, never scored."""
+        status's last step), else None: such a run is reported as damaged, never scored. ``rows``: the
+        metrics this store has just read, if the caller has them."""
         if not status or status.get("state") not in FINISHED:
             return None
-        rows = self.read_metrics()
+        rows = self.read_metrics() if rows is None else rows
         if METRICS in self.cut:
             return f"line {self.cut[METRICS]} of {self.dir / METRICS} is cut"
         last = rows[-1]["step"] if rows else None

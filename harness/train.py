@@ -25,15 +25,12 @@ def run(cfg: DictConfig, tags: dict | None = None, keep_model=None) -> dict:
     if spec.engine.get("threads"):
         torch.set_num_threads(int(spec.engine["threads"]))
     store = RunStore(spec.run_dir, tags=tags)
-    if spec.engine["name"] == "trl" and int(os.environ.get("RANK", "0")) > 0:
-        done = finished(spec, store)  # data-parallel rank > 0: rank 0 owns (and locks) the folder
-        if done:
-            return done
-        from .engines import trl
-        return trl.train(spec, store, main=False)
     done = finished(spec, store)  # a finished run returns its verdict without the lock (a read-only archive works)
     if done:
         return done
+    if spec.engine["name"] == "trl" and int(os.environ.get("RANK", "0")) > 0:
+        from .engines import trl  # data-parallel rank > 0: rank 0 owns (and locks) the folder
+        return trl.train(spec, store, main=False)
     with store.exclusive():  # one process per run folder: a second one fails fast instead of interleaving
         done = finished(spec, store)
         if done:

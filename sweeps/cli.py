@@ -39,19 +39,15 @@ def cmd_methods(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from harness.config import ConfigError, compose
+    from harness.config import compose
     from harness.lifecycle import summary_line
-    from harness.store import RunInUse, StoreError
+    from harness.store import RunInUse
     from harness.train import run
-    from methods import MethodConfigError
 
     try:
         cfg = compose(args.overrides)
         status = run(cfg)
-    except (HydraException, OmegaConfBaseException, ConfigError, MethodConfigError, RunInUse, StoreError) as err:
+    except (*_user_errors(), RunInUse) as err:
         print(f"trh train: {err}", file=sys.stderr)
         return 2
     print(f"run folder: {status['run_dir']}")
@@ -230,13 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
                            description="e.g. trh train method=cppo setting=base_s seed=1 method.delta=0.2")
     train.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     train.set_defaults(func=cmd_train)
-    cells = argparse.ArgumentParser(add_help=False)  # the options of everything that runs cells
+    writes = argparse.ArgumentParser(add_help=False)  # the options of everything that writes results
+    writes.add_argument("--results", default="results", help="results root (default: results)")
+    writes.add_argument("--no-progress", action="store_true")
+    cells = argparse.ArgumentParser(add_help=False, parents=[writes])  # ... and runs cells
     cells.add_argument("--executor", default="local", choices=list(EXECUTORS))
     cells.add_argument("--workers", type=int, default=None,
                        help="cells running at once (default: cores / local.cpus_per_task here, "
                             "slurm.array_parallelism on SLURM)")
-    cells.add_argument("--results", default="results", help="results root (default: results)")
-    cells.add_argument("--no-progress", action="store_true")
     sw = sub.add_parser("sweep", parents=[cells], help="run a sweep spec's grid (missing cells only) and summarise it",
                         description="e.g. trh sweep demo --workers 2; trh sweep paper_main seed=0,1 "
                                     "'setting=base_*' rl.lr=2e-4 --executor slurm slurm.partition=gpu")
@@ -258,12 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--storage", default=None,
                     help="Optuna storage: a journal file path (default results/searches/NAME/journal.log) or an RDB URL")
     se.set_defaults(func=cmd_search)
-    th = sub.add_parser("theory", help="check the CPPO paper's bounds exactly on enumerable toy models",
+    th = sub.add_parser("theory", parents=[writes], help="check the CPPO paper's bounds exactly on enumerable toy models",
                         description="e.g. trh theory --instances 1000 (writes RESULTS/theory/)")
     th.add_argument("--instances", type=int, default=1000, help="random instances per statement")
     th.add_argument("--seed", type=int, default=0)
-    th.add_argument("--results", default="results", help="results root (default: results)")
-    th.add_argument("--no-progress", action="store_true")
     th.set_defaults(func=cmd_theory)
     rp = sub.add_parser("report", help="tables and figures from a results folder (never trains)",
                         description="e.g. trh report results; trh report results/embedded --figures png,pdf")

@@ -62,11 +62,17 @@ class Exact:
     xi: float            # max |R|
 
 
+def _ratios(mu_tok: np.ndarray, pi_tok: np.ndarray):
+    """[N, T] token ratios ρ_t and suffix products ρ_{t+1:T} (1 at the last position)."""
+    rho = pi_tok / mu_tok
+    suffix = np.concatenate([np.cumprod(rho[:, ::-1], 1)[:, ::-1][:, 1:], np.ones((len(rho), 1))], 1)
+    return rho, suffix
+
+
 def exact(toy: Toy, mu: list, pi: list, reward: np.ndarray) -> Exact:
     mu_tok, pi_tok = toy.token_probs(mu), toy.token_probs(pi)
     mu_y, pi_y = mu_tok.prod(1), pi_tok.prod(1)
-    rho = pi_tok / mu_tok
-    suffix = np.concatenate([np.cumprod(rho[:, ::-1], 1)[:, ::-1][:, 1:], np.ones((len(rho), 1))], 1)  # ρ_{t+1:T}
+    rho, suffix = _ratios(mu_tok, pi_tok)
     tv = toy.token_tv(mu, pi)
     return Exact(j_gain=float(((pi_y - mu_y) * reward).sum()),
                  surrogate=float((mu_y * reward * (rho - 1).sum(1)).sum()),
@@ -96,7 +102,6 @@ def toward(mu_row: np.ndarray, target: np.ndarray, tv: float) -> np.ndarray:
 def worst_reward(toy: Toy, mu: list, pi: list, xi: float = 1.0) -> np.ndarray:
     """The reward with |R| ≤ ξ that maximises Δ for this (μ, π): Δ is linear in R, so R = ξ·sign(g),
     g(y) = Σ_t (ρ_t − 1)(1 − ρ_{t+1:T})."""
-    rho = toy.token_probs(pi) / toy.token_probs(mu)
-    suffix = np.concatenate([np.cumprod(rho[:, ::-1], 1)[:, ::-1][:, 1:], np.ones((len(rho), 1))], 1)
+    rho, suffix = _ratios(toy.token_probs(mu), toy.token_probs(pi))
     g = ((rho - 1) * (1 - suffix)).sum(1)
     return xi * np.where(g >= 0, 1.0, -1.0)

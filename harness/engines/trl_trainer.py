@@ -1,7 +1,7 @@
 """``engine=trl``: TRL's GRPOTrainer with the registry's loss, anchored on the rollout policy μ.
 
 TRL runs the loop (data, generation batches, advantages, accelerate/DeepSpeed, optimiser,
-checkpoints); the harness supplies four things, and only these touch TRL (pinned to
+checkpoints); the harness supplies five things, and only these touch TRL (pinned to
 ``PINNED_TRL``; ``tests/harness/test_trl_engine.py`` fails if the internals below change):
 
 1. ``rollout_func`` (TRL's generation hook): the harness sampler generates from the policy and
@@ -237,11 +237,10 @@ def make_trainer_class():
 
         # -- 4. each micro-batch learns its optimiser step's totals --------------------------------------
         def _prepare_inputs(self, generation_batch):
-            training = self.model.training
-            fresh = training and (self._buffered_inputs is None
-                                  or self._step % (self.args.steps_per_generation * self.num_iterations) == 0)
+            before = self._buffered_inputs
             out = super()._prepare_inputs(generation_batch)
-            if fresh:  # TRL has just generated, shuffled and split a batch: count each optimiser step once
+            if self.model.training and self._buffered_inputs is not before:
+                # TRL has just generated, shuffled and split a batch: count each optimiser step once
                 accumulation = self.args.gradient_accumulation_steps
                 local = step_totals(self._buffered_inputs, accumulation)
                 attach_step_totals(self._buffered_inputs, accumulation, self.accelerator.reduce(local, "sum"),
