@@ -1,5 +1,5 @@
-"""Rollout throughput of the harness sampler (its growing KV cache, and the opt-in preallocated one)
-vs a bare ``model.generate``, and step time per phase.
+"""Rollout throughput of the harness sampler (its growing KV cache, the opt-in preallocated one, and
+the lean decode step the local engine uses) vs a bare ``model.generate``, and step time per phase.
 
     python benchmarks/engine_throughput.py                # S model, 64 × 40 tokens, 1 thread
     python benchmarks/engine_throughput.py --run-dir DIR  # phase shares of an existing run
@@ -33,9 +33,9 @@ def sampler_throughput(batch: int, new_tokens: int, rounds: int, hidden: int, la
     tok = CharTokenizer()
     model = build_model(ModelSize(hidden, layers, mlp), tok.vocab_size, 128, seed=0).eval()
     prompts = torch.randint(3, tok.vocab_size, (batch, 8), generator=torch.Generator().manual_seed(0))
-    def harness(preallocate=False):
+    def harness(preallocate=False, lean=False):
         roll = sample(model, prompts, new_tokens, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(1),
-                      record_top_k=min(20, tok.vocab_size), preallocate=preallocate)
+                      record_top_k=min(20, tok.vocab_size), preallocate=preallocate, lean=lean)
         return int(roll.response_mask.sum())
 
     def generate():
@@ -48,9 +48,10 @@ def sampler_throughput(batch: int, new_tokens: int, rounds: int, hidden: int, la
         after_end = (ended.cumsum(1) - ended) > 0  # positions after a row's end token are padding
         return int((~after_end).sum())
 
-    times = {"harness": [], "preallocated": [], "generate": []}
+    times = {"harness": [], "preallocated": [], "lean": [], "generate": []}
     for round_ in range(rounds + 1):  # round 0 warms up
-        for name, fn in (("harness", harness), ("preallocated", lambda: harness(True)), ("generate", generate)):
+        for name, fn in (("harness", harness), ("preallocated", lambda: harness(preallocate=True)),
+                         ("lean", lambda: harness(lean=True)), ("generate", generate)):
             start = time.perf_counter()
             tokens = fn()
             if round_:
@@ -88,11 +89,14 @@ def main(argv=None) -> int:
           f"median of {args.rounds} alternating rounds")
     print(f"  harness sampler (records μ log-prob + top-K): {tps['harness']:>9.0f} tokens/s")
     print(f"  the same, preallocated KV cache:              {tps['preallocated']:>9.0f} tokens/s")
+    print(f"  the same, lean decode step (local engine):    {tps['lean']:>9.0f} tokens/s")
     print(f"  model.generate (bare):                        {tps['generate']:>9.0f} tokens/s")
     ratio = tps["harness"] / tps["generate"]
     print(f"  ratio harness / generate: {ratio:.2f}   target ≥ 1.0  {'ok' if ratio >= 1.0 else 'MISSED'}")
     grow = tps["preallocated"] / tps["harness"]
     print(f"  ratio preallocated / growing cache: {grow:.2f}   target ≥ 1.0  {'ok' if grow >= 1.0 else 'MISSED'}")
+    print(f"  ratio lean / model forward: {tps['lean'] / tps['harness']:.2f}; lean / generate: "
+          f"{tps['lean'] / tps['generate']:.2f}")
     if args.skip_phases:
         return 0
 

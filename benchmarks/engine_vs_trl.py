@@ -11,14 +11,15 @@ through the same chat template) and the harness sampler (TRL's ``rollout_func``)
 the training loop: TRL's (generation batch bookkeeping, reward/advantage plumbing, Trainer step with
 accelerate) against the harness's.
 
-Five contenders, rounds alternating in one window (the order rotates every round): the TRL
-engine; TRL's stock GRPOTrainer (``loss_type="dapo"``, HF ``generate``, and the "old" log-prob
-recompute TRL does when a generation feeds several steps) for reference; the local engine in fp32
-with its defaults; the local engine in fp32 with ``engine.share_prompt_prefix`` (each prompt's forward
-run once per group of n in the updates — the local engine's minibatches hold whole groups, TRL's
-shuffle rows across groups); the local engine with its fastest honest settings (μ from the sampler,
-no recompute, finished rows trimmed, shared prompt prefix, bf16 rollout copy). A TRL round is timed from ``on_step_begin`` of its first step to
-``on_step_end`` of its fourth (Trainer set-up excluded). Medians. Target: local / TRL ≤ 0.8 in fp32.
+Four contenders, rounds alternating in one window (the order rotates every round), all fp32: the
+TRL engine (its defaults: the fused hidden-state loss); TRL's stock GRPOTrainer (``loss_type="dapo"``,
+HF ``generate``, and the "old" log-prob recompute TRL does when a generation feeds several steps) for
+reference; the local engine with its defaults (each group's prompt run once in the rollout and in the
+updates — its minibatches hold whole groups, TRL's shuffle rows across groups and split a group
+across processes —, π from the hidden states tile by tile); the local engine "plain" (every row runs
+its prompt, materialised logits: the defaults before). A TRL round is timed from ``on_step_begin``
+of its first step to ``on_step_end`` of its fourth (Trainer set-up excluded). Medians. Targets:
+local (defaults) / TRL engine ≤ 0.6 and / stock GRPOTrainer ≤ 0.5.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ def build(args):
 
 
 def no_end_token(model, eos: int):
-    """Every response runs the full 96 tokens: the end token's logit is −inf."""
+    """Every response runs the full 96 tokens: the end token's logit is −inf while sampling (no grad);
+    the training forward sees the model as it is."""
     def hook(_module, _inputs, output):
+        if torch.is_grad_enabled():
+            return output
         return output.index_fill(-1, torch.tensor([eos]), float("-inf"))
     model.lm_head.register_forward_hook(hook)
 
@@ -62,41 +66,38 @@ def rewards_for(n: int, round_index: int) -> torch.Tensor:
     return torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(1000 + round_index)).float()
 
 
-def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, bf16_rollout=False, rollout_model=None,
-                share_prefix=False):
-    """One RL step of the local engine (harness/engines/local.py, steps 1–3) on these prompts: minibatches of
-    whole groups, as the engine takes them (``share_prefix``: engine.share_prompt_prefix)."""
-    from harness.rollout import positions, sample, shared_prefix_logits
-    from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
+def local_round(model, optimizer, method, prompt_ids, prompt_mask, round_index, plain=False):
+    """One RL step of the local engine (harness/engines/local.py, steps 1–3) on these prompts, with its
+    defaults: each group's prompt run once in the rollout and in the updates (minibatches of whole
+    groups), π from the hidden states tile by tile. ``plain``: every row runs its prompt, the update
+    materialises the logits (the defaults before they changed)."""
+    from harness.rollout import output_layer, positions, sample, shared_prefix_hidden
+    from methods import LossTotals, PolicyBatch, policy_logprobs_from_hidden, policy_logprobs_from_logits
 
     t0 = time.perf_counter()
     ids = prompt_ids.repeat_interleave(SAMPLES, 0)
     mask = prompt_mask.repeat_interleave(SAMPLES, 0)
-    sampler = model
-    if bf16_rollout:
-        rollout_model.load_state_dict(model.state_dict())
-        sampler = rollout_model.to(torch.bfloat16)
-    roll = sample(sampler, ids, TOKENS, -1, 0, torch.Generator().manual_seed(round_index), record_top_k=TOP_K,
-                  prompt_mask=mask)
-    if bf16_rollout:
-        rollout_model.float()
+    roll = sample(model, ids, TOKENS, -1, 0, torch.Generator().manual_seed(round_index), record_top_k=TOP_K,
+                  prompt_mask=mask, group=1 if plain else SAMPLES)
     rewards = rewards_for(len(ids), round_index).view(-1, SAMPLES)
     adv = (rewards - rewards.mean(1, keepdim=True)).reshape(-1)
     groups = torch.randperm(PROMPTS, generator=torch.Generator().manual_seed(round_index))
     for chunk in groups.chunk(UPDATES):
         rows = (chunk[:, None] * SAMPLES + torch.arange(SAMPLES)).reshape(-1)
-        if share_prefix:
-            logits = shared_prefix_logits(model, ids[rows], roll.response_ids[rows], SAMPLES, prompt_mask=mask[rows])
+        resp, resp_mask, topk_ids = roll.response_ids[rows], roll.response_mask[rows], roll.rollout_topk_ids[rows]
+        if plain:
+            attention = torch.cat([mask[rows], resp_mask.long()], 1)
+            logits = model(input_ids=torch.cat([ids[rows], resp], 1), attention_mask=attention,
+                           position_ids=positions(attention), logits_to_keep=TOKENS + 1).logits[:, :-1]
+            logp, pi_topk = policy_logprobs_from_logits(logits, resp, topk_ids)
         else:
-            attention = torch.cat([mask[rows], roll.response_mask[rows].long()], 1)
-            full = torch.cat([ids[rows], roll.response_ids[rows]], 1)
-            logits = model(input_ids=full, attention_mask=attention, position_ids=positions(attention),
-                           logits_to_keep=TOKENS + 1).logits[:, :-1]
-        logp, pi_topk = policy_logprobs_from_logits(logits, roll.response_ids[rows], roll.rollout_topk_ids[rows])
+            hidden = shared_prefix_hidden(model, ids[rows], resp, SAMPLES, prompt_mask=mask[rows])
+            weight, bias = output_layer(model)
+            logp, pi_topk = policy_logprobs_from_hidden(hidden, weight, resp, topk_ids, bias=bias,
+                                                        response_mask=resp_mask)
         batch = PolicyBatch(logp=logp, rollout_logp=roll.rollout_logp[rows], advantages=adv[rows],
-                            response_mask=roll.response_mask[rows], response_ids=roll.response_ids[rows],
-                            rollout_topk_ids=roll.rollout_topk_ids[rows], rollout_topk_logp=roll.rollout_topk_logp[rows],
-                            policy_topk_logp=pi_topk, sequence_ids=rows)
+                            response_mask=resp_mask, response_ids=resp, rollout_topk_ids=topk_ids,
+                            rollout_topk_logp=roll.rollout_topk_logp[rows], policy_topk_logp=pi_topk, sequence_ids=rows)
         out = method(batch, LossTotals(num_sequences=len(rows), horizon=TOKENS))
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -164,7 +165,7 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     model, tok, eos, problems = build(args)
-    models = {k: copy.deepcopy(model) for k in ("trl", "stock", "local", "local_shared", "local_fast", "bf16_copy")}
+    models = {k: copy.deepcopy(model) for k in ("trl", "stock", "local", "local_plain")}
     for m in models.values():
         no_end_token(m, eos)
     prompt_ids, prompt_mask = left_pad([encode_prompt(tok, p.messages()) for p in problems], tok.pad_token_id)
@@ -174,16 +175,13 @@ def main() -> None:
     def reward(prompts, completions, **_):
         return rewards_for(len(completions), current[0]).tolist()
 
-    opt = {k: torch.optim.AdamW(models[k].parameters(), lr=1e-4) for k in ("local", "local_shared", "local_fast")}
+    opt = {k: torch.optim.AdamW(models[k].parameters(), lr=1e-4) for k in ("local", "local_plain")}
     engines = {
         "trl": trl_trainer(make_trainer_class(), models["trl"], tok, problems, reward, method=method, top_k=TOP_K),
         "stock": trl_trainer(GRPOTrainer, models["stock"], tok, problems, reward),
         "local": lambda: local_round(models["local"], opt["local"], method, prompt_ids, prompt_mask, current[0]),
-        "local_shared": lambda: local_round(models["local_shared"], opt["local_shared"], method, prompt_ids, prompt_mask,
-                                            current[0], share_prefix=True),
-        "local_fast": lambda: local_round(models["local_fast"], opt["local_fast"], method, prompt_ids, prompt_mask,
-                                          current[0], bf16_rollout=True, rollout_model=models["bf16_copy"],
-                                          share_prefix=True),
+        "local_plain": lambda: local_round(models["local_plain"], opt["local_plain"], method, prompt_ids, prompt_mask,
+                                           current[0], plain=True),
     }
     times = {k: [] for k in engines}
     names = list(engines)
@@ -197,13 +195,9 @@ def main() -> None:
           f"CPPO Top-K (K={TOP_K}), {args.threads} thread(s); median of {args.rounds} rounds after a warm-up round")
     print(f"TRL engine (registry loss, harness sampler for μ, fp32)  {med['trl']:6.2f} s/round")
     print(f"stock GRPOTrainer (loss_type=dapo, HF generate + old-logp recompute, fp32)  {med['stock']:6.2f} s/round")
-    print(f"local engine (fp32)                    {med['local']:6.2f} s/round   local/TRL engine = "
-          f"{med['local'] / med['trl']:.2f} (target ≤ 0.8); local/stock TRL = {med['local'] / med['stock']:.2f}")
-    print(f"local engine + share_prompt_prefix (fp32)  {med['local_shared']:6.2f} s/round   local/TRL engine = "
-          f"{med['local_shared'] / med['trl']:.2f} (target ≤ 0.8); local/stock TRL = {med['local_shared'] / med['stock']:.2f}")
-    print(f"local engine, fastest honest settings  {med['local_fast']:6.2f} s/round   local/TRL engine = "
-          f"{med['local_fast'] / med['trl']:.2f}; local/stock TRL = {med['local_fast'] / med['stock']:.2f} "
-          "(bf16 rollout copy + shared prompt prefix; μ from the sampler, no recompute, finished rows trimmed)")
+    for key, label in (("local", "local engine, defaults"), ("local_plain", "local engine, plain (old defaults)")):
+        print(f"{label:<45}{med[key]:6.2f} s/round   local/TRL engine = {med[key] / med['trl']:.2f} (target ≤ 0.6); "
+              f"local/stock TRL = {med[key] / med['stock']:.2f} (target ≤ 0.5)")
 
 
 if __name__ == "__main__":

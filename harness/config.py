@@ -16,7 +16,9 @@ CONFIG_DIR = Path(__file__).parent / "conf"
 NON_SEMANTIC = ("logging", "run_dir", "results_root")
 # options added after results existed: at these values they are left out of a run's id, so the ids
 # (and the committed results) of runs that never set them stay valid
-ID_OMITTED_AT_DEFAULT = {("engine", "share_prompt_prefix"): False}
+# (their values before they existed: ids made since the defaults changed include them)
+ID_OMITTED_AT_DEFAULT = {("engine", "share_prompt_prefix"): False, ("engine", "fused_loss"): False,
+                         ("warmup", "shards"): 1}
 
 
 class ConfigError(ValueError):
@@ -120,8 +122,10 @@ def _check_local(resolved: dict) -> None:
     _check_sizes(resolved["model"])
     _require(resolved["warmup"], "warmup", {"seed": lambda v: (isinstance(v, int) and 0 <= v < 2**32, "an integer in [0, 2**32)"), "lr": _pos_num,
                                             "batch_size": _pos_int, "max_steps": _pos_int, "check_every": _pos_int,
-                                            "probe_size": _pos_int, "target_accuracy": _prob})
+                                            "probe_size": _pos_int, "target_accuracy": _prob,
+                                            "shards": _pos_int})
     _require(resolved["eval"], "eval", {"test_problems_per_split": _pos_int})
+    _require(resolved["engine"], "engine", {"share_prompt_prefix": _bool, "fused_loss": _bool})
     _require(resolved["engine"].get("mismatch", {}), "engine.mismatch",
              {"bf16_rollout": _bool, "logit_noise": _nonneg,
               "lag": lambda v: (isinstance(v, int) and v >= 0, "an integer >= 0")})
@@ -152,7 +156,7 @@ def _check_trl(resolved: dict) -> None:
         raise ConfigError(f"rl.prompts_per_iter ({rl['prompts_per_iter']}) must equal rl.minibatch_prompts "
                           f"({rl['minibatch_prompts']}) × rl.updates_per_iter ({rl['updates_per_iter']})")
     _require(engine, "engine", {"num_processes": _pos_int, "gradient_accumulation_steps": _pos_int,
-                                "bf16": _bool, "gradient_checkpointing": _bool})
+                                "bf16": _bool, "gradient_checkpointing": _bool, "fused_loss": _bool})
     rows = rl["minibatch_prompts"] * rl["samples_per_prompt"]
     ranks = engine["num_processes"] * engine["gradient_accumulation_steps"]
     if rows % ranks:
@@ -165,6 +169,9 @@ def _check_trl(resolved: dict) -> None:
     if launch.get("deepspeed_zero_stage") not in (None, 0, 1, 2, 3):
         raise ConfigError(f"engine.launch.deepspeed_zero_stage must be one of [null, 0, 1, 2, 3], "
                           f"got {launch.get('deepspeed_zero_stage')!r}")
+    if engine["fused_loss"] and launch.get("deepspeed_zero_stage") == 3:
+        raise ConfigError("engine.fused_loss must be false with engine.launch.deepspeed_zero_stage 3: ZeRO-3 "
+                          "gathers the output layer's weight only inside the model's forward")
     _require(resolved["eval"], "eval", {"batch_size": _pos_int})
 
 

@@ -37,7 +37,7 @@ def split_scores(model, tokenizer, digits: int, ev: dict, stream: int, splits=HE
     gen = torch.Generator().manual_seed(stream)
     gumbel = -torch.empty(len(prompts), max_new, tokenizer.vocab_size).exponential_(generator=gen).log()
     roll = sample(model, prompts, max_new, tokenizer.eos_id, tokenizer.pad_id, gen,
-                  temperature=ev["temperature"], top_p=ev["top_p"], gumbel=gumbel)
+                  temperature=ev["temperature"], top_p=ev["top_p"], gumbel=gumbel, group=k, lean=True)
     rewards = rollout_rewards(tokenizer, [p for p in problems for _ in range(k)], roll)
     per_split = rewards.view(len(splits), -1).mean(1)
     return {s: float(v) for s, v in zip(splits, per_split)}

@@ -17,6 +17,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from methods import insert_sampled
 
+from . import decode
+
 
 @dataclass
 class Rollout:
@@ -85,13 +87,28 @@ class PreallocatedLayer(DynamicLayer):
             self.keys, self.values = self._keys[:kept, :, : self.length], self._values[:kept, :, : self.length]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("a preallocated cache does not grow its batch")
+        if self.get_seq_length() > 0:  # a group's shared prompt becomes one row per response
+            self._keys = self._keys[: self.rows].repeat_interleave(repeats, 0)
+            self._values = self._values[: self.rows].repeat_interleave(repeats, 0)
+            self.rows *= repeats
+            self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 
 
 def preallocated_cache(capacity: int) -> Cache:
     """A KV cache for ``capacity`` positions per row (prompt + every new token)."""
     layer = type("PreallocatedLayer", (PreallocatedLayer,), {"capacity": capacity})
     return Cache(layer_class_to_replicate=layer)
+
+
+def _group_heads(prompt_ids: torch.Tensor, prompt_mask: Optional[torch.Tensor], group: int) -> slice:
+    """The rows that carry each group's prompt; checks that the groups really share their prompt."""
+    if group < 1 or prompt_ids.shape[0] % group:
+        raise ValueError(f"group must divide the {prompt_ids.shape[0]} rows, got {group}")
+    heads = slice(None, None, group)
+    for rows in (prompt_ids,) if prompt_mask is None else (prompt_ids, prompt_mask):
+        if group > 1 and not torch.equal(rows, rows[heads].repeat_interleave(group, 0)):
+            raise ValueError(f"group={group}: the rows of a group must share one prompt (and prompt mask)")
+    return heads
 
 
 def _nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -126,6 +143,8 @@ def sample(
     prompt_mask: Optional[torch.Tensor] = None,
     gumbel: Optional[torch.Tensor] = None,
     preallocate: bool = False,
+    group: int = 1,
+    lean: bool = False,
 ) -> Rollout:
     """Sample ``max_new_tokens`` at most per prompt: prompts of one length, or left-padded with
     ``prompt_mask`` (1 on real tokens; positions then count real tokens only, as in ``generate``).
@@ -140,6 +159,14 @@ def sample(
     whose randomness belongs to (row, position) whatever else is in the batch — common random numbers:
     two models given the same noise make the same choice wherever their distributions nearly agree.
 
+    ``group`` > 1: the rows come in groups of that many identical prompts (GRPO's n samples of a
+    prompt); each prompt is run once and its KV cache copied to its group's rows. Same values as
+    running every row up to floating-point rounding (the same samples in the tests).
+
+    ``lean``: decode with ``harness.decode.decode_step`` where it computes exactly the model's
+    forward (the harness's Qwen3 policies, rows without padding, no preallocation): the same samples
+    with less Python per token.
+
     ``preallocate`` writes the KV cache into buffers sized for the whole generation instead of growing
     a ``DynamicCache`` by concatenation: bitwise the same samples, but on CPU it measured 0.95–0.98×
     the growing cache's tokens/s (``benchmarks/engine_throughput.py``; attention over strided views
@@ -151,8 +178,16 @@ def sample(
     if prompt_mask is not None:
         extra = {"attention_mask": prompt_mask.long(), "position_ids": positions(prompt_mask)}
     cache = preallocated_cache(prompt_ids.shape[1] + max_new_tokens) if preallocate else DynamicCache()
-    out = model(input_ids=prompt_ids, cache=cache, use_cache=True, logits_to_keep=1, **extra)
+    heads = _group_heads(prompt_ids, prompt_mask, group)
+    out = model(input_ids=prompt_ids[heads], cache=cache, use_cache=True, logits_to_keep=1,
+                **{k: v[heads] for k, v in extra.items()})
     cache, logits = out.past_key_values, out.logits[:, -1]
+    if group > 1:
+        cache.batch_repeat_interleave(group)
+        logits = logits.repeat_interleave(group, 0)
+    lean = lean and prompt_mask is None and not preallocate and decode.supports(model)
+    if lean:
+        cache = decode.LeanCache(cache)
     active = torch.arange(n, device=device)  # rows still generating, in the cache's row order
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     tokens, alive, logps, top_ids, top_logps = [], [], [], [], []
@@ -191,8 +226,11 @@ def sample(
         if extra:
             attention = torch.cat([extra["attention_mask"], extra["attention_mask"].new_ones(len(active), 1)], 1)
             extra = {"attention_mask": attention, "position_ids": extra["position_ids"][:, -1:] + 1}
-        out = model(input_ids=token[:, None], cache=cache, use_cache=True, **extra)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        if lean:
+            logits = decode.decode_step(model, token, cache)
+        else:
+            out = model(input_ids=token[:, None], cache=cache, use_cache=True, **extra)
+            cache, logits = out.past_key_values, out.logits[:, -1]
     rollout = Rollout(prompt_ids=prompt_ids, response_ids=torch.stack(tokens, 1),
                       response_mask=torch.stack(alive, 1), finished=finished)
     if record_top_k and not greedy:
@@ -210,22 +248,38 @@ def response_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor)
     return logits[:, p - 1: p - 1 + response_ids.shape[1]]
 
 
-def shared_prefix_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor, group: int,
+def output_layer(model):
+    """The output layer's ``(weight, bias)`` (with tied embeddings the weight is the embedding matrix)."""
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+def response_hidden(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced final hidden states that predict the response tokens: [N, T, H] (the
+    ``response_logits`` before the output layer; for ``methods.policy_logprobs_from_hidden``)."""
+    inputs = torch.cat([prompt_ids, response_ids], dim=1)
+    hidden = model.base_model(input_ids=inputs).last_hidden_state
+    p = prompt_ids.shape[1]
+    return hidden[:, p - 1: p - 1 + response_ids.shape[1]]
+
+
+def shared_prefix_hidden(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor, group: int,
                          prompt_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``response_logits`` for rows that come in groups of ``group`` identical prompts (GRPO's n
+    """``response_hidden`` for rows that come in groups of ``group`` identical prompts (GRPO's n
     samples of a prompt): each prompt is run once and its KV cache shared by the group's responses,
     gradients included. Same values as the full forward up to floating-point rounding; with
     ``prompt_mask`` (left padding) positions count real tokens only, as in ``sample``."""
     n, p = prompt_ids.shape
     if n % group:
         raise ValueError(f"{n} rows do not split into groups of {group}")
+    decoder = model.base_model
     heads = prompt_ids[::group]
     extra, after = {}, {}
     if prompt_mask is not None:
         mask = prompt_mask[::group].long()
         extra = {"attention_mask": mask, "position_ids": positions(mask)}
-    out = model(input_ids=heads, cache=DynamicCache(), use_cache=True, **extra)
-    cache, first = out.past_key_values, out.logits[:, -1:]
+    out = decoder(input_ids=heads, cache=DynamicCache(), use_cache=True, **extra)
+    cache, first = out.past_key_values, out.last_hidden_state[:, -1:]
     cache.batch_repeat_interleave(group)
     t = response_ids.shape[1]
     if prompt_mask is not None:
@@ -233,5 +287,11 @@ def shared_prefix_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Te
         start = mask.sum(-1, keepdim=True)
         after = {"attention_mask": torch.cat([mask, mask.new_ones(n, t - 1)], 1),
                  "position_ids": start + torch.arange(t - 1, device=mask.device)}
-    rest = model(input_ids=response_ids[:, :-1], cache=cache, use_cache=True, **after).logits
+    rest = decoder(input_ids=response_ids[:, :-1], cache=cache, use_cache=True, **after).last_hidden_state
     return torch.cat([first.repeat_interleave(group, 0), rest], 1)
+
+
+def shared_prefix_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor, group: int,
+                         prompt_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``response_logits`` with each group's prompt run once (``shared_prefix_hidden``)."""
+    return model.get_output_embeddings()(shared_prefix_hidden(model, prompt_ids, response_ids, group, prompt_mask))

@@ -3,15 +3,18 @@
 Deterministic and cached by a hash of its config: every method and seed of a comparison starts
 from the same checkpoint. It trains until the *sampled* accuracy (temperature 1, the RL rollout
 temperature) on a probe set of training problems reaches ``target_accuracy`` ("base" ≈ 0.3–0.4,
-"post-trained" higher), checking every ``check_every`` steps. It always runs on one thread, so the cached weights are the
-same whatever the core count of the machine that made them.
+"post-trained" higher), checking every ``check_every`` steps. Each step's gradient is computed in
+``shards`` fixed parts, one thread each, and summed in order: the parts run in parallel where there
+are cores for them, and the cached weights are the same whatever the core count of the machine.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -24,7 +27,7 @@ from .model import CharTokenizer, ModelSize, build_model
 from .rollout import response_logits, sample
 from .store import atomic_torch_save, config_hash
 
-CODE_VERSION = 3  # bump when the warm-up procedure (or the sampler it probes with) changes
+CODE_VERSION = 4  # bump when the warm-up procedure (or the sampler it probes with) changes
 
 
 def cache_dir() -> Path:
@@ -41,7 +44,7 @@ def sampled_accuracy(model, tokenizer, problems, max_new: int, seed: int, temper
     prompts = encode_problems(tokenizer, problems).repeat_interleave(samples, 0)
     gen = torch.Generator().manual_seed(seed)
     roll = sample(model, prompts, max_new, tokenizer.eos_id, tokenizer.pad_id, gen,
-                  temperature=temperature, top_p=top_p, greedy=greedy)
+                  temperature=temperature, top_p=top_p, greedy=greedy, lean=True)
     return float(rollout_rewards(tokenizer, [p for p in problems for _ in range(samples)], roll).mean())
 
 
@@ -61,6 +64,13 @@ def _sft_batch(tokenizer, problems):
         ids[i, : len(t)] = torch.tensor(t)
         mask[i, : len(t)] = True
     return prompts, ids, mask
+
+
+def _shard_gradient(model, params, prompts, ids, mask, tokens: int):
+    """One shard's share of the batch's mean token cross-entropy and its gradient (no ``.grad`` touched)."""
+    logits = response_logits(model, prompts, ids)
+    loss = torch.nn.functional.cross_entropy(logits[mask], ids[mask], reduction="sum") / tokens
+    return loss.detach(), torch.autograd.grad(loss, params)
 
 
 def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = False):
@@ -97,15 +107,23 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
                                   seed=derive_seed("warmup_probe", warmup_cfg["seed"]))
     accuracy, step, history = 0.0, 0, []
     bar = _progress(warmup_cfg["max_steps"], "warm-up", progress)
+    shards = warmup_cfg["shards"]
+    params = list(model.parameters())
+    pool = ThreadPoolExecutor(shards) if shards > 1 else None
     while step < warmup_cfg["max_steps"]:
         problems = tasks.sample_problems("train", warmup_cfg["batch_size"], digits,
                                          seed=derive_seed("warmup_batch", warmup_cfg["seed"], step))
         prompts, ids, mask = _sft_batch(tokenizer, problems)
-        logits = response_logits(model, prompts, ids)
-        loss = torch.nn.functional.cross_entropy(logits[mask], ids[mask])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        tokens = int(mask.sum())
+        parts = [(prompts[i::shards], ids[i::shards], mask[i::shards]) for i in range(shards)]
+        # one gradient per shard (each on one thread), summed in shard order: the same result on any
+        # number of cores, and the shards run in parallel where there are several
+        work = lambda part: _shard_gradient(model, params, *part, tokens)  # noqa: E731
+        shard_grads = list(pool.map(work, parts)) if pool is not None else [work(part) for part in parts]
+        loss = sum(loss for loss, _ in shard_grads)
+        for i, p in enumerate(params):
+            p.grad = functools.reduce(torch.add, (grads[i] for _, grads in shard_grads))
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         if bar is not None:
@@ -118,6 +136,8 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
             if accuracy >= warmup_cfg["target_accuracy"]:
                 break
+    if pool is not None:
+        pool.shutdown()
     if bar is not None:
         bar.close()
     info = {"key": key, "steps": step, "sampled_accuracy": accuracy, "history": history,

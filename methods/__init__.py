@@ -12,6 +12,7 @@ from .aggregation import aggregate
 from .batch import BatchError, LossTotals, PolicyBatch, unpack_packed
 from .divergence import (binary_kl, binary_tv, exact_kl, exact_tv, force_sampled_token, insert_sampled, k2,
                          k3, token_divergence, topk_kl, topk_tv)
+from .fused import policy_logprobs_from_hidden
 from .logits import policy_logprobs_from_logits
 from .params import AGGREGATIONS, DIVERGENCES, MethodConfigError
 from .registry import METRIC_NAMES, LossOutput, Method, MethodSpec, get_method, list_methods, method_names, register
@@ -20,5 +21,5 @@ __all__ = [
     "AGGREGATIONS", "DIVERGENCES", "METRIC_NAMES", "BatchError", "LossOutput", "LossTotals", "Method",
     "MethodConfigError", "MethodSpec", "PolicyBatch", "aggregate", "binary_kl", "binary_tv", "exact_kl",
     "exact_tv", "force_sampled_token", "get_method", "insert_sampled", "k2", "k3", "list_methods", "method_names",
-    "policy_logprobs_from_logits", "register", "token_divergence", "topk_kl", "topk_tv", "unpack_packed",
+    "policy_logprobs_from_hidden", "policy_logprobs_from_logits", "register", "token_divergence", "topk_kl", "topk_tv", "unpack_packed",
 ]

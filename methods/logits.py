@@ -27,10 +27,11 @@ class _SelectedLogProbs(torch.autograd.Function):
     """log softmax(logits / temperature) gathered at ``ids``, computed per chunk of tokens."""
 
     @staticmethod
-    def forward(ctx, logits, ids, temperature, chunk, topk_ids):
+    def forward(ctx, logits, ids, temperature, chunk, topk_ids, with_entropy):
         batch, length, _ = logits.shape
         logp = torch.empty(batch, length, dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp) if with_entropy else None
         topk = None
         if topk_ids is not None:
             topk = torch.empty(topk_ids.shape, dtype=torch.float32, device=logits.device)
@@ -44,15 +45,16 @@ class _SelectedLogProbs(torch.autograd.Function):
                 logp[b, s:e] = x.gather(-1, ids[b, s:e, None]).squeeze(-1) - norm
                 if topk is not None:
                     topk[b, s:e] = x.gather(-1, topk_ids[b, s:e]) - norm[:, None]
+                if entropy is not None:  # H = lse − Σ p·x
+                    entropy[b, s:e] = norm - ((x - norm[:, None]).exp() * x).sum(-1)
         ctx.save_for_backward(logits, ids, lse)
         ctx.temperature = temperature
         ctx.chunk = chunk
-        if topk is not None:
-            ctx.mark_non_differentiable(topk)
-        return logp, topk
+        ctx.mark_non_differentiable(*[t for t in (topk, entropy) if t is not None])  # one call: it replaces
+        return logp, topk, entropy
 
     @staticmethod
-    def backward(ctx, grad_logp, _grad_topk):
+    def backward(ctx, grad_logp, _grad_topk, _grad_entropy):
         logits, ids, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
         batch, length, _ = logits.shape
@@ -72,7 +74,7 @@ class _SelectedLogProbs(torch.autograd.Function):
                 out.div_(ctx.temperature)
             if not in_place:
                 grad[b, s:e] = out
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def policy_logprobs_from_logits(
@@ -82,13 +84,16 @@ def policy_logprobs_from_logits(
     *,
     temperature: float = 1.0,
     chunk_size: Optional[int] = None,
+    with_entropy: bool = False,
 ):
     """π's log-probs from training logits without materialising a ``[B, T, V]`` log-softmax.
 
     Returns ``(logp, topk_logp)``: ``logp`` ``[B, T]`` fp32 at ``response_ids`` with gradient to
     ``logits``; ``topk_logp`` ``[B, T, K]`` fp32 at ``topk_ids`` (no gradient), or None.
     ``temperature`` divides the logits chunk by chunk (rollout and trainer temperatures must match).
-    ``chunk_size`` tokens are normalised at a time (default: 32 on CPU, 1024 on GPU).
+    ``chunk_size`` tokens are normalised at a time (default: 32 on CPU, 1024 on GPU). With
+    ``with_entropy`` a third value is returned: the entropy [B, T] of π (no gradient).
+    Without a ``[B, T, V]`` tensor at all: ``methods.policy_logprobs_from_hidden``.
     """
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK.get(logits.device.type, DEFAULT_CHUNK["cuda"])
@@ -104,4 +109,6 @@ def policy_logprobs_from_logits(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
     ids = response_ids.long()
     topk = None if topk_ids is None else topk_ids.long()
-    return _SelectedLogProbs.apply(logits, ids, float(temperature), int(chunk_size), topk)
+    logp, topk_logp, entropy = _SelectedLogProbs.apply(logits, ids, float(temperature), int(chunk_size), topk,
+                                                       with_entropy)
+    return (logp, topk_logp, entropy) if with_entropy else (logp, topk_logp)

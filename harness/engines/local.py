@@ -12,7 +12,8 @@ from collections import deque
 
 import torch
 
-from methods import LossTotals, PolicyBatch, get_method, list_methods, policy_logprobs_from_logits
+from methods import (LossTotals, PolicyBatch, get_method, list_methods, policy_logprobs_from_hidden,
+                     policy_logprobs_from_logits)
 from methods.seeds import derive_seed
 
 from .. import task as tasks
@@ -21,7 +22,7 @@ from ..evaluation import evaluate, held_out
 from ..lifecycle import RunRecord
 from ..model import CharTokenizer, ModelSize, build_model
 from ..provenance import provenance
-from ..rollout import response_logits, sample, shared_prefix_logits
+from ..rollout import output_layer, response_hidden, sample, shared_prefix_hidden
 from ..store import RunStore
 from ..warmup import encode_problems, rollout_rewards, warm_start
 
@@ -167,7 +168,7 @@ def _rollout(spec: RunSpec, step: int, rollout_model, tokenizer, horizon: int, t
     gen = torch.Generator().manual_seed(derive_seed("rollout", spec.seed, step))
     prompts = encode_problems(tokenizer, problems).repeat_interleave(n, 0)
     roll = sample(sampler, prompts, horizon, tokenizer.eos_id, tokenizer.pad_id, gen,
-                  record_top_k=top_k, logit_noise=mismatch["logit_noise"])
+                  record_top_k=top_k, logit_noise=mismatch["logit_noise"], group=n, lean=True)
     if mismatch["bf16_rollout"]:
         rollout_model.float()
     rewards = rollout_rewards(tokenizer, [p for p in problems for _ in range(n)], roll).float()
@@ -190,26 +191,31 @@ def _update(spec: RunSpec, step: int, model, optimizer, method, roll, adv, group
     Returns its metrics and the per-position records of Fig. 2's diagnostics."""
     n = spec.rl["samples_per_prompt"]
     rows = (groups[:, None] * n + torch.arange(n)).reshape(-1)
-    resp = roll.response_ids[rows]
-    if spec.engine.get("share_prompt_prefix"):  # minibatches hold whole groups: one prompt pass each
-        logits = shared_prefix_logits(model, roll.prompt_ids[rows], resp, n)
+    resp, mask, topk_ids = roll.response_ids[rows], roll.response_mask[rows], roll.rollout_topk_ids[rows]
+    if spec.engine["share_prompt_prefix"]:  # minibatches hold whole groups: one prompt pass each
+        hidden = shared_prefix_hidden(model, roll.prompt_ids[rows], resp, n)
     else:
-        logits = response_logits(model, roll.prompt_ids[rows], resp)
-    logp, pi_topk = policy_logprobs_from_logits(logits, resp, roll.rollout_topk_ids[rows])
+        hidden = response_hidden(model, roll.prompt_ids[rows], resp)
+    weight, bias = output_layer(model)
+    if spec.engine["fused_loss"]:  # π from the hidden states tile by tile: no [B, T, V] logits
+        logp, pi_topk, entropy = policy_logprobs_from_hidden(hidden, weight, resp, topk_ids, bias=bias,
+                                                             response_mask=mask, with_entropy=True)
+    else:
+        logp, pi_topk, entropy = policy_logprobs_from_logits(torch.nn.functional.linear(hidden, weight, bias), resp,
+                                                             topk_ids, with_entropy=True)
     batch = PolicyBatch(logp=logp, rollout_logp=roll.rollout_logp[rows], advantages=adv.reshape(-1)[rows],
-                        response_mask=roll.response_mask[rows], response_ids=resp,
-                        rollout_topk_ids=roll.rollout_topk_ids[rows], rollout_topk_logp=roll.rollout_topk_logp[rows],
+                        response_mask=mask, response_ids=resp,
+                        rollout_topk_ids=topk_ids, rollout_topk_logp=roll.rollout_topk_logp[rows],
                         policy_topk_logp=pi_topk, sequence_ids=rows + step * len(roll.response_ids))
     out = method(batch, LossTotals(num_sequences=len(rows), horizon=horizon))
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.rl["grad_clip"])
     optimizer.step()
-    with torch.no_grad():
-        entropy = _entropy(logits, batch.response_mask)
     valid = batch.response_mask
     diag = {"dev": (logp.detach().exp() - batch.rollout_logp.exp())[valid].abs(),
             "pos": valid.long().cumsum(-1)[valid] - 1, "masked": (out.mask < 1)[valid]}
+    entropy = float(entropy[valid].mean()) if bool(valid.any()) else float("nan")
     return {**out.metrics, "grad_norm": float(grad_norm), "entropy": entropy}, diag
 
 
@@ -243,12 +249,6 @@ def _topk_param(name, params, top_k):
     if takes_top_k:
         params["top_k"] = min(params.get("top_k", top_k), top_k)
     return params
-
-
-def _entropy(logits, mask) -> float:
-    logp = logits.float().log_softmax(-1)
-    ent = -(logp.exp() * logp).sum(-1)
-    return float(ent[mask].mean()) if bool(mask.any()) else float("nan")
 
 
 def _mean_metrics(rows: list[dict]) -> dict:

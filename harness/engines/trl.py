@@ -194,7 +194,7 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     trainer = trainer_cls(model=run.model, processing_class=run.tok, reward_funcs=[MathReward(run.verifier)],
                           args=args, train_dataset=dataset, method=method, top_k=top_k,
                           rollout_temperature=spec.rl["temperature"], rollout_seed=spec.seed,
-                          callbacks=[_callback_class()(run)])
+                          fused_loss=spec.engine["fused_loss"], callbacks=[_callback_class()(run)])
     run.trainer = trainer
     run.accelerator_main = main and trainer.accelerator.is_main_process
     if not run.accelerator_main:

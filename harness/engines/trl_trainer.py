@@ -15,7 +15,9 @@ checkpoints); the harness supplies five things, and only these touch TRL (pinned
 4. ``_prepare_inputs``: after TRL splits a generation batch into its micro-batches, each one gets
    the valid-token and response counts of the optimiser step it belongs to, summed over processes
    (``step_totals``), so every aggregation is the registry's loss of the whole minibatch.
-5. ``_compute_loss``: π's log-probs (and π at μ's top-K ids) from the training logits in chunks,
+5. ``_compute_loss``: π's log-probs (and π at μ's top-K ids) from the final hidden states and the
+   output layer, tile by tile (``engine.fused_loss``, default; never a ``[B, T, V]`` tensor) or from
+   the training logits in chunks,
    then ``method(PolicyBatch, LossTotals)`` plus TRL's MoE router auxiliary loss where TRL would add
    it; every registry metric goes to TRL's metric sink ``self._metrics``.
 
@@ -32,11 +34,11 @@ from __future__ import annotations
 
 import torch
 
-from methods import LossTotals, PolicyBatch, policy_logprobs_from_logits
+from methods import LossTotals, PolicyBatch, policy_logprobs_from_hidden, policy_logprobs_from_logits
 from methods.seeds import derive_seed
 
 from ..lm import encode_prompt
-from ..rollout import left_pad, positions, sample
+from ..rollout import left_pad, output_layer, positions, sample
 
 PINNED_TRL = "1.16.0"
 # TRL internals the engine relies on; a test checks each exists with these parameters.
@@ -150,7 +152,7 @@ def make_trainer_class():
         """GRPOTrainer whose loss is ``method`` (a registry method) with μ from the rollout."""
 
         def __init__(self, *args, method, top_k: int, rollout_temperature: float = 1.0, rollout_seed: int = 0,
-                     **kwargs):
+                     fused_loss: bool = True, **kwargs):
             kwargs["rollout_func"] = registry_rollout
             trl_args = kwargs.get("args", args[2] if len(args) > 2 else None)  # (model, reward_funcs, args, ...)
             if trl_args is not None:
@@ -160,6 +162,8 @@ def make_trainer_class():
             self.top_k = top_k if method.needs_topk else 1  # μ's sampled log-prob is always recorded
             self.rollout_temperature = rollout_temperature
             self.rollout_seed = rollout_seed
+            self.fused_loss = fused_loss
+            self._head_checked = False
             self.recomputes_skipped = 0      # "old log-prob" forwards TRL asked for and did not get
             self.last_ratio_deviation = None  # max |π/μ − 1| over the last minibatch's valid tokens
             self._pending_topk = None
@@ -254,13 +258,22 @@ def make_trainer_class():
             attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
             length = completion_ids.shape[1]
             extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
-            output = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
-                           position_ids=positions(attention), logits_to_keep=length + 1, **extra)
-            logits = output.logits[:, :-1]
             mask = _valid_mask(inputs)
             topk_ids = inputs["rollout_topk_ids"] if self.method.needs_topk else None
-            logp, pi_topk = policy_logprobs_from_logits(logits, completion_ids, topk_ids,
-                                                        temperature=self.rollout_temperature)
+            # through the (possibly DDP/DeepSpeed-wrapped) model, so its hooks run; with the fused loss
+            # it computes one position's logits and π comes from the hidden states tile by tile
+            output = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
+                           position_ids=positions(attention), logits_to_keep=1 if self.fused_loss else length + 1,
+                           output_hidden_states=self.fused_loss, **extra)
+            if self.fused_loss:
+                weight, bias = output_layer(self.accelerator.unwrap_model(model))
+                self._check_output_layer(output, weight, bias)
+                logp, pi_topk = policy_logprobs_from_hidden(
+                    output.hidden_states[-1][:, -(length + 1):-1], weight, completion_ids, topk_ids, bias=bias,
+                    temperature=self.rollout_temperature, response_mask=mask)
+            else:
+                logp, pi_topk = policy_logprobs_from_logits(output.logits[:, :-1], completion_ids, topk_ids,
+                                                            temperature=self.rollout_temperature)
             batch = PolicyBatch(logp=logp, rollout_logp=inputs["sampling_per_token_logps"].float(),
                                 advantages=inputs["advantages"].float(), response_mask=mask,
                                 response_ids=completion_ids,
@@ -279,6 +292,19 @@ def make_trainer_class():
             for name, value in out.metrics.items():
                 self._metrics[mode][name].append(float(value))
             return loss
+
+        def _check_output_layer(self, output, weight, bias) -> None:
+            """Once: the model's logits must be its output layer applied to its last hidden state (not
+            so with logit soft-capping or scaling), or the fused loss would compute another policy."""
+            if self._head_checked:
+                return
+            with torch.no_grad():
+                want = output.logits[:, -1].float()
+                got = torch.nn.functional.linear(output.hidden_states[-1][:, -1], weight, bias).float()
+            if not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * float(want.abs().max().clamp_min(1.0))):
+                raise RuntimeError("engine.fused_loss: this model's logits are not its output layer applied to its "
+                                   "last hidden state (logit soft-capping or scaling?); set engine.fused_loss=false")
+            self._head_checked = True
 
         def loss_totals(self, inputs, mask: torch.Tensor) -> LossTotals:
             """The denominators of this micro-batch: its optimiser step's share (``step_totals``) in

@@ -127,3 +127,70 @@ def test_the_preallocated_cache_gives_the_same_samples(left_padded):
     assert runs[0].finished.any() and not runs[0].finished.all()
     for key in ("response_ids", "response_mask", "finished", "rollout_logp", "rollout_topk_ids", "rollout_topk_logp"):
         assert torch.equal(getattr(runs[0], key), getattr(runs[1], key)), key
+
+
+@pytest.mark.parametrize("preallocate", [False, True])
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_a_group_shares_its_prompt_pass_and_samples_the_same(left_padded, preallocate):
+    """``group``: each prompt runs once and its cache is copied to the group's rows — the same tokens
+    as running every row, μ's log-probs and top-K equal up to rounding, rows still leave the batch."""
+    from harness.rollout import left_pad
+
+    tok = CharTokenizer()
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    group = 3
+    texts = [t for t in ("12+34=", "5+6=", "123+4=", "7+80=") for _ in range(group)]
+    rows = [[tok.bos_id] + tok.encode(t if left_padded else "12+34=") for t in texts]
+    prompts, mask = left_pad(rows, tok.pad_id)
+    runs = [sample(model, prompts, 24, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(5), record_top_k=4,
+                   prompt_mask=mask if left_padded else None, preallocate=preallocate, group=g) for g in (1, group)]
+    assert runs[0].finished.any() and not runs[0].finished.all()
+    for key in ("response_ids", "response_mask", "finished", "rollout_topk_ids"):
+        assert torch.equal(getattr(runs[0], key), getattr(runs[1], key)), key
+    for key in ("rollout_logp", "rollout_topk_logp"):
+        torch.testing.assert_close(getattr(runs[1], key), getattr(runs[0], key), atol=1e-5, rtol=1e-5)
+
+
+def test_a_group_must_share_its_prompt():
+    tok = CharTokenizer()
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    prompts = torch.tensor([[tok.bos_id] + tok.encode(t) for t in ("12+34=", "56+78=")])
+    with pytest.raises(ValueError, match="share one prompt"):
+        sample(model, prompts, 4, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), group=2)
+    with pytest.raises(ValueError, match="group must divide"):
+        sample(model, prompts, 4, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), group=3)
+
+
+def test_hidden_states_times_the_output_layer_are_the_logits():
+    """``response_hidden``/``shared_prefix_hidden`` are the states the logits come from (tied embeddings)."""
+    from harness.rollout import output_layer, response_hidden, shared_prefix_hidden
+
+    model = build_model(ModelSize(64, 2, 128, 4, 2), 17, 64, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, 17, (2, 7), generator=gen).repeat_interleave(3, 0)
+    responses = torch.randint(0, 17, (6, 9), generator=gen)
+    weight, bias = output_layer(model)
+    assert weight is model.get_input_embeddings().weight and bias is None
+    with torch.no_grad():
+        logits = response_logits(model, prompts, responses)
+        for hidden in (response_hidden(model, prompts, responses), shared_prefix_hidden(model, prompts, responses, 3)):
+            torch.testing.assert_close(torch.nn.functional.linear(hidden, weight), logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_lean_decode_step_gives_the_same_samples(bf16):
+    """``lean``: the local engine's decode step computes exactly the model's forward — bitwise the same
+    tokens, μ log-probs and top-K, while rows leave the batch; padded prompts use the model's forward."""
+    from harness import decode
+
+    tok = CharTokenizer()
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    if bf16:
+        model = model.to(torch.bfloat16)
+    assert decode.supports(model)
+    prompts = torch.tensor([[tok.bos_id] + tok.encode(t) for t in ("12+34=", "56+78=", "90+11=")] * 4)
+    runs = [sample(model, prompts, 24, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(5), record_top_k=4,
+                   lean=lean) for lean in (False, True)]
+    assert runs[0].finished.any() and not runs[0].finished.all()
+    for key in ("response_ids", "response_mask", "finished", "rollout_logp", "rollout_topk_ids", "rollout_topk_logp"):
+        assert torch.equal(getattr(runs[0], key), getattr(runs[1], key)), key

@@ -159,10 +159,21 @@ def test_non_finite_parameters_are_a_collapse(tmp_path):
     ("rl.samples_per_prompt=1", "samples_per_prompt"),
     ("method.delta=-1", "delta"),
     ("eval.top_p=1.5", "eval.top_p"),
+    ("engine.fused_loss=yes", "engine.fused_loss"),
+    ("warmup.shards=0", "warmup.shards"),
 ])
 def test_bad_config_values_name_the_key(tmp_path, override, message):
     with pytest.raises((ConfigError, ValueError), match=message):
         run(tmp_path, override)
+
+
+def test_fused_loss_is_refused_with_zero3():
+    from harness.config import resolve
+
+    cfg = compose(["setting=smollm2_smoke", "engine.launch.deepspeed_zero_stage=3"])
+    with pytest.raises(ConfigError, match="engine.fused_loss must be false"):
+        resolve(cfg)
+    resolve(compose(["setting=smollm2_smoke", "engine.launch.deepspeed_zero_stage=3", "engine.fused_loss=false"]))
 
 
 def test_unknown_setting_or_method_lists_the_options(tmp_path):
@@ -265,21 +276,26 @@ def test_hydra_multirun(tmp_path):
         assert RunStore(folder).read_status()["state"] == "done"
 
 
-def test_shared_prompt_prefix_trains_like_the_full_forward(tmp_path):
-    """engine.share_prompt_prefix: the first update of step 1 sees the same tensors, so its loss and
-    masks agree with the default path up to rounding; the option stays out of a default run's id."""
+def test_fast_defaults_train_like_the_plain_path(tmp_path):
+    """The defaults (one prompt pass per group, π from the hidden states tile by tile) give the first
+    update of step 1 the loss and masks of the plain path (full forward, materialised logits) up to
+    rounding; the plain path's id is the one it had before these options existed."""
     from harness.config import resolve
+    from harness.store import config_hash
 
     one_step = ["setting.steps=1", "setting.t_stop=1", "rl.prompts_per_iter=8"]  # 8 prompts: some groups vary
-    default, shared = (compose(SMOKE + [f"run_dir={tmp_path / n}", *one_step, *o])
-                       for n, o in (("a", []), ("b", ["engine.share_prompt_prefix=true"])))
-    assert resolve(default).config_hash == resolve(compose(SMOKE + [f"run_dir={tmp_path / 'a'}", *one_step])).config_hash
-    assert resolve(default).config_hash != resolve(shared).config_hash
-    assert "share_prompt_prefix" in resolve(default).resolved["engine"]  # still in the snapshot, just not the id
-    train_mod.run(default), train_mod.run(shared)
+    plain_options = ["engine.share_prompt_prefix=false", "engine.fused_loss=false"]
+    default, plain = (compose(SMOKE + [f"run_dir={tmp_path / n}", *one_step, *o])
+                      for n, o in (("a", []), ("b", plain_options)))
+    plain_spec = resolve(plain)
+    before = {**plain_spec.resolved, "engine": {k: v for k, v in plain_spec.resolved["engine"].items()
+                                                 if k not in ("share_prompt_prefix", "fused_loss")}}
+    assert plain_spec.config_hash == config_hash(before)
+    assert resolve(default).config_hash != plain_spec.config_hash
+    train_mod.run(default), train_mod.run(plain)
     a, b = RunStore(tmp_path / "a").read_metrics()[1], RunStore(tmp_path / "b").read_metrics()[1]
     assert a["updates"] == b["updates"] > 0
-    for key in ("policy_loss", "mask_fraction", "ratio_mean", "divergence_mean", "train_reward"):
+    for key in ("policy_loss", "mask_fraction", "ratio_mean", "divergence_mean", "train_reward", "entropy"):
         assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
 
 

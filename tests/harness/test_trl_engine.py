@@ -217,3 +217,38 @@ def test_trl_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert status["state"] == "done" and status["resumed_from"] == [2]
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+
+
+def test_fused_loss_gives_the_logits_path_gradients(tmp_path):
+    """``fused_loss`` (the default): the same loss and parameter gradients as the materialised logits,
+    on the inputs of a real training step (left-padded prompts, tied embeddings)."""
+    trainer = make_trainer(tmp_path, "cppo", steps=2, delta=0.002, delta_b=0.001)
+    captured = []
+    compute = trainer._compute_loss
+
+    def capture(model, inputs):
+        captured.append({k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in inputs.items()})
+        return compute(model, inputs)
+
+    trainer._compute_loss = capture
+    trainer.train()
+    model, inputs = trainer.model, captured[-1]
+    assert trainer.fused_loss
+    results = []
+    for fused in (True, False):
+        trainer.fused_loss = fused
+        model.zero_grad()
+        loss = compute(model, inputs)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (fused_loss, fused_grads), (plain_loss, plain_grads) = results
+    torch.testing.assert_close(fused_loss, plain_loss, atol=1e-6, rtol=1e-5)
+    for got, want in zip(fused_grads, plain_grads):
+        assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max().clamp_min(1e-12))
+
+
+def test_fused_loss_refuses_a_model_whose_logits_are_not_its_output_layer(tmp_path):
+    trainer = make_trainer(tmp_path, "grpo", steps=1)
+    trainer.model.lm_head.register_forward_hook(lambda _m, _i, out: 1.5 * out)  # a logit scale, as some models have
+    with pytest.raises(RuntimeError, match="engine.fused_loss"):
+        trainer.train()
