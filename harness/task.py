@@ -13,6 +13,7 @@ are disjoint by a hash of the operand pair.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass
@@ -90,13 +91,18 @@ def sample_problems(split: str, count: int, digits: int, seed: int) -> list[Prob
 
 def validation_set(split: str, count: int, digits: int) -> list[Problem]:
     """The fixed held-out problems of a validation or test split (distinct pairs, seed-independent)."""
+    return list(_validation_set(split, count, digits))
+
+
+@functools.lru_cache(maxsize=64)  # drawn by rejection (≈ 40 draws a problem) at every evaluation otherwise
+def _validation_set(split: str, count: int, digits: int) -> tuple[Problem, ...]:
     seen, out = set(), []
     for p in sample_problems(split, count * 4, digits, seed=0):
         if (p.a, p.b) not in seen:
             seen.add((p.a, p.b))
             out.append(p)
         if len(out) == count:
-            return out
+            return tuple(out)
     raise ValueError(f"could not draw {count} distinct problems for {split} with {digits} digits")
 
 
