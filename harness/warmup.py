@@ -66,6 +66,19 @@ def _sft_batch(tokenizer, problems):
     return prompts, ids, mask
 
 
+def _sharded_gradient(model, params, prompts, ids, mask, shards: int, pool) -> torch.Tensor:
+    """Set every parameter's ``.grad`` to the batch's mean token cross-entropy gradient, computed in
+    ``shards`` fixed row slices (each on one thread of ``pool``) and summed in slice order: the same
+    result on any number of cores, in parallel where there are several. Returns the loss."""
+    tokens = int(mask.sum())
+    parts = [(prompts[i::shards], ids[i::shards], mask[i::shards]) for i in range(shards)]
+    work = lambda part: _shard_gradient(model, params, *part, tokens)  # noqa: E731
+    shard_grads = list(pool.map(work, parts)) if pool is not None else [work(part) for part in parts]
+    for i, p in enumerate(params):
+        p.grad = functools.reduce(torch.add, (grads[i] for _, grads in shard_grads))
+    return sum(loss for loss, _ in shard_grads)
+
+
 def _shard_gradient(model, params, prompts, ids, mask, tokens: int):
     """One shard's share of the batch's mean token cross-entropy and its gradient (no ``.grad`` touched)."""
     logits = response_logits(model, prompts, ids)
@@ -113,16 +126,7 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
     while step < warmup_cfg["max_steps"]:
         problems = tasks.sample_problems("train", warmup_cfg["batch_size"], digits,
                                          seed=derive_seed("warmup_batch", warmup_cfg["seed"], step))
-        prompts, ids, mask = _sft_batch(tokenizer, problems)
-        tokens = int(mask.sum())
-        parts = [(prompts[i::shards], ids[i::shards], mask[i::shards]) for i in range(shards)]
-        # one gradient per shard (each on one thread), summed in shard order: the same result on any
-        # number of cores, and the shards run in parallel where there are several
-        work = lambda part: _shard_gradient(model, params, *part, tokens)  # noqa: E731
-        shard_grads = list(pool.map(work, parts)) if pool is not None else [work(part) for part in parts]
-        loss = sum(loss for loss, _ in shard_grads)
-        for i, p in enumerate(params):
-            p.grad = functools.reduce(torch.add, (grads[i] for _, grads in shard_grads))
+        loss = _sharded_gradient(model, params, *_sft_batch(tokenizer, problems), shards, pool)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
@@ -141,7 +145,7 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
     if bar is not None:
         bar.close()
     info = {"key": key, "steps": step, "sampled_accuracy": accuracy, "history": history,
-            "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
+            "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(), "shards": shards,
             "reached_target": accuracy >= warmup_cfg["target_accuracy"]}
     atomic_torch_save(path, {"state": model.state_dict(), "info": info})
     (path.with_suffix(".json")).write_text(json.dumps(info, indent=1))

@@ -310,3 +310,29 @@ def test_on_smoke_bind_the_trust_region_binds_and_methods_differ(tmp_path):
         out[method] = (status["best_headline"], max(r["mask_fraction"] for r in rows if r["mask_fraction"] == r["mask_fraction"]))
     assert out["pg_is"][1] == 0.0 and 0.01 < out["cppo"][1] < 0.5
     assert out["pg_is"][0] != out["cppo"][0]
+
+
+def test_warmup_shards_give_the_same_gradient_in_parallel_or_in_turn():
+    """The warm-up's gradient is summed over fixed row slices in slice order, so running the slices on
+    a thread pool (several cores) or one after another (one core) gives the same bits; and the sum
+    is the whole batch's gradient up to rounding."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness import task as tasks
+    from harness.model import CharTokenizer, ModelSize, build_model
+    from harness.warmup import _sft_batch, _sharded_gradient
+
+    tok = CharTokenizer()
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, tasks.max_positions(2), seed=0)
+    params = list(model.parameters())
+    batch = _sft_batch(tok, tasks.sample_problems("train", 12, 2, seed=0))
+    results = []
+    with ThreadPoolExecutor(3) as pool:
+        for shards, executor in ((3, pool), (3, None), (1, None)):
+            loss = _sharded_gradient(model, params, *batch, shards, executor)
+            results.append((loss, [p.grad.clone() for p in params]))
+    (loss_a, grads_a), (loss_b, grads_b), (loss_c, grads_c) = results
+    assert torch.equal(loss_a, loss_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    torch.testing.assert_close(loss_a, loss_c)
+    for a, c in zip(grads_a, grads_c):
+        torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
