@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .logits import check_token_inputs
+
 # (tokens, vocabulary entries) per tile: on CPU an fp32 tile of 2048 × 512 (4 MiB) keeps the matrix
 # products compute-bound (tall token tiles measured fastest of 256–4096 × 512–8192 at H = 1024,
 # V = 32768) while the temporaries stay far below the logits; on GPU larger tiles.
@@ -169,7 +171,7 @@ def policy_logprobs_from_hidden(
     ``weight`` and ``bias``; ``topk_logp`` [B, T, K] at ``topk_ids`` (no gradient) or None — plus the
     entropy [B, T] (no gradient) when ``with_entropy``. With ``response_mask`` [B, T] only its
     positions are computed (the rest are 0: padding costs nothing). ``tiles`` = (tokens, vocabulary entries) per
-    tile (default: 512 × 2048 on CPU, 4096 × 8192 on GPU).
+    tile (default: 2048 × 512 on CPU, 4096 × 8192 on GPU).
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
@@ -177,12 +179,7 @@ def policy_logprobs_from_hidden(
         raise ValueError(f"weight must be [V, H] with H={hidden.shape[-1]}, got shape {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must be [V]=({weight.shape[0]},), got shape {tuple(bias.shape)}")
-    if tuple(response_ids.shape) != tuple(hidden.shape[:2]):
-        raise ValueError(f"response_ids has shape {tuple(response_ids.shape)}, expected {tuple(hidden.shape[:2])}")
-    if topk_ids is not None and (topk_ids.dim() != 3 or tuple(topk_ids.shape[:2]) != tuple(hidden.shape[:2])):
-        raise ValueError(f"topk_ids must be [B, T, K] with [B, T]={tuple(hidden.shape[:2])}, got {tuple(topk_ids.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    check_token_inputs(tuple(hidden.shape[:2]), response_ids, topk_ids, temperature)
     tiles = tuple(tiles or DEFAULT_TILE.get(hidden.device.type, DEFAULT_TILE["cuda"]))
     if len(tiles) != 2 or min(tiles) < 1:
         raise ValueError(f"tiles must be two positive integers (tokens, vocabulary entries), got {tiles!r}")

@@ -77,6 +77,16 @@ class _SelectedLogProbs(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+def check_token_inputs(lead: tuple, response_ids, topk_ids, temperature) -> None:
+    """The per-token inputs of both log-prob paths against their [B, T]; errors name the argument."""
+    if tuple(response_ids.shape) != lead:
+        raise ValueError(f"response_ids has shape {tuple(response_ids.shape)}, expected {lead}")
+    if topk_ids is not None and (topk_ids.dim() != 3 or tuple(topk_ids.shape[:2]) != lead):
+        raise ValueError(f"topk_ids must be [B, T, K] with [B, T]={lead}, got {tuple(topk_ids.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
 def policy_logprobs_from_logits(
     logits: torch.Tensor,
     response_ids: torch.Tensor,
@@ -99,12 +109,7 @@ def policy_logprobs_from_logits(
         chunk_size = DEFAULT_CHUNK.get(logits.device.type, DEFAULT_CHUNK["cuda"])
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
-    if tuple(response_ids.shape) != tuple(logits.shape[:2]):
-        raise ValueError(f"response_ids has shape {tuple(response_ids.shape)}, expected {tuple(logits.shape[:2])}")
-    if topk_ids is not None and (topk_ids.dim() != 3 or tuple(topk_ids.shape[:2]) != tuple(logits.shape[:2])):
-        raise ValueError(f"topk_ids must be [B, T, K] with [B, T]={tuple(logits.shape[:2])}, got {tuple(topk_ids.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    check_token_inputs(tuple(logits.shape[:2]), response_ids, topk_ids, temperature)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
     ids = response_ids.long()
