@@ -122,26 +122,24 @@ def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progre
     bar = _progress(warmup_cfg["max_steps"], "warm-up", progress)
     shards = warmup_cfg["shards"]
     params = list(model.parameters())
-    pool = ThreadPoolExecutor(shards) if shards > 1 else None
-    while step < warmup_cfg["max_steps"]:
-        problems = tasks.sample_problems("train", warmup_cfg["batch_size"], digits,
-                                         seed=derive_seed("warmup_batch", warmup_cfg["seed"], step))
-        loss = _sharded_gradient(model, params, *_sft_batch(tokenizer, problems), shards, pool)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        if bar is not None:
-            bar.update(1)
-        if step % warmup_cfg["check_every"] == 0:
-            accuracy = sampled_accuracy(model, tokenizer, probe, max_new,
-                                        seed=derive_seed("warmup_probe_sampling", warmup_cfg["seed"], step))
-            history.append({"step": step, "loss": loss.item(), "sampled_accuracy": accuracy})
+    with ThreadPoolExecutor(shards) as pool:  # one thread per shard
+        while step < warmup_cfg["max_steps"]:
+            problems = tasks.sample_problems("train", warmup_cfg["batch_size"], digits,
+                                             seed=derive_seed("warmup_batch", warmup_cfg["seed"], step))
+            loss = _sharded_gradient(model, params, *_sft_batch(tokenizer, problems), shards, pool)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
-            if accuracy >= warmup_cfg["target_accuracy"]:
-                break
-    if pool is not None:
-        pool.shutdown()
+                bar.update(1)
+            if step % warmup_cfg["check_every"] == 0:
+                accuracy = sampled_accuracy(model, tokenizer, probe, max_new,
+                                            seed=derive_seed("warmup_probe_sampling", warmup_cfg["seed"], step))
+                history.append({"step": step, "loss": loss.item(), "sampled_accuracy": accuracy})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
+                if accuracy >= warmup_cfg["target_accuracy"]:
+                    break
     if bar is not None:
         bar.close()
     info = {"key": key, "steps": step, "sampled_accuracy": accuracy, "history": history,

@@ -40,10 +40,10 @@ def test_sampling_is_deterministic_in_the_generator():
 
 
 @pytest.mark.parametrize("left_padded", [False, True])
-def test_shared_prefix_logits_equal_the_full_forward_with_gradients(left_padded):
+def test_shared_prefix_gives_the_full_forward_logits_with_gradients(left_padded):
     """Each group's prompt is run once and its KV cache shared by the group's responses."""
     from harness.model import ModelSize, build_model
-    from harness.rollout import response_logits, shared_prefix_logits
+    from harness.rollout import response_logits, shared_prefix_hidden
 
     model = build_model(ModelSize(64, 2, 128, 4, 2), 17, 64, seed=0)
     group, groups = 3, 4
@@ -63,8 +63,11 @@ def test_shared_prefix_logits_equal_the_full_forward_with_gradients(left_padded)
         return model(input_ids=torch.cat([prompts, responses], 1), attention_mask=att, position_ids=pos).logits[:, 6:-1]
 
     grads = []
-    for logits_fn in (full, lambda: shared_prefix_logits(model, prompts, responses, group,
-                                                         prompt_mask=mask if left_padded else None)):
+    def shared():
+        hidden = shared_prefix_hidden(model, prompts, responses, group, prompt_mask=mask if left_padded else None)
+        return model.get_output_embeddings()(hidden)
+
+    for logits_fn in (full, shared):
         model.zero_grad()
         logits = logits_fn()
         logits.log_softmax(-1)[..., 5].sum().backward()
