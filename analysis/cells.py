@@ -4,10 +4,17 @@ scored once after choosing it on the validation splits)."""
 
 from __future__ import annotations
 
+import math
+
 from harness.store import best_within_window
 
 SPLIT_KEYS = ("val_a", "val_b", "val_c")            # the embedded task (stand-ins for AIME24/25/26)
 TEST_KEYS = ("test_a", "test_b", "test_c")          # its held-out test splits
+# how often a rule limited the update, per training step (NaN where the rule has no such quantity):
+# tokens masked (token masks, and TRM's rejected sequences counted by their tokens), responses
+# accepted (TRM), tokens whose weight hit the cap (CISPO, MinPRO)
+BINDING_KEYS = {"mask_fraction": "mask_fraction", "seq_acceptance": "seq_acceptance_rate",
+                "cap_hit": "cap_hit_fraction"}
 REAL_SPLIT_KEYS = ("aime24", "aime25", "aime26")    # engine=trl's math task (task.val names)
 
 
@@ -31,13 +38,25 @@ def cell_row(status: dict | None, rows: list[dict], t_stop: int) -> dict:
            "collapse_step": (status or {}).get("collapse_step"),
            "steps_run": rows[-1]["step"] if rows else 0, "t_stop": t_stop,
            "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None,
-           "heldout_headline": held.get("test_headline"), "step0_headline": _step0(rows)}
+           "heldout_headline": held.get("test_headline"), "step0_headline": _step0(rows),
+           **binding_rates(rows, t_stop)}
     for key in TEST_KEYS:
         out[f"heldout_{key}"] = held.get(key)
     for key in SPLIT_KEYS + REAL_SPLIT_KEYS:
         out[f"best_{key}"] = best.get(key) if best else None
     if status and status.get("state") == "failed":
         out["reason"] = status.get("reason")
+    return out
+
+
+def binding_rates(rows: list[dict], t_stop: int) -> dict:
+    """Mean over the training steps in [1, t_stop] of each ``BINDING_KEYS`` metric (None where the
+    run never recorded a finite value): how much the trust region bound, to show beside the score."""
+    out = {}
+    for name, key in BINDING_KEYS.items():
+        values = [r[key] for r in rows if 1 <= r.get("step", 0) <= t_stop and isinstance(r.get(key), (int, float))
+                  and not math.isnan(r[key])]
+        out[name] = sum(values) / len(values) if values else None
     return out
 
 

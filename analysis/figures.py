@@ -5,6 +5,7 @@ variant (a method with its overrides) keeps one colour in every panel and figure
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -335,3 +336,37 @@ def fig_prefix_schematic(record: dict, out: Path, formats=("png",)) -> list[Path
                  fontsize=9)
     fig.tight_layout()
     return _save(fig, out, "fig3_prefix_constraint", formats)
+
+
+def fig_tuning(table: pd.DataFrame, out: Path, stem: str, title: str, formats=("png",)) -> list[Path]:
+    """One panel per method: each tuning configuration's score (mean over tuning seeds, 95 % t
+    interval) against how much its rule bound (tokens masked, or weights capped for CISPO/MinPRO);
+    the chosen configuration is starred."""
+    if table.empty:
+        return []
+    methods = list(dict.fromkeys(table["arm"]))
+    cols = min(4, len(methods))
+    rows = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False, sharey=True)
+    for ax, method in zip(axes.ravel(), methods):
+        group = table[table["arm"] == method]
+        capped = group.get("cap_hit")
+        use_cap = capped is not None and pd.to_numeric(capped, errors="coerce").fillna(0).gt(0).any() and \
+            pd.to_numeric(group.get("mask_fraction"), errors="coerce").fillna(0).eq(0).all()
+        x = 100 * pd.to_numeric(group["cap_hit" if use_cap else "mask_fraction"], errors="coerce").fillna(0).to_numpy()
+        y = 100 * group["score"].to_numpy()
+        err = np.vstack([y - 100 * group["low"].to_numpy(), 100 * group["high"].to_numpy() - y])
+        ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="o-", color="0.3", ms=4, lw=1, capsize=2)
+        chosen = group["chosen"].to_numpy(dtype=bool)
+        ax.plot(x[chosen], y[chosen], "*", color="#d62728", ms=13, zorder=3)
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_title(display_name(method), fontsize=9)
+        ax.set_xlabel(("weights capped" if use_cap else "tokens masked") + " (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(methods):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation headline (%)", fontsize=8)
+    fig.suptitle(title + " (★ chosen)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, stem, formats)

@@ -12,6 +12,7 @@ from . import compare as C
 from . import figures as F
 from . import stats as S
 from . import tables as T
+from . import tuning
 from .load import load_results
 
 TABLE_FORMATS = ("md", "tex", "csv")
@@ -23,7 +24,8 @@ FIG6 = [("sensitivity", "(a) sensitivity"), ("divergence_kl_tv", "(b) KL vs TV")
         ("divergence_binary_topk", "(c) Binary vs Top-K TV")]
 
 
-TABLE1_RULE = "--table1, else paper_main, else demo, else the sweep with the most finished cells"
+TABLE1_RULE = ("--table1, else drift_main, else paper_main, else demo, else the (non-tuning) sweep with the most "
+               "finished cells; every other sweep gets its own table_<sweep> (and comparisons_, binding_) files")
 
 
 def choose_table1(results, wanted: str | None = None) -> str | None:
@@ -32,13 +34,14 @@ def choose_table1(results, wanted: str | None = None) -> str | None:
         if not results.has(wanted):
             raise ValueError(f"--table1 must be one of the sweeps here {sorted(results.sweeps)}, got {wanted!r}")
         return wanted
-    for name in ("paper_main", "demo"):
+    for name in ("drift_main", "paper_main", "demo"):
         if results.has(name):
             return name
-    if results.sweeps:
+    candidates = sorted(n for n, m in results.sweeps.items() if not tuning.is_tuning(m))
+    if candidates:
         done = results.cells[results.cells["state"].isin(["done", "collapsed"])].groupby("sweep").size()
-        return max(sorted(results.sweeps), key=lambda n: int(done.get(n, 0)))  # ties: the first by name
-    return "runs" if not results.cells.empty else None
+        return max(candidates, key=lambda n: int(done.get(n, 0)))  # ties: the first by name
+    return "runs" if not results.sweeps and not results.cells.empty else None  # None: tuning sweeps only
 
 
 def _main_sweep(results) -> str | None:
@@ -84,6 +87,13 @@ def _protocols(cells: pd.DataFrame) -> list[str]:
 def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | None = None) -> dict:
     written, notes = {}, []
     name = _main_sweep(results)
+    tuning_sweeps = [n for n, m in results.sweeps.items() if tuning.is_tuning(m)]
+    for sweep in tuning_sweeps:
+        written[f"tuning_{sweep}"] = _tuning_tables(results, sweep, out, formats)
+    if name is None:
+        notes.append("table1: only tuning sweeps here (their configurations are in tuning_<sweep>.md)")
+        return {"written": written, "notes": notes, "main_sweep": None, "comparisons": pd.DataFrame(),
+                "reference": None, "names": {}}
     cells = results.sweep_cells(name) if name in results.sweeps else results.cells
     settings, rows = _ordered_settings(cells), _ordered_rows(cells)
     names = {r: (T.display_name(r) if r in T.paper()["methods"] else r) for r in rows}
@@ -118,6 +128,10 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
                                    "Provenance — every cell of every sweep.\n\n" + T.to_markdown(prov, index=False),
                                    T.to_latex(prov.drop(columns=["run_dir"]), "Cells.", "tab:provenance", index=False),
                                    prov)
+    written["binding"] = _write(out, "binding", formats, _binding_markdown(cells, settings, rows, names, name), None,
+                                T.binding(cells, settings, rows))
+    for extra in _other_sweeps(results, name):
+        written.update(_sweep_tables(results, extra, out, formats))
     if any(s in T.paper()["settings"] for s in settings):
         versus = T.paper_vs_ours(T.table1(cells, settings, rows, row_key="method"), row_key="method")
         written["paper_vs_ours"] = _write(out, "paper_vs_ours", formats, _versus_markdown(versus, results.avg_label),
@@ -128,7 +142,7 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
             "names": names}
 
 
-def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out, formats):
+def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out, formats, stem="table1"):
     """Table 1 per protocol, bold where the corrected comparisons support it; and those comparisons."""
     longs, compared, md, tex = [], [], [], []
     for score in protocols:
@@ -154,9 +168,71 @@ def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out,
     caption = (f"Table 1 ({sweep}) — mean over seeds with its 95 % interval (Student-t below "
                f"{S.BOOTSTRAP_MIN_SEEDS} seeds, BCa bootstrap from there); `collapse (step N)` marks collapsed seeds, "
                "which count with their best score before the collapse.\n\n")
-    paths = _write(out, "table1", formats, caption + "\n".join(md), "\n".join(tex),
+    paths = _write(out, stem, formats, caption + "\n".join(md), "\n".join(tex),
                    pd.concat(longs).drop(columns=["text"]))
     return paths, (pd.concat(compared) if any(not c.empty for c in compared) else pd.DataFrame())
+
+
+def _other_sweeps(results, main: str | None) -> list[str]:
+    return [n for n, m in results.sweeps.items() if n != main and not tuning.is_tuning(m) and results.has(n)]
+
+
+def _sweep_tables(results, sweep: str, out: Path, formats) -> dict:
+    """A Table 1 of one more sweep (its first arm as the reference of the paired comparisons), the
+    comparisons, the binding rates, and a survival table if the sweep feeds one: ``*_<sweep>`` files."""
+    cells = results.sweep_cells(sweep)
+    settings, rows = _ordered_settings(cells), _ordered_rows(cells)
+    names = {r: (T.display_name(r) if r in T.paper()["methods"] else r) for r in rows}
+    ref = _reference(rows, None) if "cppo" in rows else rows[0]
+    written = {}
+    written[f"table_{sweep}"], cmp = _table1(cells, settings, rows, ref, _protocols(cells), names, sweep,
+                                             results.avg_label, out, formats, stem=f"table_{sweep}")
+    if not cmp.empty:
+        written[f"comparisons_{sweep}"] = _write(out, f"comparisons_{sweep}", formats,
+                                                 _comparisons_markdown(cmp, names, ref), None, cmp)
+    written[f"binding_{sweep}"] = _write(out, f"binding_{sweep}", formats,
+                                         _binding_markdown(cells, settings, rows, names, sweep), None,
+                                         T.binding(cells, settings, rows))
+    if "survival" in str(results.sweeps[sweep].get("feeds", "")).lower():
+        frame = T.survival(cells, settings, rows).assign(label=lambda f: f["label"].map(lambda r: names.get(r, r)))
+        written[f"survival_{sweep}"] = _write(
+            out, f"survival_{sweep}", formats,
+            f"# Survival ({sweep})\n\nA run survives when it does not collapse within its steps (the headline "
+            "falling to ≈ 0 after reaching the collapse threshold, or a non-finite loss or weight). Rate over "
+            "finished seeds with its exact (Clopper-Pearson) 95 % interval; the collapse steps of the others.\n\n"
+            + T.to_markdown(frame, index=False) + "\n", None, frame)
+    return written
+
+
+def _binding_markdown(cells, settings, rows, names, sweep) -> str:
+    frame = T.binding(cells, settings, rows)
+    frame["label"] = frame["label"].map(lambda r: names.get(r, r))
+    return (f"# How much each trust region bound ({sweep})\n\nPer arm, mean over its finished seeds of the per-run "
+            "mean over training steps in [1, T_stop]: tokens masked (%; TRM's rejected responses count by their "
+            "tokens), responses accepted (%, TRM), tokens whose IS weight hit the cap (%, CISPO/MinPRO); beside the "
+            "score (held-out test headline where recorded, else the best validation headline; %).\n\n"
+            + T.to_markdown(frame, index=False) + "\n")
+
+
+def _tuning_tables(results, sweep: str, out: Path, formats) -> list[Path]:
+    cells = tuning.with_arms(results.sweep_cells(sweep), results.sweeps[sweep])
+    table = tuning.tuning_table(cells)
+    budget = tuning.budgets(cells)
+    seeds = sorted(set(cells["seed"]))
+    shown = table.assign(**{c: table[c].map(lambda v: "—" if v is None or pd.isna(v) else f"{100 * v:.1f}")
+                            for c in ("score", "low", "high", "mask_fraction", "seq_acceptance", "cap_hit") if c in table},
+                         chosen=table["chosen"].map(lambda v: "**chosen**" if v else ""))
+    md = (f"# Tuning ({sweep}): an equal budget per arm\n\nConfigurations per arm (a method, or a variant of one "
+          "tuned on its own): "
+          + ", ".join(f"{m} {n}" for m, n in budget.items())
+          + f" (equal: {'yes' if len(set(budget.values())) == 1 else 'NO'}); tuning seeds {seeds}, never reported. "
+          f"Score: the best validation headline in [0, T_stop], mean over the tuning seeds (a collapsed seed counts "
+          f"{tuning.COLLAPSE_SCORE:g}), with its 95 % t interval, %; binding rates as in binding.md. The chosen "
+          "configuration of each arm is the best mean (ties: the earlier); it is retrained on fresh seeds.\n\n"
+          + T.to_markdown(shown, index=False) + "\n")
+    paths = _write(out, f"tuning_{sweep}", formats, md, None, table)
+    return paths + F.fig_tuning(table, out, f"tuning_{sweep}", f"Tuning ({sweep}): score vs how much the rule binds",
+                                ("png",))
 
 
 def _measured_noise(root) -> dict | None:
@@ -267,9 +343,9 @@ def write_figures(results, out: Path, formats=("png",), comparisons: pd.DataFram
         for setting in _ordered_settings(cells):
             stem = f"{GRID_FIGURES.get(setting, 'fig_grid')}_{setting}"
             add(stem, F.fig_setting_grid(results, main, setting, out, stem, formats), "no cells")
-    add("fig5", F.fig_panels(results, FIG5, out, "fig5_ablations_post", "Fig. 5 — ablations (post-trained)", formats),
+    add("fig5", F.fig_panels(results, FIG5, out, "fig5_ablations", "Fig. 5 — ablations", formats),
         "sweeps ablation_mechanism/ordering/gate not in this results folder")
-    add("fig6", F.fig_panels(results, FIG6, out, "fig6_ablations_base", "Fig. 6 — sensitivity and divergences (base)",
+    add("fig6", F.fig_panels(results, FIG6, out, "fig6_sensitivity_divergences", "Fig. 6 — sensitivity and divergences",
                              formats), "sweeps sensitivity/divergence_* not in this results folder")
     batch_file = Path(results.root) / "fig3_batch.json"
     if batch_file.exists():

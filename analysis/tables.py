@@ -128,6 +128,50 @@ def table4(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: s
     return agg.sort_values(["setting", row_key]).reset_index(drop=True)
 
 
+BINDING_COLUMNS = {"mask_fraction": "masked %", "seq_acceptance": "accepted %", "cap_hit": "cap hit %"}
+
+
+def binding(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label") -> pd.DataFrame:
+    """Per (setting, arm): finished seeds, the score (held-out test headline where recorded, else the best
+    validation headline) and the binding rates, mean over seeds, in %."""
+    done = cells[cells["state"].isin(["done", "collapsed"]) & cells["setting"].isin(settings) & cells[row_key].isin(rows)]
+    out = []
+    for (setting, label), group in done.groupby(["setting", row_key], sort=False):
+        held = pd.to_numeric(group["heldout_headline"], errors="coerce")
+        score = held if held.notna().all() else pd.to_numeric(group["best_headline"], errors="coerce")
+        row = {"setting": setting, row_key: label, "seeds": len(group),
+               "score": round(100 * float(score.mean()), 1) if score.notna().any() else None}
+        for key, name in BINDING_COLUMNS.items():
+            values = pd.to_numeric(group.get(key), errors="coerce").dropna() if key in group else pd.Series(dtype=float)
+            row[name] = round(100 * float(values.mean()), 2) if len(values) else None
+        out.append(row)
+    frame = pd.DataFrame(out, columns=["setting", row_key, "seeds", "score", *BINDING_COLUMNS.values()])
+    order = {r: i for i, r in enumerate(rows)}
+    return frame.sort_values(["setting", row_key], key=lambda c: c.map(order) if c.name == row_key
+                             else c.map({s: i for i, s in enumerate(settings)})).reset_index(drop=True)
+
+
+def survival(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label") -> pd.DataFrame:
+    """Per (setting, arm): finished seeds, how many survived (never collapsed), the rate with its exact
+    Clopper-Pearson 95 % interval, and the collapse steps of the others."""
+    from scipy.stats import binomtest
+
+    done = cells[cells["state"].isin(["done", "collapsed"]) & cells["setting"].isin(settings) & cells[row_key].isin(rows)]
+    out = []
+    for setting in settings:
+        for label in rows:
+            group = done[(done["setting"] == setting) & (done[row_key] == label)]
+            if group.empty:
+                continue
+            n, k = len(group), int((group["state"] == "done").sum())
+            ci = binomtest(k, n).proportion_ci(confidence_level=S.CONFIDENCE, method="exact")
+            steps = sorted(int(x) for x in group.loc[group["state"] == "collapsed", "collapse_step"].dropna())
+            out.append({"setting": setting, row_key: label, "seeds": n, "survived": k, "rate %": round(100 * k / n, 1),
+                        "95% CI": f"[{100 * ci.low:.1f}, {100 * ci.high:.1f}]",
+                        "collapse steps": ", ".join(map(str, steps)) or "—"})
+    return pd.DataFrame(out, columns=["setting", row_key, "seeds", "survived", "rate %", "95% CI", "collapse steps"])
+
+
 def provenance(cells: pd.DataFrame) -> pd.DataFrame:
     keep = ["sweep", "setting", "label", "method", "seed", "id", "steps_run", "t_stop", "verdict", "best_step",
             "best_headline", "heldout_headline", "step0_headline", "run_dir"]

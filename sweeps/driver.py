@@ -88,7 +88,9 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Pa
                   "overrides": list(overrides), "git": code_state(), "cells": len(cells)}
     union = lambda key, new: list(dict.fromkeys([*previous.get(key, []), *new]))  # noqa: E731
     manifest = {"sweep": spec.name, "feeds": spec.feeds, "description": spec.description, "spec": spec.raw,
-                "settings": union("settings", spec.settings), "labels": union("labels", [v.label for v in spec.variants]),
+                "settings": union("settings", spec.settings),
+                "labels": union("labels", [v.label for v in spec.variants if v.label not in spec.aliases]),
+                "aliases": {**previous.get("aliases", {}), **spec.aliases},
                 "seeds": union("seeds", spec.seeds),
                 "cells": [r for r in previous.get("cells", []) if r["id"] not in ids] + current,
                 "invocations": previous.get("invocations", []) + [invocation]}

@@ -15,6 +15,13 @@ one training run each, identified by the hash of the cell's resolved config.
 
 On the command line ``setting=a,b`` / ``seed=0,1`` / ``method=x,y`` replace or filter a grid axis
 (``setting=qwen3_*`` globs), and every other ``key=value`` is a Hydra override for every cell.
+
+``kind: tuning`` marks a grid of tuning configurations (the equal-budget protocol of
+``analysis.tuning``): every method must have the same number of variants, and the report shows it
+as a tuning table, never as Table 1. A variant of a later sweep with ``tuned: <that sweep>`` runs
+its method's chosen configuration (the best mean validation headline over the tuning seeds), read
+from the same results folder when the sweep is expanded; its own ``params``/``overrides`` apply on
+top. Expanding it before that method's tuning cells have all finished is an error.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, available, compose_many, resolve
-from harness.store import runs_dir
+from harness.store import read_manifest, runs_dir, sweep_dir
 
 SPEC_DIR = Path(__file__).parent / "specs"
 GRID_KEYS = ("setting", "seed", "method")
@@ -41,11 +48,19 @@ class SweepError(ValueError):
     """A sweep or search spec (or its command-line overrides) is invalid; raised before any run starts."""
 
 
+KINDS = ("grid", "tuning", "search")
+
+
 @dataclass
 class Variant:
     label: str
     method: str
     overrides: list[str] = field(default_factory=list)
+    tuned: str | None = None  # "<tuning sweep>" or "<tuning sweep>:<arm>": that arm's choice comes first
+    arm: str = ""             # in a tuning sweep: what the configuration tunes (default: the method)
+
+    def __post_init__(self):
+        self.arm = self.arm or self.method
 
 
 @dataclass
@@ -60,6 +75,7 @@ class SweepSpec:
     resources: dict
     raw: dict
     kind: str = "grid"
+    aliases: dict = field(default_factory=dict)  # label → the tuned label it duplicates (not run twice)
 
 
 @dataclass
@@ -187,15 +203,12 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
         for label, body in raw["variants"].items():
             if not isinstance(body, dict) or "method" not in body:
                 raise SweepError(f"{where}: variant {label!r} must be a mapping with a 'method'")
-            unknown = sorted(set(body) - {"method", "params", "overrides"})
-            if unknown:
-                raise SweepError(f"{where}, variant {label!r}: unknown key(s) {unknown}; allowed: method, params, overrides")
-            params = body.get("params") or {}
-            if not isinstance(params, dict):
-                raise SweepError(f"{where}, variant {label!r}: 'params' must map method parameters to values")
-            extra = [f"++method.{k}={_override_value(v)}" for k, v in params.items()]
-            extra += [str(o) for o in _as_list(body, "overrides", f"{where}, variant {label!r}")]
-            variants.append(Variant(str(label), str(body["method"]), extra))
+            tuned = body.get("tuned")
+            if tuned is not None and not (isinstance(tuned, str) and all(SAFE_NAME.fullmatch(x) for x in tuned.split(":", 1))):
+                raise SweepError(f"{where}, variant {label!r}: 'tuned' must name a tuning sweep (optionally "
+                                 f"'<sweep>:<arm>'), got {tuned!r}")
+            variants.append(Variant(str(label), str(body["method"]), variant_overrides(body, f"{where}, variant {label!r}"),
+                                    tuned, str(body.get("arm") or body["method"])))
     elif raw.get("variants") is not None:
         raise SweepError(f"{where}: 'variants' must map labels to {{method, overrides}}")
     else:
@@ -209,13 +222,77 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
             if m not in methods_known:
                 raise SweepError(f"method={m}: unknown method; allowed: {', '.join(methods_known)}")
         variants = [v for v in variants if v.method in axes["method"] or v.label in axes["method"]]
+    kind = str(raw.get("kind", "grid"))
+    if kind not in KINDS:
+        raise SweepError(f"{where}: kind must be one of {list(KINDS)}, got {kind!r}")
+    if kind == "tuning":
+        _check_equal_budget(variants, where)
     if not settings or not variants or not seeds:
         raise SweepError(f"{where}: the grid is empty (settings={settings}, variants={[v.label for v in variants]}, "
                          f"seeds={seeds}); each axis needs at least one value")
     return SweepSpec(name=str(raw["name"]), feeds=str(raw.get("feeds", "")),
                      description=str(raw.get("description", "")), settings=settings, variants=variants,
                      seeds=seeds, overrides=[str(o) for o in _as_list(raw, "overrides", where)],
-                     resources=raw.get("resources") or {}, raw=raw, kind=str(raw.get("kind", "grid")))
+                     resources=raw.get("resources") or {}, raw=raw, kind=kind)
+
+
+def variant_overrides(body: dict, where: str) -> list[str]:
+    """A variant's Hydra overrides: its ``params`` (method parameters) then its ``overrides``."""
+    unknown = sorted(set(body) - {"method", "params", "overrides", "tuned", "arm"})
+    if unknown:
+        raise SweepError(f"{where}: unknown key(s) {unknown}; allowed: method, params, overrides, tuned, arm")
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        raise SweepError(f"{where}: 'params' must map method parameters to values")
+    return [f"++method.{k}={_override_value(v)}" for k, v in params.items()] + [str(o) for o in _as_list(body, "overrides", where)]
+
+
+def _check_equal_budget(variants: list[Variant], where: str) -> None:
+    counts: dict[str, int] = {}
+    for v in variants:
+        counts[v.arm] = counts.get(v.arm, 0) + 1
+        if v.tuned:
+            raise SweepError(f"{where}: a tuning sweep's variants cannot be 'tuned' themselves ({v.label!r})")
+    if len(set(counts.values())) > 1:
+        raise SweepError(f"{where}: kind tuning needs the same number of configurations per arm (an equal "
+                         f"budget), got {counts}")
+
+
+def resolve_tuned(variants: list[Variant], results_root: Path, where: str) -> list[Variant]:
+    """``tuned:`` variants with their method's chosen tuning configuration put first (see module doc)."""
+    out = []
+    for v in variants:
+        if v.tuned is None:
+            out.append(v)
+            continue
+        sweep, _, arm = v.tuned.partition(":")
+        out.append(Variant(v.label, v.method, tuned_overrides(results_root, sweep, arm or v.method,
+                                                              f"{where}, variant {v.label!r}") + v.overrides, v.tuned, v.arm))
+    return out
+
+
+def tuned_overrides(results_root: Path, sweep: str, arm: str, where: str) -> list[str]:
+    """The overrides of ``arm``'s chosen configuration in tuning sweep ``sweep`` under ``results_root``."""
+    from analysis import tuning
+    from analysis.load import load_results
+
+    folder = sweep_dir(results_root, sweep)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise SweepError(f"{where}: tuned from sweep {sweep!r}, which has not run in {results_root} "
+                         f"(trh sweep {sweep} --results {results_root})")
+    if not tuning.is_tuning(manifest):
+        raise SweepError(f"{where}: sweep {sweep!r} is not a tuning sweep (kind: tuning)")
+    cells = tuning.with_arms(load_results(folder).cells, manifest)
+    cells = cells[cells["arm"] == arm]
+    if cells.empty:
+        raise SweepError(f"{where}: tuning sweep {sweep!r} has no configuration of {arm!r}")
+    label = tuning.choose(cells).get(arm)
+    if label is None:
+        done = int(cells["state"].isin(["done", "collapsed"]).sum())
+        raise SweepError(f"{where}: {arm!r} is still being tuned in {sweep!r} ({done} of {len(cells)} cells "
+                         f"finished; trh sweep {sweep} --results {results_root})")
+    return variant_overrides(manifest["spec"]["variants"][label], f"{where}: {sweep!r}, variant {label!r}")
 
 
 def cell_configs(base_overrides_by_key: dict, seeds_by_key: dict, results_root: Path, threads: int,
@@ -246,6 +323,8 @@ def expand(spec: SweepSpec, results_root: Path, overrides=(), threads: int = 1) 
     """The cells of a grid, in submission order: settings interleaved, so that parallel workers warm
     up different settings first instead of queueing on one warm-up."""
     bases, seeds, meta = {}, {}, {}
+    spec.variants = resolve_tuned(spec.variants, results_root, f"sweep {spec.name!r}")
+    by_label = {v.label: v for v in spec.variants}
     for v in spec.variants:
         for s in spec.settings:
             key = (s, v.label)
@@ -261,10 +340,18 @@ def expand(spec: SweepSpec, results_root: Path, overrides=(), threads: int = 1) 
                 cells.append(Cell(id=run.config_hash, setting=s, label=v.label, method=v.method, seed=seed,
                                   t_stop=run.t_stop, run_dir=run.run_dir, config=container,
                                   overrides=bases[(s, v.label)][2:]))
-    seen = {}
+    seen, kept = {}, []
     for c in cells:
-        if c.id in seen:
-            raise SweepError(f"sweep {spec.name!r}: cells {seen[c.id].describe()} and {c.describe()} have the "
+        first = seen.get(c.id)
+        if first is not None and (by_label[first.label].tuned or by_label[c.label].tuned):
+            if not by_label[first.label].tuned:  # keep the tuned label, record the other as its alias
+                kept[kept.index(first)] = seen[c.id] = c
+                first, c = c, first
+            spec.aliases[c.label] = first.label  # e.g. a paper-default arm the tuning chose: run once
+            continue
+        if first is not None:
+            raise SweepError(f"sweep {spec.name!r}: cells {first.describe()} and {c.describe()} have the "
                              f"same config (variants that differ only in their label)")
         seen[c.id] = c
-    return cells
+        kept.append(c)
+    return kept

@@ -206,7 +206,7 @@ def test_report_files(results_root, tmp_path):
     row = versus[(versus["setting"] == "base_s") & (versus["method"] == "CPPO")].iloc[0]
     assert row["paper"] == "12.78" and row["paper_rank"] == 1 and row["ours_rank"] == 1
     for name in ("fig4_validation_curves", "fig7_warmup_diagnostics", "fig9_base_s", "fig11_long_s",
-                 "fig5_ablations_post", "fig2_position_diagnostic"):
+                 "fig5_ablations", "fig2_position_diagnostic"):
         data = (out / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = struct.unpack(">II", data[16:24])
@@ -328,3 +328,28 @@ def test_committed_cells_keep_their_ids():
         store = RunStore(folder)
         digest = run_id(semantic_config(store.read_config()))
         assert digest == store.read_status()["config_hash"] == folder.name.rsplit("-", 1)[-1], folder
+
+
+def test_survival_binding_and_per_sweep_tables(tmp_path):
+    root = tmp_path / "results"
+    cells = [_write_cell(root, "stress", "grpo", s, [0.5, 0.6], *(("collapsed", 20) if s == 3 else ("done",)))
+             for s in range(4)]
+    cells += [_write_cell(root, "stress", "cppo", s, [0.5, 0.7]) for s in range(4)]
+    for c in cells:  # grpo masks 1 % of tokens at every training step, cppo 3 %; only steps in [1, T_stop] count
+        rows = [json.loads(line) for line in (root / c["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+        mask = 0.01 if c["method"] == "grpo" else 0.03
+        rows += [{"step": 5, "mask_fraction": mask}, {"step": 15, "mask_fraction": mask}, {"step": 99, "mask_fraction": 1.0}]
+        (root / c["run_dir"] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["step"])))
+    for name, feeds in (("stress_survival", "survival (stress)"), ("paper_main", "Table 1")):
+        (root / "sweeps" / name).mkdir(parents=True)
+        (root / "sweeps" / name / "manifest.json").write_text(json.dumps({"sweep": name, "feeds": feeds, "cells": cells}))
+    build_report(root, tmp_path / "out")
+    survival = pd.read_csv(tmp_path / "out" / "survival_stress_survival.csv").set_index("label")
+    assert survival.loc["GRPO", "survived"] == 3 and survival.loc["GRPO", "rate %"] == 75.0
+    assert survival.loc["GRPO", "95% CI"] == "[19.4, 99.4]"        # Clopper-Pearson for 3 of 4
+    assert survival.loc["GRPO", "collapse steps"] == "20"
+    assert survival.loc["CPPO", "95% CI"] == "[39.8, 100.0]"       # 4 of 4
+    binding = pd.read_csv(tmp_path / "out" / "binding.csv").set_index("label")
+    assert binding.loc["grpo", "masked %"] == 1.0 and binding.loc["cppo", "masked %"] == 3.0
+    assert (tmp_path / "out" / "table_stress_survival.md").exists()
+    assert (tmp_path / "out" / "comparisons_stress_survival.md").exists()

@@ -10,9 +10,29 @@ from sweeps.executors import check_slurm, resources
 from sweeps.search import open_storage, parse_search
 from sweeps.spec import SweepError, load_raw, spec_names
 
-GRIDS = {"paper_main": 84, "ablation_mechanism": 12, "ablation_ordering": 9, "ablation_gate": 9, "sensitivity": 12,
-         "divergence_kl_tv": 12, "divergence_binary_topk": 9, "position_diagnostics": 2, "smoke": 4, "demo": 7,
-         "lm_smoke": 4}
+GRIDS = {"paper_main": 84, "ablation_mechanism": 40, "ablation_ordering": 30, "ablation_gate": 30, "sensitivity": 40,
+         "divergence_kl_tv": 40, "divergence_binary_topk": 30, "position_diagnostics": 2, "smoke": 4, "demo": 7,
+         "lm_smoke": 4, "tune_drift": 108, "drift_main": 110, "stress_survival": 80}
+# a stand-in for tune_drift's choices (the real ones need its 108 runs): arm → the chosen overrides
+FAKE_CHOICE = {"cppo": ["++method.delta=0.02", "++method.delta_b=0.001"], "dppo": ["++method.delta=0.01"],
+               "cppo_kl": ["++method.divergence=topk_kl", "++method.delta=0.03", "++method.delta_b=0.002"],
+               "grpo": ["++method.eps_low=0.05", "++method.eps_high=0.07"], "cispo": ["++method.cap=1.5"],
+               "minpro": ["++method.cap=1.25"], "trm_max": ["++method.delta_max=0.1"],
+               "trm_avg": ["++method.delta_avg=0.003"], "trm_max_avg": ["++method.delta_max=0.2", "++method.delta_avg=0.004"]}
+
+
+@pytest.fixture
+def fake_tuning(monkeypatch):
+    import sweeps.spec as spec_module
+
+    calls = []
+
+    def choice(results_root, sweep, arm, where):
+        calls.append((sweep, arm))
+        return list(FAKE_CHOICE[arm])
+
+    monkeypatch.setattr(spec_module, "tuned_overrides", choice)
+    return calls
 
 
 def test_every_paper_artefact_has_a_spec():
@@ -20,13 +40,43 @@ def test_every_paper_artefact_has_a_spec():
 
 
 @pytest.mark.parametrize("name", sorted(GRIDS))
-def test_grid_specs_expand(name, tmp_path):
+def test_grid_specs_expand(name, tmp_path, fake_tuning):
     spec, cells, _, _ = prepare(name, [], tmp_path)
     assert len(cells) == GRIDS[name]
     assert len({c.id for c in cells}) == len(cells)  # one config per cell
     assert all(c.run_dir.parent == tmp_path / "runs" and c.id in c.run_dir.name for c in cells)
     assert all(c.config["engine"]["threads"] == 1 and c.config["seed"] == c.seed for c in cells)
     assert not (tmp_path / "runs").exists()  # expanding runs nothing
+
+
+def test_tuned_specs_use_each_arms_choice(tmp_path, fake_tuning):
+    _, main, _, _ = prepare("drift_main", [], tmp_path)
+    _, gate, _, _ = prepare("ablation_gate", [], tmp_path)
+    _, kl, _, _ = prepare("divergence_kl_tv", [], tmp_path)
+    _, sens, _, _ = prepare("sensitivity", [], tmp_path)
+    main_ids = {(c.label, c.seed): c.id for c in main}
+    # the ablations' CPPO and DPPO cells are drift_main's (same tuned config, same seeds): trained once
+    assert {c.id for c in gate if c.label in ("CPPO", "DPPO")} == {main_ids[(m, s)] for m in ("cppo", "dppo")
+                                                                   for s in range(20, 30)}
+    soft = next(c for c in gate if c.label == "soft gate")
+    assert soft.config["method"]["name"] == "cppo_soft" and soft.config["method"]["delta"] == 0.02
+    cppo_kl = next(c for c in kl if c.label == "CPPO (KL)")
+    assert cppo_kl.config["method"]["divergence"] == "topk_kl" and cppo_kl.config["method"]["delta"] == 0.03
+    fixed = next(c for c in sens if c.label.startswith("CPPO (fixed"))
+    assert fixed.config["method"]["budget"] == "fixed" and fixed.config["method"]["delta_b"] == 0.001
+    assert ("tune_drift", "cppo_kl") in fake_tuning and ("tune_drift", "trm_max_avg") in fake_tuning
+    paper = next(c for c in main if c.label.startswith("GRPO (paper"))
+    assert paper.config["method"]["eps_low"] == 0.2 and main_ids[("grpo", 20)] != paper.id
+
+
+def test_tuning_grid_spans_each_arm_equally(tmp_path):
+    spec, cells, _, _ = prepare("tune_drift", [], tmp_path)
+    arms = {}
+    for v in spec.variants:
+        arms.setdefault(v.arm, []).append(v.label)
+    assert {a: len(v) for a, v in arms.items()} == {a: 6 for a in ("grpo", "cispo", "minpro", "dppo", "trm_max",
+                                                                    "trm_avg", "trm_max_avg", "cppo", "cppo_kl")}
+    assert {c.seed for c in cells} == {1000, 1001} and {c.setting for c in cells} == {"drift_s"}
 
 
 def test_paper_main_grid_and_order(tmp_path):
@@ -42,19 +92,12 @@ def test_paper_main_grid_and_order(tmp_path):
 
 def test_cells_are_config_hashes_shared_across_sweeps(tmp_path):
     _, main, _, _ = prepare("paper_main", [], tmp_path)
-    _, gate, _, _ = prepare("ablation_gate", [], tmp_path)
-    _, sens, _, _ = prepare("sensitivity", [], tmp_path)
-    _, kl, _, _ = prepare("divergence_kl_tv", [], tmp_path)
+    _, demo, _, _ = prepare("demo", [], tmp_path)
     main_ids = {(c.setting, c.method, c.seed): c.id for c in main}
-    gate_cppo = [c for c in gate if c.label == "CPPO"]
-    assert [c.id for c in gate_cppo] == [main_ids[("post_s", "cppo", s)] for s in (0, 1, 2)]
+    assert [c.id for c in demo] == [main_ids[("base_s", c.method, 0)] for c in demo]
     # the same method with other parameters is another cell
-    default = {c.seed: c.id for c in sens if c.label.startswith("CPPO (dyn δ_b, w_min 0.8")}
-    assert default == {s: main_ids[("base_s", "cppo", s)] for s in (0, 1, 2)}
-    assert {c.id for c in sens if "0.6" in c.label}.isdisjoint(main_ids.values())
-    kl_cell = next(c for c in kl if c.label == "CPPO (KL)" and c.seed == 0)
-    assert kl_cell.config["method"]["divergence"] == "topk_kl"
-    assert kl_cell.config["setting"]["delta"] == 0.1 and kl_cell.config["setting"]["delta_b"] == 0.002
+    _, other, _, _ = prepare("demo", ["method.delta=0.02", "method=cppo"], tmp_path)
+    assert other[0].id not in main_ids.values()
 
 
 def test_adding_a_seed_or_an_override_changes_only_what_it_should(tmp_path):
