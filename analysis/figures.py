@@ -338,6 +338,9 @@ def fig_prefix_schematic(record: dict, out: Path, formats=("png",)) -> list[Path
     return _save(fig, out, "fig3_prefix_constraint", formats)
 
 
+ARM_NAMES = {"cppo_kl": "CPPO (Top-K KL)"}  # tuning arms that are not registry methods
+
+
 def fig_tuning(table: pd.DataFrame, out: Path, stem: str, title: str, formats=("png",)) -> list[Path]:
     """One panel per method: each tuning configuration's score (mean over tuning seeds, 95 % t
     interval) against how much its rule bound (tokens masked, or weights capped for CISPO/MinPRO);
@@ -353,14 +356,15 @@ def fig_tuning(table: pd.DataFrame, out: Path, stem: str, title: str, formats=("
         capped = group.get("cap_hit")
         use_cap = capped is not None and pd.to_numeric(capped, errors="coerce").fillna(0).gt(0).any() and \
             pd.to_numeric(group.get("mask_fraction"), errors="coerce").fillna(0).eq(0).all()
-        x = 100 * pd.to_numeric(group["cap_hit" if use_cap else "mask_fraction"], errors="coerce").fillna(0).to_numpy()
-        y = 100 * group["score"].to_numpy()
+        group = group.assign(x=100 * pd.to_numeric(group["cap_hit" if use_cap else "mask_fraction"],
+                                                    errors="coerce").fillna(0)).sort_values("x", kind="stable")
+        x, y = group["x"].to_numpy(), 100 * group["score"].to_numpy()
         err = np.vstack([y - 100 * group["low"].to_numpy(), 100 * group["high"].to_numpy() - y])
         ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="o-", color="0.3", ms=4, lw=1, capsize=2)
         chosen = group["chosen"].to_numpy(dtype=bool)
         ax.plot(x[chosen], y[chosen], "*", color="#d62728", ms=13, zorder=3)
         ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_title(display_name(method), fontsize=9)
+        ax.set_title(ARM_NAMES.get(method, display_name(method)), fontsize=9)
         ax.set_xlabel(("weights capped" if use_cap else "tokens masked") + " (%)", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(methods):]:

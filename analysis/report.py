@@ -133,7 +133,8 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
     for extra in _other_sweeps(results, name):
         written.update(_sweep_tables(results, extra, out, formats))
     if any(s in T.paper()["settings"] for s in settings):
-        versus = T.paper_vs_ours(T.table1(cells, settings, rows, row_key="method"), row_key="method")
+        plain = cells[cells["label"] == cells["method"]]  # the methods' own arms, not variants of them
+        versus = T.paper_vs_ours(T.table1(plain, settings, rows, row_key="method"), row_key="method")
         written["paper_vs_ours"] = _write(out, "paper_vs_ours", formats, _versus_markdown(versus, results.avg_label),
                                           None, versus)
     else:
@@ -221,7 +222,8 @@ def _tuning_tables(results, sweep: str, out: Path, formats) -> list[Path]:
     seeds = sorted(set(cells["seed"]))
     shown = table.assign(**{c: table[c].map(lambda v: "—" if v is None or pd.isna(v) else f"{100 * v:.1f}")
                             for c in ("score", "low", "high", "mask_fraction", "seq_acceptance", "cap_hit") if c in table},
-                         chosen=table["chosen"].map(lambda v: "**chosen**" if v else ""))
+                         chosen=table["chosen"].map(lambda v: "**chosen**" if v else "")).rename(
+        columns={"score": "score %", "low": "95% low", "high": "95% high", **T.BINDING_COLUMNS})
     md = (f"# Tuning ({sweep}): an equal budget per arm\n\nConfigurations per arm (a method, or a variant of one "
           "tuned on its own): "
           + ", ".join(f"{m} {n}" for m, n in budget.items())

@@ -185,6 +185,8 @@ def paper_vs_ours(long: pd.DataFrame, row_key: str = "method") -> pd.DataFrame:
     names = {m: ref["methods"][m]["name"] for m in ref["table1_methods"]}
     out = []
     for setting, column in ref["settings"].items():
+        if setting not in set(long["setting"]):
+            continue  # a column we have no run for
         col_idx = ref["table1"]["columns"].index(column)
         paper_vals = {name: vals[col_idx] for name, vals in ref["table1"]["rows"].items()}
         numeric = {k: v for k, v in paper_vals.items() if isinstance(v, (int, float))}

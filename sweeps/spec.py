@@ -17,11 +17,12 @@ On the command line ``setting=a,b`` / ``seed=0,1`` / ``method=x,y`` replace or f
 (``setting=qwen3_*`` globs), and every other ``key=value`` is a Hydra override for every cell.
 
 ``kind: tuning`` marks a grid of tuning configurations (the equal-budget protocol of
-``analysis.tuning``): every method must have the same number of variants, and the report shows it
-as a tuning table, never as Table 1. A variant of a later sweep with ``tuned: <that sweep>`` runs
-its method's chosen configuration (the best mean validation headline over the tuning seeds), read
-from the same results folder when the sweep is expanded; its own ``params``/``overrides`` apply on
-top. Expanding it before that method's tuning cells have all finished is an error.
+``analysis.tuning``): each variant tunes an ``arm`` (default: its method), every arm must have the
+same number of variants, and the report shows it as a tuning table, never as Table 1. A variant of
+a later sweep with ``tuned: <that sweep>`` (or ``<that sweep>:<arm>``) runs the arm's chosen
+configuration (the best mean validation headline over the tuning seeds), read from the same results
+folder when the sweep is expanded; its own ``params``/``overrides`` apply on top. Expanding it
+before that arm's tuning cells have all finished is an error.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
             if not isinstance(body, dict) or "method" not in body:
                 raise SweepError(f"{where}: variant {label!r} must be a mapping with a 'method'")
             tuned = body.get("tuned")
-            if tuned is not None and not (isinstance(tuned, str) and all(SAFE_NAME.fullmatch(x) for x in tuned.split(":", 1))):
+            named = isinstance(tuned, str) and all(SAFE_NAME.fullmatch(part) for part in tuned.split(":", 1))
+            if tuned is not None and not named:
                 raise SweepError(f"{where}, variant {label!r}: 'tuned' must name a tuning sweep (optionally "
                                  f"'<sweep>:<arm>'), got {tuned!r}")
             variants.append(Variant(str(label), str(body["method"]), variant_overrides(body, f"{where}, variant {label!r}"),
@@ -244,7 +246,8 @@ def variant_overrides(body: dict, where: str) -> list[str]:
     params = body.get("params") or {}
     if not isinstance(params, dict):
         raise SweepError(f"{where}: 'params' must map method parameters to values")
-    return [f"++method.{k}={_override_value(v)}" for k, v in params.items()] + [str(o) for o in _as_list(body, "overrides", where)]
+    return ([f"++method.{k}={_override_value(v)}" for k, v in params.items()]
+            + [str(o) for o in _as_list(body, "overrides", where)])
 
 
 def _check_equal_budget(variants: list[Variant], where: str) -> None:
@@ -259,15 +262,15 @@ def _check_equal_budget(variants: list[Variant], where: str) -> None:
 
 
 def resolve_tuned(variants: list[Variant], results_root: Path, where: str) -> list[Variant]:
-    """``tuned:`` variants with their method's chosen tuning configuration put first (see module doc)."""
+    """``tuned:`` variants with their arm's chosen tuning configuration put first (see module doc)."""
     out = []
     for v in variants:
         if v.tuned is None:
             out.append(v)
             continue
         sweep, _, arm = v.tuned.partition(":")
-        out.append(Variant(v.label, v.method, tuned_overrides(results_root, sweep, arm or v.method,
-                                                              f"{where}, variant {v.label!r}") + v.overrides, v.tuned, v.arm))
+        chosen = tuned_overrides(results_root, sweep, arm or v.method, f"{where}, variant {v.label!r}")
+        out.append(Variant(v.label, v.method, chosen + v.overrides, v.tuned, v.arm))
     return out
 
 

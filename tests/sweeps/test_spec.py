@@ -12,7 +12,7 @@ from sweeps.spec import SweepError, load_raw, spec_names
 
 GRIDS = {"paper_main": 84, "ablation_mechanism": 40, "ablation_ordering": 30, "ablation_gate": 30, "sensitivity": 40,
          "divergence_kl_tv": 40, "divergence_binary_topk": 30, "position_diagnostics": 2, "smoke": 4, "demo": 7,
-         "lm_smoke": 4, "tune_drift": 108, "drift_main": 110, "stress_survival": 80}
+         "lm_smoke": 4, "tune_drift": 126, "drift_main": 110, "stress_survival": 80}
 # a stand-in for tune_drift's choices (the real ones need its 108 runs): arm → the chosen overrides
 FAKE_CHOICE = {"cppo": ["++method.delta=0.02", "++method.delta_b=0.001"], "dppo": ["++method.delta=0.01"],
                "cppo_kl": ["++method.divergence=topk_kl", "++method.delta=0.03", "++method.delta_b=0.002"],
@@ -65,6 +65,8 @@ def test_tuned_specs_use_each_arms_choice(tmp_path, fake_tuning):
     fixed = next(c for c in sens if c.label.startswith("CPPO (fixed"))
     assert fixed.config["method"]["budget"] == "fixed" and fixed.config["method"]["delta_b"] == 0.001
     assert ("tune_drift", "cppo_kl") in fake_tuning and ("tune_drift", "trm_max_avg") in fake_tuning
+    _, position, _, _ = prepare("position_diagnostics", [], tmp_path)
+    assert {c.id for c in position} == {main_ids[("grpo", 20)], main_ids[("cppo", 20)]}  # nothing of its own
     paper = next(c for c in main if c.label.startswith("GRPO (paper"))
     assert paper.config["method"]["eps_low"] == 0.2 and main_ids[("grpo", 20)] != paper.id
 
@@ -74,7 +76,7 @@ def test_tuning_grid_spans_each_arm_equally(tmp_path):
     arms = {}
     for v in spec.variants:
         arms.setdefault(v.arm, []).append(v.label)
-    assert {a: len(v) for a, v in arms.items()} == {a: 6 for a in ("grpo", "cispo", "minpro", "dppo", "trm_max",
+    assert {a: len(v) for a, v in arms.items()} == {a: 7 for a in ("grpo", "cispo", "minpro", "dppo", "trm_max",
                                                                     "trm_avg", "trm_max_avg", "cppo", "cppo_kl")}
     assert {c.seed for c in cells} == {1000, 1001} and {c.setting for c in cells} == {"drift_s"}
 
