@@ -128,8 +128,8 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
                                    "Provenance — every cell of every sweep.\n\n" + T.to_markdown(prov, index=False),
                                    T.to_latex(prov.drop(columns=["run_dir"]), "Cells.", "tab:provenance", index=False),
                                    prov)
-    written["binding"] = _write(out, "binding", formats, _binding_markdown(cells, settings, rows, names, name), None,
-                                T.binding(cells, settings, rows))
+    binding = T.binding(cells, settings, rows)
+    written["binding"] = _write(out, "binding", formats, _binding_markdown(binding, names, name), None, binding)
     for extra in _other_sweeps(results, name):
         written.update(_sweep_tables(results, extra, out, formats))
     if any(s in T.paper()["settings"] for s in settings):
@@ -191,9 +191,9 @@ def _sweep_tables(results, sweep: str, out: Path, formats) -> dict:
     if not cmp.empty:
         written[f"comparisons_{sweep}"] = _write(out, f"comparisons_{sweep}", formats,
                                                  _comparisons_markdown(cmp, names, ref), None, cmp)
-    written[f"binding_{sweep}"] = _write(out, f"binding_{sweep}", formats,
-                                         _binding_markdown(cells, settings, rows, names, sweep), None,
-                                         T.binding(cells, settings, rows))
+    binding = T.binding(cells, settings, rows)
+    written[f"binding_{sweep}"] = _write(out, f"binding_{sweep}", formats, _binding_markdown(binding, names, sweep),
+                                         None, binding)
     if "survival" in str(results.sweeps[sweep].get("feeds", "")).lower():
         frame = T.survival(cells, settings, rows).assign(label=lambda f: f["label"].map(lambda r: names.get(r, r)))
         written[f"survival_{sweep}"] = _write(
@@ -205,9 +205,8 @@ def _sweep_tables(results, sweep: str, out: Path, formats) -> dict:
     return written
 
 
-def _binding_markdown(cells, settings, rows, names, sweep) -> str:
-    frame = T.binding(cells, settings, rows)
-    frame["label"] = frame["label"].map(lambda r: names.get(r, r))
+def _binding_markdown(binding: pd.DataFrame, names: dict, sweep: str) -> str:
+    frame = binding.assign(label=binding["label"].map(lambda r: names.get(r, r)))
     return (f"# How much each trust region bound ({sweep})\n\nPer arm, mean over its finished seeds of the per-run "
             "mean over training steps in [1, T_stop]: tokens masked (%; TRM's rejected responses count by their "
             "tokens), responses accepted (%, TRM), tokens whose IS weight hit the cap (%, CISPO/MinPRO); beside the "
