@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.store import FINISHED
+
 from . import compare as C
 from . import figures as F
 from . import stats as S
@@ -39,7 +41,7 @@ def choose_table1(results, wanted: str | None = None) -> str | None:
             return name
     candidates = sorted(n for n, m in results.sweeps.items() if not tuning.is_tuning(m))
     if candidates:
-        done = results.cells[results.cells["state"].isin(["done", "collapsed"])].groupby("sweep").size()
+        done = results.cells[results.cells["state"].isin(FINISHED)].groupby("sweep").size()
         return max(candidates, key=lambda n: int(done.get(n, 0)))  # ties: the first by name
     return "runs" if not results.sweeps and not results.cells.empty else None  # None: tuning sweeps only
 
@@ -96,7 +98,7 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
                 "reference": None, "names": {}}
     cells = results.sweep_cells(name) if name in results.sweeps else results.cells
     settings, rows = _ordered_settings(cells), _ordered_rows(cells)
-    names = {r: (T.display_name(r) if r in T.paper()["methods"] else r) for r in rows}
+    names = _display_names(rows)
     ref = _reference(rows, reference)
     protocols = _protocols(cells)
     if len(protocols) == 1:
@@ -174,6 +176,11 @@ def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out,
     return paths, (pd.concat(compared) if any(not c.empty for c in compared) else pd.DataFrame())
 
 
+def _display_names(rows) -> dict:
+    """The paper's name of each registry method; a variant label stays as the spec wrote it."""
+    return {r: (T.display_name(r) if r in T.paper()["methods"] else r) for r in rows}
+
+
 def _other_sweeps(results, main: str | None) -> list[str]:
     return [n for n, m in results.sweeps.items() if n != main and not tuning.is_tuning(m) and results.has(n)]
 
@@ -183,7 +190,7 @@ def _sweep_tables(results, sweep: str, out: Path, formats) -> dict:
     comparisons, the binding rates, and a survival table if the sweep feeds one: ``*_<sweep>`` files."""
     cells = results.sweep_cells(sweep)
     settings, rows = _ordered_settings(cells), _ordered_rows(cells)
-    names = {r: (T.display_name(r) if r in T.paper()["methods"] else r) for r in rows}
+    names = _display_names(rows)
     ref = _reference(rows, None) if "cppo" in rows else rows[0]
     written = {}
     written[f"table_{sweep}"], cmp = _table1(cells, settings, rows, ref, _protocols(cells), names, sweep,
@@ -400,7 +407,7 @@ def _index(results, tables, figs, out: Path) -> str:
     for sweep, group in cells.groupby("sweep", sort=False):
         counts = group["verdict"].str.replace(r" \(step \d+\)", "", regex=True).value_counts()
         lines.append(f"- **{sweep}**: {len(group)} cells — " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    unfinished = cells[~cells["state"].isin(["done", "collapsed"])]
+    unfinished = cells[~cells["state"].isin(FINISHED)]
     if not unfinished.empty:
         lines.append("\nNot finished (tables use the finished seeds and say how many):\n")
         lines.append(T.to_markdown(unfinished[["sweep", "setting", "label", "seed", "id", "verdict", "steps_run"]],

@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from harness.store import FINISHED
+
 from . import stats as S
 from .compare import interval_text
 
@@ -40,7 +42,7 @@ def aggregate(cells: pd.DataFrame, row_key: str = "label", score: str = "best_he
     """One row per (row_key, setting): ``score`` over seeds (mean, std, 95 % interval), and what is missing."""
     out = []
     for (key, setting), group in cells.groupby([row_key, "setting"], sort=False):
-        scored = group[group["state"].isin(["done", "collapsed"])]
+        scored = group[group["state"].isin(FINISHED)]
         values = pd.to_numeric(scored[score], errors="coerce").dropna().astype(float)
         ci = S.mean_interval(values, bounds=(0.0, 1.0))  # scores are accuracies
         out.append({row_key: key, "method": group["method"].iloc[0], "setting": setting,
@@ -50,7 +52,7 @@ def aggregate(cells: pd.DataFrame, row_key: str = "label", score: str = "best_he
                     "std": values.std(ddof=1) if len(values) > 1 else (0.0 if len(values) == 1 else None),
                     "collapsed": int((group["state"] == "collapsed").sum()), "collapse": _collapse_note(group),
                     "failed": int((group["state"] == "failed").sum()),
-                    "unfinished": int((~group["state"].isin(["done", "collapsed", "failed"])).sum()),
+                    "unfinished": int((~group["state"].isin((*FINISHED, "failed"))).sum()),
                     "best_step_median": scored["best_step"].median() if len(scored) else None})
     return pd.DataFrame(out)
 
@@ -115,7 +117,7 @@ def pivot(long: pd.DataFrame, settings: list[str], rows: list[str], row_key: str
 def table4(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label",
            scale: float = 100.0) -> pd.DataFrame:
     """Per validation split at each cell's best step, mean over finished seeds (Table 4)."""
-    scored = cells[cells["state"].isin(["done", "collapsed"]) & cells["setting"].isin(settings)
+    scored = cells[cells["state"].isin(FINISHED) & cells["setting"].isin(settings)
                    & cells[row_key].isin(rows)]
     columns = ({f"best_{s}": s for s in SPLITS} | {"best_headline": "headline"}
                | {f"heldout_{s}": s for s in HELDOUT_SPLITS} | {"heldout_headline": "test_headline"})
@@ -134,7 +136,7 @@ BINDING_COLUMNS = {"mask_fraction": "masked %", "seq_acceptance": "accepted %", 
 def binding(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label") -> pd.DataFrame:
     """Per (setting, arm): finished seeds, the score (held-out test headline where recorded, else the best
     validation headline) and the binding rates, mean over seeds, in %."""
-    done = cells[cells["state"].isin(["done", "collapsed"]) & cells["setting"].isin(settings) & cells[row_key].isin(rows)]
+    done = cells[cells["state"].isin(FINISHED) & cells["setting"].isin(settings) & cells[row_key].isin(rows)]
     out = []
     for (setting, label), group in done.groupby(["setting", row_key], sort=False):
         held = pd.to_numeric(group["heldout_headline"], errors="coerce")
@@ -156,7 +158,7 @@ def survival(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key:
     Clopper-Pearson 95 % interval, and the collapse steps of the others."""
     from scipy.stats import binomtest
 
-    done = cells[cells["state"].isin(["done", "collapsed"]) & cells["setting"].isin(settings) & cells[row_key].isin(rows)]
+    done = cells[cells["state"].isin(FINISHED) & cells["setting"].isin(settings) & cells[row_key].isin(rows)]
     out = []
     for setting in settings:
         for label in rows:

@@ -41,7 +41,7 @@ def cmd_methods(args) -> int:
 def cmd_train(args) -> int:
     from harness.config import compose
     from harness.lifecycle import summary_line
-    from harness.store import RunInUse
+    from harness.store import FINISHED, RunInUse
     from harness.train import run
 
     try:
@@ -52,7 +52,7 @@ def cmd_train(args) -> int:
         return 2
     print(f"run folder: {status['run_dir']}")
     print(summary_line(status))
-    return 0 if status["state"] in ("done", "collapsed") else 1
+    return 0 if status["state"] in FINISHED else 1
 
 
 def _user_errors():

@@ -37,7 +37,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, available, compose_many, resolve
-from harness.store import read_manifest, runs_dir, sweep_dir
+from harness.store import FINISHED, read_manifest, runs_dir, sweep_dir
 
 SPEC_DIR = Path(__file__).parent / "specs"
 GRID_KEYS = ("setting", "seed", "method")
@@ -292,7 +292,7 @@ def tuned_overrides(results_root: Path, sweep: str, arm: str, where: str) -> lis
         raise SweepError(f"{where}: tuning sweep {sweep!r} has no configuration of {arm!r}")
     label = tuning.choose(cells).get(arm)
     if label is None:
-        done = int(cells["state"].isin(["done", "collapsed"]).sum())
+        done = int(cells["state"].isin(FINISHED).sum())
         raise SweepError(f"{where}: {arm!r} is still being tuned in {sweep!r} ({done} of {len(cells)} cells "
                          f"finished; trh sweep {sweep} --results {results_root})")
     return variant_overrides(manifest["spec"]["variants"][label], f"{where}: {sweep!r}, variant {label!r}")
