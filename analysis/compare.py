@@ -49,7 +49,8 @@ def _paired_rows(cells, pairs, score, row_key, effect, interval) -> list[dict]:
                     "ci_low": cmp.diff.low, "ci_high": cmp.diff.high, "interval": cmp.diff.method, "p": cmp.p,
                     "sd_diff": cmp.sd, "note": "; ".join(note),
                     # at the level of Holm's first step over the family, so that the correction is survivable
-                    "seeds_needed": S.seeds_needed(cmp.sd, effect, alpha=S.ALPHA / family)})
+                    "seeds_needed": S.seeds_needed(cmp.sd, effect, alpha=S.ALPHA / family),
+                    "detectable": S.detectable_difference(cmp.sd, n, alpha=S.ALPHA / family)})
     return out
 
 

@@ -259,14 +259,17 @@ def _comparisons_markdown(cmp: pd.DataFrame, names: dict, ref: str) -> str:
              "difference; two-sided paired permutation p (exact: all sign flips); Holm-adjusted over every comparison "
              f"of the protocol's table; verdict at α = {S.ALPHA}; seeds a 2-point difference would need at 80 % power "
              "at the level of Holm's first step (α / number of comparisons), from the observed SD of the "
-             "differences.\n"]
+             "differences; and the smallest difference these seeds detect at that power and level ('detectable', "
+             "points; — where the permutation test cannot reach that level at all).\n"]
     for score, group in cmp.groupby("score", sort=False):
         table = pd.DataFrame({
             "setting": group["setting"], "other": group["other"].map(lambda r: names.get(r, r)), "seeds": group["seeds"],
             "diff": group["diff"].map(_pts),
             "95% CI": [f"[{_pts(lo)}, {_pts(hi)}]" for lo, hi in zip(group["ci_low"], group["ci_high"])],
             "p": group["p"].map(lambda v: f"{v:.3g}"), "p (Holm)": group["p_holm"].map(lambda v: f"{v:.3g}"),
-            "verdict": group["verdict"], "seeds for 2 pts": group["seeds_needed"], "note": group["note"]})
+            "verdict": group["verdict"], "seeds for 2 pts": group["seeds_needed"],
+            "detectable": group["detectable"].map(lambda v: "—" if v is None or pd.isna(v) else f"{100 * v:.1f}"),
+            "note": group["note"]})
         lines.append(f"\n## {C.SCORES[score]}\n")
         lines.append(T.to_markdown(table, index=False))
         counts = group["verdict"].value_counts()

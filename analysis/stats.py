@@ -182,6 +182,22 @@ def seeds_needed(sd_diff: float, effect: float, power: float = 0.8, alpha: float
     return None
 
 
+def detectable_difference(sd_diff: float, n_pairs: int, power: float = 0.8, alpha: float = ALPHA) -> float | None:
+    """The smallest mean difference a paired comparison of ``n_pairs`` seeds detects with ``power`` at
+    two-sided level ``alpha``, from the SD of the per-seed differences (t-test power, the inverse of
+    ``seeds_needed``); None where the exact permutation test cannot reach ``alpha`` at all (2 / 2^n > alpha)
+    or the SD is unknown. What "no detectable difference" means at the seeds a study has."""
+    from statsmodels.stats.power import TTestPower
+
+    if n_pairs < 2 or smallest_p(n_pairs) > alpha or not np.isfinite(sd_diff):
+        return None
+    if sd_diff == 0:
+        return 0.0
+    effect = TTestPower().solve_power(effect_size=None, nobs=n_pairs, alpha=alpha, power=power,
+                                      alternative="two-sided")
+    return float(effect * sd_diff)
+
+
 def noise_sd(values, confidence: float = CONFIDENCE) -> Interval:
     """The SD of repeated measurements (evaluation noise) with its chi-square interval."""
     x = _finite(values)

@@ -102,6 +102,21 @@ def test_seeds_needed_matches_simulated_power():
     assert S.seeds_needed(0.04, 0.02) > n and S.seeds_needed(float("nan"), 0.02) is None
 
 
+def test_detectable_difference_inverts_seeds_needed():
+    # large n: the normal approximation (z_{1-α/2} + z_power)·sd/√n
+    assert S.detectable_difference(0.03, 400) == pytest.approx((1.959964 + 0.841621) * 0.03 / 20, rel=0.01)
+    for n in (6, 10, 20):  # round trip: n seeds need n seeds to detect their own detectable difference
+        mdd = S.detectable_difference(0.02, n)
+        assert S.seeds_needed(0.02, mdd * 1.0001) == n and S.seeds_needed(0.02, mdd * 0.99) > n
+    rng = np.random.default_rng(2)  # simulated power at that difference ≈ 0.8
+    mdd = S.detectable_difference(0.02, 10)
+    power = np.mean([sps.ttest_1samp(rng.normal(mdd, 0.02, 10), 0).pvalue < 0.05 for _ in range(800)])
+    assert 0.75 <= power <= 0.85
+    assert S.detectable_difference(0.02, 10, alpha=0.005) > mdd  # a stricter level detects less
+    assert S.detectable_difference(0.02, 5) is None  # 2/2^5 > 0.05: nothing is detectable
+    assert S.detectable_difference(float("nan"), 10) is None and S.detectable_difference(0.0, 10) == 0.0
+
+
 def test_aggregates_across_settings():
     a, b = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]
     iqm = S.aggregate_iqm([a, b])
