@@ -212,7 +212,9 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
                 drift.plot(curve[0], curve[1], color=colours.get(label), ls="--", lw=1)
         drift.set_title(drift.get_title() + "\n(dashed: engine mismatch at the first update)", fontsize=9)
     _legend_below(fig, axes[1][0], ncol=7)
-    fig.suptitle(f"{setting} (stands in for Qwen3-{paper()['settings'].get(setting, '?')}); {BAND}", fontsize=11)
+    column = paper()["settings"].get(setting)
+    fig.suptitle(f"{setting} ({sweep}; " + (f"stands in for Qwen3-{column}" if column else "no paper column")
+                 + f"); {BAND}", fontsize=11)
     return _save(fig, out, stem, formats)
 
 

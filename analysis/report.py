@@ -202,13 +202,19 @@ def _sweep_tables(results, sweep: str, out: Path, formats) -> dict:
     written[f"binding_{sweep}"] = _write(out, f"binding_{sweep}", formats, _binding_markdown(binding, names, sweep),
                                          None, binding)
     if "survival" in str(results.sweeps[sweep].get("feeds", "")).lower():
-        frame = T.survival(cells, settings, rows).assign(label=lambda f: f["label"].map(lambda r: names.get(r, r)))
+        frame = T.survival(cells, settings, rows, reference=ref)
+        frame = frame.rename(columns={f"p vs {ref}": f"p vs {names.get(ref, ref)}"}).assign(
+            label=lambda f: f["label"].map(lambda r: names.get(r, r)))
         written[f"survival_{sweep}"] = _write(
             out, f"survival_{sweep}", formats,
             f"# Survival ({sweep})\n\nA run survives when it does not collapse within its steps (the headline "
             "falling to ≈ 0 after reaching the collapse threshold, or a non-finite loss or weight). Rate over "
-            "finished seeds with its exact (Clopper-Pearson) 95 % interval; the collapse steps of the others.\n\n"
-            + T.to_markdown(frame, index=False) + "\n", None, frame)
+            "finished seeds with its exact (Clopper-Pearson) 95 % interval; the collapse steps of the others; "
+            f"two-sided Fisher exact p of each arm's survival against {names.get(ref, ref)}'s, Holm-adjusted over "
+            "the table.\n\n"
+            + T.to_markdown(frame.assign(**{c: frame[c].map(lambda v: "—" if pd.isna(v) else f"{v:.3g}")
+                                            for c in frame.columns if c.startswith("p ")}), index=False) + "\n",
+            None, frame)
     return written
 
 
@@ -351,9 +357,13 @@ def write_figures(results, out: Path, formats=("png",), comparisons: pd.DataFram
         add("fig4", F.fig_validation(results, main, base, out, "fig4_validation_curves",
                                      f"Validation headline vs step ({main}; dotted: T_stop)", formats), "no cells")
         add("fig7", F.fig_warmup(results, main, base, out, formats), "no CPPO cells")
-        for setting in _ordered_settings(cells):
-            stem = f"{GRID_FIGURES.get(setting, 'fig_grid')}_{setting}"
-            add(stem, F.fig_setting_grid(results, main, setting, out, stem, formats), "no cells")
+    gridded = set()
+    for sweep in ([main] if main else []) + _other_sweeps(results, main):  # one grid per setting, first sweep wins
+        for setting in _ordered_settings(results.sweep_cells(sweep)):
+            if setting not in gridded:
+                gridded.add(setting)
+                stem = f"{GRID_FIGURES.get(setting, 'fig_grid')}_{setting}"
+                add(stem, F.fig_setting_grid(results, sweep, setting, out, stem, formats), "no cells")
     add("fig5", F.fig_panels(results, FIG5, out, "fig5_ablations", "Fig. 5 — ablations", formats),
         "sweeps ablation_mechanism/ordering/gate not in this results folder")
     add("fig6", F.fig_panels(results, FIG6, out, "fig6_sensitivity_divergences", "Fig. 6 — sensitivity and divergences",

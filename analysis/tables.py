@@ -153,25 +153,40 @@ def binding(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: 
                              else c.map({s: i for i, s in enumerate(settings)})).reset_index(drop=True)
 
 
-def survival(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label") -> pd.DataFrame:
+def survival(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label",
+             reference: str | None = None) -> pd.DataFrame:
     """Per (setting, arm): finished seeds, how many survived (never collapsed), the rate with its exact
-    Clopper-Pearson 95 % interval, and the collapse steps of the others."""
-    from scipy.stats import binomtest
+    Clopper-Pearson 95 % interval, the collapse steps of the others; and, with a ``reference`` arm, the
+    two-sided Fisher exact p of each other arm's survival against it, Holm-adjusted over the table."""
+    from scipy.stats import binomtest, fisher_exact
 
     done = cells[cells["state"].isin(FINISHED) & cells["setting"].isin(settings) & cells[row_key].isin(rows)]
-    out = []
+    out, survived = [], {}
     for setting in settings:
         for label in rows:
             group = done[(done["setting"] == setting) & (done[row_key] == label)]
             if group.empty:
                 continue
             n, k = len(group), int((group["state"] == "done").sum())
+            survived[setting, label] = (k, n)
             ci = binomtest(k, n).proportion_ci(confidence_level=S.CONFIDENCE, method="exact")
             steps = sorted(int(x) for x in group.loc[group["state"] == "collapsed", "collapse_step"].dropna())
             out.append({"setting": setting, row_key: label, "seeds": n, "survived": k, "rate %": round(100 * k / n, 1),
                         "95% CI": f"[{100 * ci.low:.1f}, {100 * ci.high:.1f}]",
                         "collapse steps": ", ".join(map(str, steps)) or "—"})
-    return pd.DataFrame(out, columns=["setting", row_key, "seeds", "survived", "rate %", "95% CI", "collapse steps"])
+    columns = ["setting", row_key, "seeds", "survived", "rate %", "95% CI", "collapse steps"]
+    frame = pd.DataFrame(out, columns=columns)
+    if reference is None or frame.empty:
+        return frame
+    p = []
+    for r in frame.itertuples(index=False):
+        ref = survived.get((r.setting, reference))
+        if ref is None or getattr(r, row_key) == reference:
+            p.append(float("nan"))
+            continue
+        (k, n), (k0, n0) = (r.survived, r.seeds), ref
+        p.append(float(fisher_exact([[k, n - k], [k0, n0 - k0]]).pvalue))
+    return frame.assign(**{f"p vs {reference}": p, "p (Holm)": S.holm(p)})
 
 
 def provenance(cells: pd.DataFrame) -> pd.DataFrame:

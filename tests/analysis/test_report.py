@@ -331,3 +331,50 @@ def test_committed_cells_keep_their_ids():
         digest = run_id(semantic_config(store.read_config()))
         assert digest == store.read_status()["config_hash"] == folder.name.rsplit("-", 1)[-1], folder
         assert resolve(OmegaConf.create(store.read_config())).config_hash == digest  # still a valid run config
+
+
+def test_survival_binding_and_per_sweep_tables(tmp_path):
+    root = tmp_path / "results"
+    cells = [_write_cell(root, "stress", "grpo", s, [0.5, 0.6], *(("collapsed", 20) if s == 3 else ("done",)))
+             for s in range(4)]
+    cells += [_write_cell(root, "stress", "cppo", s, [0.5, 0.7]) for s in range(4)]
+    for c in cells:  # grpo masks 1 % of tokens at every training step, cppo 3 %; only steps in [1, T_stop] count
+        rows = [json.loads(line) for line in (root / c["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+        mask = 0.01 if c["method"] == "grpo" else 0.03
+        rows += [{"step": 5, "mask_fraction": mask}, {"step": 15, "mask_fraction": mask}, {"step": 99, "mask_fraction": 1.0}]
+        (root / c["run_dir"] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["step"])))
+    main = [_write_cell(root, "base_s", m, s, [0.5, 0.6 + 0.1 * s]) for m in ("grpo", "cppo") for s in range(2)]
+    for name, feeds, members in (("stress_survival", "survival (stress)", cells), ("paper_main", "Table 1", main)):
+        (root / "sweeps" / name).mkdir(parents=True)
+        (root / "sweeps" / name / "manifest.json").write_text(json.dumps({"sweep": name, "feeds": feeds, "cells": members}))
+    result = build_report(root, tmp_path / "out")
+    survival = pd.read_csv(tmp_path / "out" / "survival_stress_survival.csv").set_index("label")
+    assert survival.loc["GRPO", "survived"] == 3 and survival.loc["GRPO", "rate %"] == 75.0
+    assert survival.loc["GRPO", "95% CI"] == "[19.4, 99.4]"        # Clopper-Pearson for 3 of 4
+    assert survival.loc["GRPO", "collapse steps"] == "20"
+    assert survival.loc["CPPO", "95% CI"] == "[39.8, 100.0]"       # 4 of 4
+    # Fisher exact, 3 of 4 vs 4 of 4: the hypergeometric tables (3, 1) and (4, 0) each have probability 1/2
+    assert survival.loc["GRPO", "p vs CPPO"] == pytest.approx(1.0) and pd.isna(survival.loc["CPPO", "p vs CPPO"])
+    binding = pd.read_csv(tmp_path / "out" / "binding_stress_survival.csv").set_index("label")
+    assert binding.loc["grpo", "masked %"] == 1.0 and binding.loc["cppo", "masked %"] == 3.0
+    assert (tmp_path / "out" / "table_stress_survival.md").exists()
+    assert (tmp_path / "out" / "comparisons_stress_survival.md").exists()
+    # one Figs. 8-11 grid per setting: base_s from the Table 1 sweep, stress from the survival sweep
+    assert {"fig9_base_s", "fig_grid_stress"} <= set(result["figures"]["written"])
+
+
+def test_survival_against_a_reference_is_fisher_exact_with_holm():
+    from analysis.tables import survival
+
+    def arm(label, survived, n=10):
+        return [{"setting": "stress", "label": label, "state": "done" if i < survived else "collapsed",
+                 "collapse_step": None if i < survived else 10} for i in range(n)]
+
+    cells = pd.DataFrame(arm("cppo", 3) + arm("trm_max", 0) + arm("dppo", 2))
+    frame = survival(cells, ["stress"], ["cppo", "trm_max", "dppo"], reference="cppo").set_index("label")
+    # 0 of 10 vs 3 of 10: hypergeometric P(0) = C(10,3)/C(20,3) = 120/1140; the other tail P(3) is the same
+    assert frame.loc["trm_max", "p vs cppo"] == pytest.approx(240 / 1140)
+    assert frame.loc["dppo", "p vs cppo"] == pytest.approx(1.0)
+    assert frame.loc["trm_max", "p (Holm)"] == pytest.approx(min(1.0, 2 * 240 / 1140))
+    assert pd.isna(frame.loc["cppo", "p vs cppo"]) and frame.loc["cppo", "survived"] == 3
+    assert "p vs cppo" not in survival(cells, ["stress"], ["cppo"]).columns  # no reference: no test
