@@ -218,6 +218,16 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
     return _save(fig, out, stem, formats)
 
 
+def position_threshold(results: Results, cells) -> tuple[str, float, float]:
+    """(run folder, δ, w_min) of Fig. 2's threshold panel: a CPPO cell's own values (a tuned run carries
+    them in its method block), else the setting's."""
+    cppo = cells[cells["method"] == "cppo"]
+    run_dir = (cppo if not cppo.empty else cells)["run_dir"].iloc[0]
+    cfg = results.config(run_dir)
+    params = cfg["method"] if "delta" in cfg.get("method", {}) else cfg["setting"]
+    return run_dir, float(params["delta"]), float(params["w_min"])
+
+
 def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> list[Path]:
     """Fig. 2: |π(y_t) − μ(y_t)| of the sampled token by position bin (mean, top-10% tail), pooled over
     eval steps after step 0, and the position-weighted threshold δ/w_t against position."""
@@ -247,9 +257,7 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
         ax.set_ylabel("|π(y_t) − μ(y_t)|", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    run_dir = cells["run_dir"].iloc[0]
-    cfg = results.config(run_dir)
-    delta, w_min = cfg["setting"]["delta"], cfg["setting"]["w_min"]
+    run_dir, delta, w_min = position_threshold(results, cells)
     horizon = int(results.curves(run_dir, diagnostics=True)["bin_end"].iloc[0][-1])  # the last bin ends at H
     t = np.arange(1, horizon + 1)
     w = 1 - (1 - w_min) * (t - 1) / max(horizon - 1, 1)

@@ -378,3 +378,17 @@ def test_survival_against_a_reference_is_fisher_exact_with_holm():
     assert frame.loc["trm_max", "p (Holm)"] == pytest.approx(min(1.0, 2 * 240 / 1140))
     assert pd.isna(frame.loc["cppo", "p vs cppo"]) and frame.loc["cppo", "survived"] == 3
     assert "p vs cppo" not in survival(cells, ["stress"], ["cppo"]).columns  # no reference: no test
+
+
+def test_fig2_threshold_is_the_cppo_runs_own(results_root):
+    from analysis.figures import position_threshold
+
+    res = load_results(results_root)
+    cells = res.sweep_cells("paper_main")
+    base = cells[cells["setting"] == "base_s"]
+    assert position_threshold(res, base[base["method"] == "grpo"])[1:] == (0.01, 0.8)  # no CPPO cell: the setting's
+    run_dir = base[base["method"] == "cppo"]["run_dir"].iloc[0]
+    config = results_root / run_dir / "config.yaml"  # a tuned CPPO run: δ and w_min in its method block
+    config.write_text(config.read_text().replace("method: {name: cppo}", "method: {name: cppo, delta: 0.05, w_min: 0.6}"))
+    res = load_results(results_root)
+    assert position_threshold(res, res.sweep_cells("paper_main").query("setting == 'base_s'"))[1:] == (0.05, 0.6)
