@@ -25,6 +25,7 @@ run() {
 }
 run tune_drift
 run drift_main
+run drift_confirm
 for name in ablation_mechanism ablation_ordering ablation_gate sensitivity divergence_kl_tv divergence_binary_topk \
             stress_survival position_diagnostics; do
     run "$name"
