@@ -278,7 +278,8 @@ def _mismatch_on(results: Results, run_dir: str) -> bool:
     return bool(mismatch.get("bf16_rollout") or mismatch.get("logit_noise") or mismatch.get("lag"))
 
 
-def fig_forest(cmp: pd.DataFrame, names: dict, out: Path, avg_label: str, formats=("png",)) -> list[Path]:
+def fig_forest(cmp: pd.DataFrame, names: dict, out: Path, avg_label: str, formats=("png",),
+               stem: str = "forest_comparisons") -> list[Path]:
     """The paired differences (reference − other) with their 95 % intervals, one row per comparison,
     one panel per protocol; filled markers where the Holm-corrected test detects a difference."""
     protocols = list(dict.fromkeys(cmp["score"]))
@@ -301,7 +302,7 @@ def fig_forest(cmp: pd.DataFrame, names: dict, out: Path, avg_label: str, format
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("Paired differences over seeds, 95 % intervals; filled = detected after Holm correction", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out, "forest_comparisons", formats)
+    return _save(fig, out, stem, formats)
 
 
 def _legend_below(fig, ax, ncol: int = 4):

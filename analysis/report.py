@@ -132,8 +132,10 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
                                    prov)
     binding = T.binding(cells, settings, rows)
     written["binding"] = _write(out, "binding", formats, _binding_markdown(binding, names, name), None, binding)
+    sweep_comparisons = {}
     for extra in _other_sweeps(results, name):
-        written.update(_sweep_tables(results, extra, out, formats))
+        files, sweep_comparisons[extra] = _sweep_tables(results, extra, out, formats)
+        written.update(files)
     if any(s in T.paper()["settings"] for s in settings):
         plain = cells[cells["label"] == cells["method"]]  # the methods' own arms, not variants of them
         versus = T.paper_vs_ours(T.table1(plain, settings, rows, row_key="method"), row_key="method")
@@ -142,7 +144,7 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
     else:
         notes.append("paper vs ours: no setting of this results folder stands in for a paper column")
     return {"written": written, "notes": notes, "main_sweep": name, "comparisons": cmp, "reference": ref,
-            "names": names}
+            "names": names, "sweep_comparisons": sweep_comparisons}
 
 
 def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out, formats, stem="table1"):
@@ -185,9 +187,10 @@ def _other_sweeps(results, main: str | None) -> list[str]:
     return [n for n, m in results.sweeps.items() if n != main and not tuning.is_tuning(m) and results.has(n)]
 
 
-def _sweep_tables(results, sweep: str, out: Path, formats) -> dict:
+def _sweep_tables(results, sweep: str, out: Path, formats) -> tuple[dict, tuple]:
     """A Table 1 of one more sweep (its first arm as the reference of the paired comparisons), the
-    comparisons, the binding rates, and a survival table if the sweep feeds one: ``*_<sweep>`` files."""
+    comparisons, the binding rates, and a survival table if the sweep feeds one: ``*_<sweep>`` files;
+    and (comparisons, display names) for the sweep's forest plot."""
     cells = results.sweep_cells(sweep)
     settings, rows = _ordered_settings(cells), _ordered_rows(cells)
     names = _display_names(rows)
@@ -215,7 +218,7 @@ def _sweep_tables(results, sweep: str, out: Path, formats) -> dict:
             + T.to_markdown(frame.assign(**{c: frame[c].map(lambda v: "—" if pd.isna(v) else f"{v:.3g}")
                                             for c in frame.columns if c.startswith("p ")}), index=False) + "\n",
             None, frame)
-    return written
+    return written, (cmp, names)
 
 
 def _binding_markdown(binding: pd.DataFrame, names: dict, sweep: str) -> str:
@@ -339,10 +342,14 @@ def _versus_markdown(frame: pd.DataFrame, avg_label: str = "Avg@k") -> str:
 
 
 def write_figures(results, out: Path, formats=("png",), comparisons: pd.DataFrame | None = None,
-                  names: dict | None = None) -> dict:
+                  names: dict | None = None, sweep_comparisons: dict | None = None) -> dict:
     written, notes = {}, []
     if comparisons is not None and not comparisons.empty:
         written["forest"] = F.fig_forest(comparisons, names or {}, out, results.avg_label, formats)
+    for sweep, (cmp, sweep_names) in (sweep_comparisons or {}).items():
+        if not cmp.empty and (cmp["seeds"] >= 2).any():  # one forest per other sweep with seeds to compare
+            written[f"forest_{sweep}"] = F.fig_forest(cmp, sweep_names, out, results.avg_label, formats,
+                                                      stem=f"forest_{sweep}")
     main = _main_sweep(results)
 
     def add(key, paths, why):
@@ -391,7 +398,8 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
     if bad:
         raise ValueError(f"unknown format(s) {bad}; tables: {list(TABLE_FORMATS)}, figures: {list(FIGURE_FORMATS)}")
     tables = write_tables(results, out, table_formats, reference)
-    figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"]) if figure_formats
+    figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"],
+                          tables.get("sweep_comparisons")) if figure_formats
             else {"written": {}, "notes": []})
     index = _index(results, tables, figs, out) + _theory(results.root, out)
     (out / "report.md").write_text(index)

@@ -361,6 +361,7 @@ def test_survival_binding_and_per_sweep_tables(tmp_path):
     assert (tmp_path / "out" / "comparisons_stress_survival.md").exists()
     # one Figs. 8-11 grid per setting: base_s from the Table 1 sweep, stress from the survival sweep
     assert {"fig9_base_s", "fig_grid_stress"} <= set(result["figures"]["written"])
+    assert (tmp_path / "out" / "forest_stress_survival.png").exists()  # each other sweep's comparisons drawn too
 
 
 def test_survival_against_a_reference_is_fisher_exact_with_holm():
