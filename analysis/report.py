@@ -215,7 +215,7 @@ def _sweep_tables(results, sweep: str, out: Path, formats) -> tuple[dict, tuple]
             "finished seeds with its exact (Clopper-Pearson) 95 % interval; the collapse steps of the others; "
             f"two-sided Fisher exact p of each arm's survival against {names.get(ref, ref)}'s, Holm-adjusted over "
             "the table.\n\n"
-            + T.to_markdown(frame.assign(**{c: frame[c].map(lambda v: "—" if pd.isna(v) else f"{v:.3g}")
+            + T.to_markdown(frame.assign(**{c: frame[c].map(lambda v: _cell(v, ".3g"))
                                             for c in frame.columns if c.startswith("p ")}), index=False) + "\n",
             None, frame)
     return written, (cmp, names)
@@ -235,7 +235,7 @@ def _tuning_tables(results, sweep: str, out: Path, formats) -> list[Path]:
     table = tuning.tuning_table(cells)
     budget = tuning.budgets(cells)
     seeds = sorted(set(cells["seed"]))
-    shown = table.assign(**{c: table[c].map(lambda v: "—" if v is None or pd.isna(v) else f"{100 * v:.1f}")
+    shown = table.assign(**{c: table[c].map(lambda v: _cell(v, ".1f", 100))
                             for c in ("score", "low", "high", "mask_fraction", "seq_acceptance", "cap_hit") if c in table},
                          chosen=table["chosen"].map(lambda v: "**chosen**" if v else "")).rename(
         columns={"score": "score %", "low": "95% low", "high": "95% high", **T.BINDING_COLUMNS})
@@ -257,8 +257,13 @@ def _measured_noise(root) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _cell(v, spec: str, scale: float = 1.0) -> str:
+    """A table cell: ``scale · v`` in format ``spec``, or — where the value is missing."""
+    return "—" if pd.isna(v) else f"{scale * v:{spec}}"
+
+
 def _pts(v) -> str:
-    return "—" if v is None or pd.isna(v) else f"{100 * v:+.1f}"
+    return _cell(v, "+.1f", 100)
 
 
 def _comparisons_markdown(cmp: pd.DataFrame, names: dict, ref: str) -> str:
@@ -277,7 +282,7 @@ def _comparisons_markdown(cmp: pd.DataFrame, names: dict, ref: str) -> str:
             "95% CI": [f"[{_pts(lo)}, {_pts(hi)}]" for lo, hi in zip(group["ci_low"], group["ci_high"])],
             "p": group["p"].map(lambda v: f"{v:.3g}"), "p (Holm)": group["p_holm"].map(lambda v: f"{v:.3g}"),
             "verdict": group["verdict"], "seeds for 2 pts": group["seeds_needed"],
-            "detectable": group["detectable"].map(lambda v: "—" if v is None or pd.isna(v) else f"{100 * v:.1f}"),
+            "detectable": group["detectable"].map(lambda v: _cell(v, ".1f", 100)),
             "note": group["note"]})
         lines.append(f"\n## {C.SCORES[score]}\n")
         lines.append(T.to_markdown(table, index=False))
@@ -321,10 +326,10 @@ def _noise_markdown(noise: pd.DataFrame) -> str:
     if "design" in noise:
         table["design (problems × samples)"] = noise["design"].fillna("—")
         table["role"] = noise["role"].fillna("—")
-        table["SD one model"] = noise["sd_single"].map(lambda v: "—" if pd.isna(v) else f"{100 * v:.2f}")
+        table["SD one model"] = noise["sd_single"].map(lambda v: _cell(v, ".2f", 100))
         table["SD difference"] = [C.interval_text(m, lo, hi, 100) if not pd.isna(m) else "—" for m, lo, hi in
                                   zip(noise["sd_diff"], noise["sd_diff_low"], noise["sd_diff_high"])]
-        table["s per eval"] = noise["eval_s"].map(lambda v: "—" if pd.isna(v) else f"{v:.2f}")
+        table["s per eval"] = noise["eval_s"].map(lambda v: _cell(v, ".2f"))
         table["evaluation's share of a run"] = noise["plan_eval_share"].map(
             lambda v: "—" if pd.isna(v) else f"{100 * v:.0f} %")
     lines.append(T.to_markdown(table, index=False))

@@ -161,14 +161,13 @@ def survival(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key:
     from scipy.stats import binomtest, fisher_exact
 
     done = cells[cells["state"].isin(FINISHED) & cells["setting"].isin(settings) & cells[row_key].isin(rows)]
-    out, survived = [], {}
+    out = []
     for setting in settings:
         for label in rows:
             group = done[(done["setting"] == setting) & (done[row_key] == label)]
             if group.empty:
                 continue
             n, k = len(group), int((group["state"] == "done").sum())
-            survived[setting, label] = (k, n)
             ci = binomtest(k, n).proportion_ci(confidence_level=S.CONFIDENCE, method="exact")
             steps = sorted(int(x) for x in group.loc[group["state"] == "collapsed", "collapse_step"].dropna())
             out.append({"setting": setting, row_key: label, "seeds": n, "survived": k, "rate %": round(100 * k / n, 1),
@@ -178,14 +177,14 @@ def survival(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key:
     frame = pd.DataFrame(out, columns=columns)
     if reference is None or frame.empty:
         return frame
+    ref = frame[frame[row_key] == reference].set_index("setting")
     p = []
     for r in frame.itertuples(index=False):
-        ref = survived.get((r.setting, reference))
-        if ref is None or getattr(r, row_key) == reference:
+        if r.setting not in ref.index or getattr(r, row_key) == reference:
             p.append(float("nan"))
             continue
-        (k, n), (k0, n0) = (r.survived, r.seeds), ref
-        p.append(float(fisher_exact([[k, n - k], [k0, n0 - k0]]).pvalue))
+        k0, n0 = ref.at[r.setting, "survived"], ref.at[r.setting, "seeds"]
+        p.append(float(fisher_exact([[r.survived, r.seeds - r.survived], [k0, n0 - k0]]).pvalue))
     return frame.assign(**{f"p vs {reference}": p, "p (Holm)": S.holm(p)})
 
 
