@@ -10,7 +10,11 @@ from sweeps.driver import sweep
 
 from .helpers import assert_each_step_once, finish, metrics, statuses, trh, wait_for
 
-LONG = ["setting.steps=12", "setting.t_stop=12"]  # long enough to kill a cell between checkpoints
+# Long enough, and checkpointed often enough, to kill a cell between checkpoints: the status file's
+# step moves only at a checkpoint, and with the engine's default (every 10 steps) a fast machine left
+# a window of two steps (≈ 0.3 s) for the poller to see "past its second checkpoint".
+STEPS = 16
+LONG = [f"setting.steps={STEPS}", f"setting.t_stop={STEPS}", "engine.checkpoint_every=2"]
 
 
 def _quiet(*_):
@@ -61,7 +65,7 @@ def test_killed_driver_then_rerun(tmp_path):
     final = statuses(root)
     assert len(final) == 4 and all(v["state"] == "done" for v in final.values()), out
     for name in final:
-        assert_each_step_once(root / "runs" / name, 12)  # nothing lost, nothing twice
+        assert_each_step_once(root / "runs" / name, STEPS)  # nothing lost, nothing twice
     for name, text in finished.items():  # a finished cell is never rerun
         assert (root / "runs" / name / "status.json").read_text() == text
     summary = (root / "sweeps" / "smoke" / "summary.csv").read_text().splitlines()
@@ -75,7 +79,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path):
 
     def midway():
         s = list(statuses(root).values())
-        return s and s[0]["state"] == "running" and s[0]["step"] >= 4 and s[0]["step"] < 12 and s[0]
+        return s and s[0]["state"] == "running" and s[0]["step"] >= 4 and s[0]["step"] < STEPS and s[0]
 
     status = wait_for(midway, what="the cell past its second checkpoint", proc=driver)
     os.kill(status["job"]["pid"], signal.SIGKILL)
@@ -84,7 +88,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path):
     (name, final), = statuses(root).items()
     assert final["state"] == "done" and final["resumed_from"] and final["resumed_from"][0] >= 4
     assert final["job"]["pid"] != status["job"]["pid"]
-    assert_each_step_once(root / "runs" / name, 12)
+    assert_each_step_once(root / "runs" / name, STEPS)
     # the resumed run equals an uninterrupted one, step for step
     finish(trh("sweep", *args, "--results", ref, "--no-progress", "--executor", "debug"))
     assert metrics(root / "runs" / name) == metrics(ref / "runs" / name)
