@@ -6,6 +6,10 @@ temperature) on a probe set of training problems reaches ``target_accuracy`` ("b
 "post-trained" higher), checking every ``check_every`` steps. Each step's gradient is computed in
 ``shards`` fixed parts, one thread each, and summed in order: the parts run in parallel where there
 are cores for them, and the cached weights are the same whatever the core count of the machine.
+
+The warm-ups of the embedded default ship with the package (``harness/data/warmups/<key>.pt``, written
+by ``scripts/ship_warmup.py``, which also checks them against a fresh training): a first run loads
+them instead of spending the warm-up's minute; any other config is trained here and cached.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .rollout import response_logits, sample
 from .store import atomic_torch_save, config_hash
 
 CODE_VERSION = 4  # bump when the warm-up procedure (or the sampler it probes with) changes
+SHIPPED_DIR = Path(__file__).parent / "data" / "warmups"
 
 
 def cache_dir() -> Path:
@@ -86,31 +91,65 @@ def _shard_gradient(model, params, prompts, ids, mask, tokens: int):
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
+def warmup_key(model_cfg: dict, warmup_cfg: dict, digits: int) -> str:
+    """The hash that names a warm-up: its model, warm-up and task config, vocabulary and procedure version."""
+    return config_hash({"model": model_cfg, "warmup": warmup_cfg, "digits": digits,
+                       "vocab": CharTokenizer().itos, "version": CODE_VERSION})
+
+
+def shipped(key: str):
+    """The shipped warm-up ``(state_dict, info)`` named ``key``, or None."""
+    path = SHIPPED_DIR / f"{key}.pt"
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=True)  # tensors only: no pickled code runs from a data file
+    return state, {**json.loads(path.with_suffix(".json").read_text()), "source": "shipped"}
+
+
+def write_shipped(key: str, state: dict, info: dict) -> Path:
+    """Ship a warm-up with the package: its weights (tensors only) and its info, named by ``key``."""
+    SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+    path = SHIPPED_DIR / f"{key}.pt"
+    torch.save(state, path)
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    return path
+
+
 def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = False):
-    """The warm-up state dict for this (model, warm-up, task) config: from the cache or trained now.
-    Returns ``(state_dict, info)``."""
-    tokenizer = CharTokenizer()
-    key = config_hash({"model": model_cfg, "warmup": warmup_cfg, "digits": digits,
-                       "vocab": tokenizer.itos, "version": CODE_VERSION})
+    """The warm-up state dict for this (model, warm-up, task) config: shipped with the package, from
+    the cache, or trained now. Returns ``(state_dict, info)``."""
+    key = warmup_key(model_cfg, warmup_cfg, digits)
+    found = shipped(key)
+    if found is not None:
+        return found
     path = cache_dir() / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     # one process trains a given warm-up; others started meanwhile wait for it and load the result
     # (a heartbeat lock file: it holds on shared filesystems where flock does not)
     lock = FileLock(path.with_suffix(".owner"))
     lock.acquire_blocking()
-    threads = torch.get_num_threads()
     try:
         if path.exists():
             blob = torch.load(path, weights_only=False)
             return blob["state"], blob["info"]
-        torch.set_num_threads(1)  # one thread: the cached weights do not depend on the core count
-        return _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress)
+        return train(model_cfg, warmup_cfg, digits, path, progress)
     finally:
-        torch.set_num_threads(threads)
         lock.release()
 
 
-def _train_and_cache(model_cfg, warmup_cfg, digits, tokenizer, key, path, progress):
+def train(model_cfg: dict, warmup_cfg: dict, digits: int, path: Path, progress: bool = False):
+    """Train the warm-up now and save ``{state, info}`` at ``path`` (its info also as JSON beside it).
+    One thread per shard: the weights do not depend on the core count. Returns ``(state_dict, info)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_and_save(model_cfg, warmup_cfg, digits, Path(path), progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_save(model_cfg, warmup_cfg, digits, path, progress):
+    tokenizer, key = CharTokenizer(), warmup_key(model_cfg, warmup_cfg, digits)
     started = time.perf_counter()
     size = ModelSize(**model_cfg)
     max_new = tasks.response_length(digits)

@@ -1,0 +1,57 @@
+"""Shipped warm-ups: the embedded default's is shipped under its current key, loaded without training
+or caching, and is what the warm-up procedure trains."""
+
+import torch
+
+from harness import task as tasks
+from harness import warmup
+from harness.config import compose, resolve
+from harness.model import CharTokenizer, ModelSize, build_model
+
+
+def _default(*overrides):
+    spec = resolve(compose(["setting=base_s", *overrides]))
+    return spec.model, spec.warmup, spec.task["digits"]
+
+
+def test_the_embedded_default_ships_its_warm_up_under_its_current_key():
+    model_cfg, warmup_cfg, digits = _default()
+    found = warmup.shipped(warmup.warmup_key(model_cfg, warmup_cfg, digits))
+    assert found is not None, "base_s's warm-up is not shipped under its current key: run scripts/ship_warmup.py"
+    state, info = found
+    assert info["source"] == "shipped" and info["reached_target"]
+    assert info["sampled_accuracy"] >= warmup_cfg["target_accuracy"]
+    fresh = build_model(ModelSize(**model_cfg), CharTokenizer().vocab_size, tasks.max_positions(digits), seed=0)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in fresh.state_dict().items()}
+
+
+def test_a_shipped_warm_up_is_loaded_without_training_or_caching(monkeypatch):
+    def no_training(*_):
+        raise AssertionError("trained a shipped warm-up")
+
+    monkeypatch.setattr(warmup, "_train_and_save", no_training)
+    model_cfg, warmup_cfg, digits = _default()
+    state, info = warmup.warm_start(model_cfg, warmup_cfg, digits)
+    shipped_state, _ = warmup.shipped(info["key"])
+    assert all(torch.equal(state[k], shipped_state[k]) for k in shipped_state)
+    assert not (warmup.cache_dir() / f"{info['key']}.pt").exists()
+    # another config is not served the shipped weights
+    assert warmup.shipped(warmup.warmup_key(*_default("warmup.lr=0.004"))) is None
+
+
+def test_retraining_reproduces_the_shipped_warm_up(tmp_path):
+    """The shipped file is what the procedure trains (bitwise on the machine that shipped it: see
+    ``scripts/ship_warmup.py --check``; here within rounding, as another CPU's kernels may round
+    differently)."""
+    model_cfg, warmup_cfg, digits = _default()
+    state, info = warmup.train(model_cfg, warmup_cfg, digits, tmp_path / "fresh.pt")
+    shipped_state, shipped_info = warmup.shipped(info["key"])
+    assert (info["steps"], info["sampled_accuracy"]) == (shipped_info["steps"], shipped_info["sampled_accuracy"])
+    for name, tensor in shipped_state.items():
+        torch.testing.assert_close(state[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_other_warm_ups_are_trained_and_cached():
+    spec = resolve(compose(["setting=smoke"]))
+    state, info = warmup.warm_start(spec.model, spec.warmup, spec.task["digits"])
+    assert "source" not in info and (warmup.cache_dir() / f"{info['key']}.pt").exists()
