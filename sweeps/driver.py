@@ -103,16 +103,28 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Pa
     return manifest
 
 
+def room_for(workers: int, in_flight: int, pending: int, share_tail: bool = False) -> int:
+    """How many more cells to start now. With ``share_tail``, once fewer than 2 × ``workers`` cells are
+    left (running and pending) they all run at once: a last partial round would leave cores idle,
+    time-sharing them ends the sweep up to half a cell sooner (7 cells on 2 cores: 3.5 cell-times, not
+    4). Each cell keeps its own thread count, so its metrics are the same either way."""
+    if share_tail and in_flight + pending < 2 * workers:
+        return pending
+    return max(0, workers - in_flight)
+
+
 def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: bool = True, poll_s: float = 1.0,
-              label: str = "cells") -> list[Outcome]:
+              label: str = "cells", share_tail: bool = False) -> list[Outcome]:
     pending = list(cells)
     outcomes: dict[str, Outcome] = {}
     durations: list[float] = []
     bar = progress_bar(len(cells), label) if progress else None
     while pending or runner.in_flight or runner.elsewhere:
-        room = max(0, workers - runner.in_flight)
-        batch, pending = pending[:room], pending[room:]
-        new = runner.start(batch) + runner.poll()
+        new = []
+        while pending and (room := room_for(workers, runner.in_flight, len(pending), share_tail)):
+            batch, pending = pending[:room], pending[room:]
+            new += runner.start(batch)  # cells finished before come back at once and take no slot
+        new += runner.poll()
         for outcome in new:
             outcomes[outcome.cell.id] = outcome
             if outcome.seconds is not None and outcome.state != "failed":
@@ -152,6 +164,8 @@ def sweep(name: str, overrides=(), executor: str = "local", workers: int | None 
     spec, cells, res, hydra_overrides = prepare(name, overrides, results_root, executor)
     root = Path(results_root)
     sweep_dir = sweep_folder(root, spec.name)
+    # an explicit --workers is a cap (memory, a shared machine); the default may share the last round
+    share_tail = workers is None and executor == "local" and res["local"]["share_tail"]
     if workers is None:
         workers = default_workers(executor, res)
     if workers < 1:
@@ -160,7 +174,8 @@ def sweep(name: str, overrides=(), executor: str = "local", workers: int | None 
     manifest = write_manifest(sweep_dir, spec, cells, root, overrides, executor)
     runner = CellRunner(ex, executor, max_retries=max_retries, log=log, resources=res)
     started = time.time()
-    outcomes = run_cells(cells, runner, 1 if executor == "debug" else workers, progress, poll_s, label=spec.name)
+    outcomes = run_cells(cells, runner, 1 if executor == "debug" else workers, progress, poll_s, label=spec.name,
+                         share_tail=share_tail)
     table = summary_rows(root, manifest)
     write_summary(summary_path(sweep_dir), table)
     return {"spec": spec, "cells": cells, "outcomes": outcomes, "rows": table, "sweep_dir": sweep_dir,
