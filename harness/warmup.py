@@ -98,9 +98,10 @@ def warmup_key(model_cfg: dict, warmup_cfg: dict, digits: int) -> str:
 
 
 def shipped(key: str):
-    """The shipped warm-up ``(state_dict, info)`` named ``key``, or None."""
+    """The shipped warm-up ``(state_dict, info)`` named ``key``, or None (also when the environment sets
+    ``TRH_NO_SHIPPED_WARMUPS``)."""
     path = SHIPPED_DIR / f"{key}.pt"
-    if not path.exists():
+    if os.environ.get("TRH_NO_SHIPPED_WARMUPS") or not path.exists():  # set: train (and cache) every warm-up
         return None
     state = torch.load(path, weights_only=True)  # tensors only: no pickled code runs from a data file
     return state, {**json.loads(path.with_suffix(".json").read_text()), "source": "shipped"}

@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     cells = argparse.ArgumentParser(add_help=False, parents=[writes])  # ... and runs cells
     cells.add_argument("--executor", default="local", choices=list(EXECUTORS))
     cells.add_argument("--workers", type=int, default=None,
-                       help="cells running at once (default: cores / local.cpus_per_task here, "
-                            "slurm.array_parallelism on SLURM)")
+                       help="cells running at once, a cap (default: cores / local.cpus_per_task here, with a "
+                            "last partial round shared by all its cells; slurm.array_parallelism on SLURM)")
     sw = sub.add_parser("sweep", parents=[cells], help="run a sweep spec's grid (missing cells only) and summarise it",
                         description="e.g. trh sweep demo --workers 2; trh sweep paper_main seed=0,1 "
                                     "'setting=base_*' rl.lr=2e-4 --executor slurm slurm.partition=gpu")
