@@ -34,9 +34,9 @@ def first_run(arm: str) -> tuple[float, list[dict]]:
         results = Path(tmp) / "results"
         trh = [sys.executable, "-m", "sweeps.cli"]
         started = time.perf_counter()
-        for command in (["sweep", "demo", *extra], ["report"]):
-            subprocess.run([*trh, *command, "--results", str(results), "--no-progress"], cwd=ROOT, env=env,
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for command in (["sweep", "demo", *extra, "--results", str(results), "--no-progress"], ["report", str(results)]):
+            subprocess.run([*trh, *command], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
         with open(results / "sweeps" / "demo" / "summary.csv") as f:
             rows = [{k: r[k] for k in ("label", "id", "best_headline", "best_step", "heldout_headline")}
