@@ -108,10 +108,15 @@ def shipped(key: str):
 
 
 def write_shipped(key: str, state: dict, info: dict) -> Path:
-    """Ship a warm-up with the package: its weights (tensors only) and its info, named by ``key``."""
+    """Ship a warm-up with the package: its weights (tensors only) and its info, named by ``key``, with
+    the CPU and torch that trained it (another CPU's kernels may round differently, and a warm-up is
+    chaotic enough that it can then stop at another step)."""
+    from .provenance import cpu
+
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
     path = SHIPPED_DIR / f"{key}.pt"
     torch.save(state, path)
+    info = {**info, "trained_on": {"cpu": cpu(), "torch": torch.__version__}}
     path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     return path
 
