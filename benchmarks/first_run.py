@@ -6,8 +6,8 @@ it was (the warm-up trained here, `--workers 2` rounds), measured in turn on thi
     python benchmarks/first_run.py --rounds 2
 
 Each measurement starts from an empty cache and an empty results folder (both temporary). The two
-arms compute the same cells: their summaries are compared and must be identical. Target (issue
-"first run faster"): now ≤ 180 s on 2 cores. The host's speed drifts by tens of percent within an
+arms compute the same cells: their summaries are compared and must be identical. Target: now
+≤ 180 s on 2 cores. The host's speed drifts by tens of percent within an
 hour here, so the ratio of the two arms, measured in turn, is the number that transfers.
 """
 
