@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Pa
     return manifest
 
 
+LOG_REDRAW_S = 60
+
+
 def room_for(workers: int, in_flight: int, pending: int, share_tail: bool = False) -> int:
     """How many more cells to start now. With ``share_tail``, once fewer than 2 × ``workers`` cells are
     left (running and pending) they all run at once: a last partial round would leave cores idle,
@@ -119,6 +123,7 @@ def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: boo
     outcomes: dict[str, Outcome] = {}
     durations: list[float] = []
     bar = progress_bar(len(cells), label) if progress else None
+    live, drawn_at, drawn_n = sys.stderr.isatty(), 0.0, -1
     while pending or runner.in_flight or runner.elsewhere:
         new = []
         while pending and (room := room_for(workers, runner.in_flight, len(pending), share_tail)):
@@ -131,12 +136,15 @@ def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: boo
                 durations.append(outcome.seconds)
             if outcome.state == "failed":
                 runner.log(f"{outcome.cell.describe()} failed: {outcome.status.get('reason')}")
-        if bar is not None:
+        # a terminal redraws every poll; a log file only when a cell finishes or once a minute
+        if bar is not None and (live or len(outcomes) != drawn_n or time.time() - drawn_at >= LOG_REDRAW_S):
             failed = sum(o.state == "failed" for o in outcomes.values())
             bar.n = len(outcomes)
+            eta = _eta(durations, len(cells) - len(outcomes), workers, share_tail)
             bar.set_postfix_str(f"running {runner.in_flight}, elsewhere {len(runner.elsewhere)}, failed {failed}, "
-                                f"ETA {_eta(durations, len(cells) - len(outcomes), workers)}")
+                                f"ETA {eta}", refresh=False)
             bar.refresh()
+            drawn_at, drawn_n = time.time(), len(outcomes)
         if pending or runner.in_flight or runner.elsewhere:
             time.sleep(poll_s)
     if bar is not None:
@@ -144,12 +152,14 @@ def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: boo
     return [outcomes[c.id] for c in cells]
 
 
-def _eta(durations: list[float], remaining: int, workers: int) -> str:
+def _eta(durations: list[float], remaining: int, workers: int, share_tail: bool = False) -> str:
+    """Median cell time × rounds left (with a shared last round, its cells share the cores)."""
     if remaining == 0:
         return "0s"
     if not durations:
         return "?"
-    seconds = statistics.median(durations) * math.ceil(remaining / max(1, workers))
+    rounds = remaining / workers if share_tail and remaining < 2 * workers else math.ceil(remaining / workers)
+    seconds = statistics.median(durations) * rounds
     return f"{seconds / 60:.0f}m" if seconds >= 90 else f"{seconds:.0f}s"
 
 

@@ -3,7 +3,7 @@ and cells finished before that take no slot and no poll."""
 
 from types import SimpleNamespace
 
-from sweeps.driver import room_for, run_cells
+from sweeps.driver import _eta, room_for, run_cells
 from sweeps.runner import Outcome
 
 
@@ -62,3 +62,16 @@ def test_seven_cells_on_two_workers_run_two_two_three_with_a_shared_tail():
 def test_cells_finished_before_take_no_slot_and_no_poll():
     sim = _run(12, 2, False, finished={f"c{i}" for i in range(10)})
     assert sim.poll_count == 2 and sim.concurrency == [2, 2]  # the two new cells start at once
+
+
+def test_eta_counts_rounds_and_a_shared_last_round():
+    assert _eta([30.0, 40.0, 50.0], 3, 2) == "80s"                   # two rounds of the median 40 s
+    assert _eta([30.0, 40.0, 50.0], 3, 2, share_tail=True) == "60s"  # three cells sharing two cores
+    assert _eta([600.0], 5, 2, share_tail=True) == "30m" and _eta([], 1, 2) == "?" and _eta([1.0], 0, 2) == "0s"
+
+
+def test_a_log_file_gets_a_line_per_finished_cell_not_per_poll(capsys):
+    sim = SimulatedRunner(polls=20)
+    run_cells(_cells(4), sim, 2, progress=True, poll_s=0)
+    drawn = capsys.readouterr().err.count("running ")
+    assert sim.poll_count == 40 and drawn <= 4  # one per change of the count (0, 2, 4 finished), not 40
