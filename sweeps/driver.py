@@ -104,9 +104,6 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Pa
     return manifest
 
 
-LOG_REDRAW_S = 60
-
-
 def room_for(workers: int, in_flight: int, pending: int, share_tail: bool = False) -> int:
     """How many more cells to start now. With ``share_tail``, once fewer than 2 × ``workers`` cells are
     left (running and pending) they all run at once: a last partial round would leave cores idle,
@@ -122,8 +119,7 @@ def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: boo
     pending = list(cells)
     outcomes: dict[str, Outcome] = {}
     durations: list[float] = []
-    bar = progress_bar(len(cells), label) if progress else None
-    live, drawn_at, drawn_n = sys.stderr.isatty(), 0.0, -1
+    bar = Progress(len(cells), label) if progress else None
     while pending or runner.in_flight or runner.elsewhere:
         new = []
         while pending and (room := room_for(workers, runner.in_flight, len(pending), share_tail)):
@@ -136,15 +132,11 @@ def run_cells(cells: list[Cell], runner: CellRunner, workers: int, progress: boo
                 durations.append(outcome.seconds)
             if outcome.state == "failed":
                 runner.log(f"{outcome.cell.describe()} failed: {outcome.status.get('reason')}")
-        # a terminal redraws every poll; a log file only when a cell finishes or once a minute
-        if bar is not None and (live or len(outcomes) != drawn_n or time.time() - drawn_at >= LOG_REDRAW_S):
+        if bar is not None:
             failed = sum(o.state == "failed" for o in outcomes.values())
-            bar.n = len(outcomes)
             eta = _eta(durations, len(cells) - len(outcomes), workers, share_tail)
-            bar.set_postfix_str(f"running {runner.in_flight}, elsewhere {len(runner.elsewhere)}, failed {failed}, "
-                                f"ETA {eta}", refresh=False)
-            bar.refresh()
-            drawn_at, drawn_n = time.time(), len(outcomes)
+            bar.show(len(outcomes), f"running {runner.in_flight}, elsewhere {len(runner.elsewhere)}, "
+                                    f"failed {failed}, ETA {eta}")
         if pending or runner.in_flight or runner.elsewhere:
             time.sleep(poll_s)
     if bar is not None:
@@ -163,9 +155,28 @@ def _eta(durations: list[float], remaining: int, workers: int, share_tail: bool 
     return f"{seconds / 60:.0f}m" if seconds >= 90 else f"{seconds:.0f}s"
 
 
-def progress_bar(total: int, label: str):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=label, unit="cell", dynamic_ncols=True)
+LOG_REDRAW_S = 60  # seconds between redraws of an unchanged bar in a log file
+
+
+class Progress:
+    """A tqdm bar of finished cells or trials, shown every poll on a terminal; in a log file (stderr not
+    a terminal) only when the count changes or once a minute, not a redraw per poll."""
+
+    def __init__(self, total: int, label: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=label, unit="cell", dynamic_ncols=True)
+        self.live, self.drawn_at, self.drawn_n = sys.stderr.isatty(), 0.0, -1
+
+    def show(self, n: int, postfix: str) -> None:
+        if self.live or n != self.drawn_n or time.time() - self.drawn_at >= LOG_REDRAW_S:
+            self.bar.n = n
+            self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.refresh()
+            self.drawn_at, self.drawn_n = time.time(), n
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def sweep(name: str, overrides=(), executor: str = "local", workers: int | None = None,

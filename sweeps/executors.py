@@ -30,6 +30,8 @@ def resources(spec_resources: dict | None, overrides=()) -> dict:
         cpus = out[kind]["cpus_per_task"]
         if not isinstance(cpus, int) or cpus < 1:
             raise SweepError(f"resources.{kind}.cpus_per_task must be a positive integer, got {cpus!r}")
+    if not isinstance(out["local"]["share_tail"], bool):
+        raise SweepError(f"resources.local.share_tail must be true or false, got {out['local']['share_tail']!r}")
     return out
 
 

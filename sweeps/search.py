@@ -35,7 +35,7 @@ from pathlib import Path
 from harness.provenance import code_state
 from harness.store import RunStore, atomic_write_text, runs_dir, search_dir, submitit_dir
 
-from .driver import default_workers, progress_bar
+from .driver import Progress, default_workers
 from .executors import make_executor, resources
 from .runner import CellRunner, Outcome
 from .spec import Cell, SweepError, cell_configs, load_raw, split_overrides
@@ -241,7 +241,7 @@ def search(name: str, trials: int, overrides=(), storage: str | None = None, exe
     def finished_count():
         return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
 
-    bar = progress_bar(trials, f"search {spec.name}") if progress else None
+    bar = Progress(trials, f"search {spec.name}") if progress else None
     started = time.time()
     while True:
         while len(active) < parallel_trials and finished_count() + len(active) < trials:
@@ -259,10 +259,9 @@ def search(name: str, trials: int, overrides=(), storage: str | None = None, exe
                 value = study.get_trials(deepcopy=False)[t.trial.number].value
                 log(f"trial {t.trial.number} {state}: {t.trial.params}" + (f" → {value:.4f}" if value is not None else ""))
         if bar is not None:
-            bar.n = min(trials, finished_count())
             best = _best(study)
-            bar.set_postfix_str(f"running {len(active)}, best {best.value:.4f}" if best else f"running {len(active)}")
-            bar.refresh()
+            bar.show(min(trials, finished_count()),
+                     f"running {len(active)}, best {best.value:.4f}" if best else f"running {len(active)}")
         if active:
             time.sleep(poll_s)
     if bar is not None:

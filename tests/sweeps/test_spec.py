@@ -124,6 +124,9 @@ def test_resources_merge_and_reject_unknown_keys():
         resources({}, ["slurm.gpus=2"])
     with pytest.raises(SweepError, match="cpus_per_task must be a positive integer"):
         resources({}, ["local.cpus_per_task=0"])
+    assert resources({}, ["local.share_tail=false"])["local"]["share_tail"] is False
+    with pytest.raises(SweepError, match="share_tail must be true or false, got 'sometimes'"):
+        resources({}, ["local.share_tail=sometimes"])
 
 
 def _spec_file(tmp_path, text):
