@@ -28,9 +28,10 @@ def sampler_throughput(batch: int, new_tokens: int, rounds: int, hidden: int, la
     import torch
 
     from harness.model import CharTokenizer, ModelSize, build_model
+    from harness.tasks.addition import ALPHABET
     from harness.rollout import sample
 
-    tok = CharTokenizer()
+    tok = CharTokenizer(ALPHABET)
     model = build_model(ModelSize(hidden, layers, mlp), tok.vocab_size, 128, seed=0).eval()
     prompts = torch.randint(3, tok.vocab_size, (batch, 8), generator=torch.Generator().manual_seed(0))
     def harness(preallocate=False, lean=False):

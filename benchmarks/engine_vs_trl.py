@@ -42,7 +42,7 @@ PROMPTS, SAMPLES, TOKENS, UPDATES, TOP_K = 16, 8, 96, 4, 20
 
 def build(args):
     from harness.lm import tiny_tokenizer
-    from harness.math_task import load_problems
+    from harness.tasks.math import load_problems
     from harness.model import ModelSize, build_model
 
     tok = tiny_tokenizer()

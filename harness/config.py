@@ -1,51 +1,68 @@
-"""Hydra config → a validated RunSpec. Errors name the config key and the allowed values."""
+"""Hydra config → a typed, validated ``RunSpec``. Errors name the config key and the allowed values.
+
+Base values are the typed groups' defaults (``harness.runconfig``, the tasks' configs, the method
+registry), handed to Hydra as config nodes; setting files override them and the command line
+overrides both. Every key is checked: an unknown or misspelled one (``rl.lrr``, ``+setting.detla``)
+is an error before any work starts, whether or not it was added with ``+``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from methods import MethodConfigError, get_method, list_methods, method_names
 
+from . import runconfig as rc
+from .schema import ConfigError, as_dict, build, id_view
 from .store import config_hash
+from .tasks import get_task, load_reward, task_classes
 
 CONFIG_DIR = Path(__file__).parent / "conf"
-# keys that do not change what a run computes, so they stay out of its id
-NON_SEMANTIC = ("logging", "run_dir", "results_root")
-# options added after results existed: at these values they are left out of a run's id, so the ids
-# (and the committed results) of runs that never set them stay valid
-# (their values before they existed: ids made since the defaults changed include them)
-ID_OMITTED_AT_DEFAULT = {("engine", "share_prompt_prefix"): False, ("engine", "fused_loss"): False,
-                         ("warmup", "shards"): 1}
+NON_SEMANTIC = ("logging", "run_dir", "results_root", "hydra")  # what a run computes does not depend on them
+TOP_KEYS = ("seed", "run_dir", "results_root", "warmup", "rl", "eval", "collapse", "method", "engine", "model",
+            "task", "setting", "logging", "hydra")
+GROUPS = ("method", "engine", "setting", "model", "task", "logging")  # Hydra config groups (`key=option`)
+# a setting's defaults for the methods' thresholds: each has one public name, the method's
+SETTING_DEFAULTS = {"setting.delta": "method.delta", "setting.w_min": "method.w_min",
+                    "setting.budget": "method.budget", "setting.delta_b": "method.delta_b",
+                    "setting.trm.delta_max": "method.delta_max", "setting.trm.delta_avg": "method.delta_avg",
+                    "setting.trm.pair_max": "method.delta_max", "setting.trm.pair_avg": "method.delta_avg"}
 
 
-class ConfigError(ValueError):
-    """A run config value is invalid; the message names the key."""
+__all__ = ["CONFIG_DIR", "ConfigError", "RunSpec", "available", "compose", "compose_many", "resolve", "run_id",
+           "semantic_config"]
 
 
 @dataclass
 class RunSpec:
-    resolved: dict
-    config_hash: str
+    """One run, resolved: typed groups the engines read as attributes."""
+    resolved: dict         # every resolved knob (what config.yaml records)
+    config_hash: str       # the run id (harness.schema.id_view of every group)
     run_dir: Path
     seed: int
     method_name: str
-    method_params: dict
+    method_params: dict    # every parameter of the method but ``horizon`` (the engine sets it)
     setting_name: str
     t_stop: int
     steps: int
-    task: dict
-    model: dict
-    warmup: dict
-    rl: dict
-    eval: dict
-    collapse: dict
-    engine: dict
-    logging: dict
+    task: Any              # the task's config (harness.tasks); ``make_task(spec.task)`` builds it
+    model: Any             # rc.ModelSize (local) or rc.HubModel / PackageModel / TinyLM (trl)
+    warmup: rc.Warmup
+    rl: rc.RL
+    eval: rc.Eval
+    collapse: rc.Collapse
+    engine: Any            # rc.LocalEngine or rc.TrlEngine
+    setting: rc.Setting
+    logging: rc.Logging
 
 
+# --- composing --------------------------------------------------------------------------------
 def compose(overrides=()) -> DictConfig:
     """The config of ``trh train`` with Hydra overrides, without Hydra's app wrapper."""
     return compose_many([overrides])[0]
@@ -55,198 +72,233 @@ def compose_many(override_lists) -> list[DictConfig]:
     """Compose several configs under one Hydra initialisation (a sweep composes all its cells)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    register_method_configs()
+    register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return [hydra_compose("config", overrides=list(o)) for o in override_lists]
+        return [hydra_compose("config", overrides=hydra_overrides(o)) for o in override_lists]
 
 
-def register_method_configs() -> None:
-    """The registry is the one list of method names: every registered method is a ``method=NAME``
-    option. A file ``conf/method/NAME.yaml`` is needed only to tie parameters to the setting (e.g.
-    ``delta: ${setting.delta}``); without one the method runs with its registered defaults."""
+def hydra_overrides(overrides) -> list[str]:
+    """Command-line overrides as Hydra takes them: a dotted ``key=value`` may name a knob that the
+    composed config does not list yet (a method parameter at its default), so it is passed as
+    ``++key=value``; the typed check then refuses any key no group declares. A setting's default of a
+    method threshold (``setting.delta``) is refused in favour of the method's name."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        bare = key.lstrip("+~")
+        if bare in SETTING_DEFAULTS:
+            raise ConfigError(f"{bare} is the setting's default of {SETTING_DEFAULTS[bare]}; set "
+                              f"{SETTING_DEFAULTS[bare]}=... instead (one name per knob)")
+        if "=" in item and key == bare and "." in key and not key.startswith("hydra."):
+            item = "++" + item
+        out.append(item)
+    return out
+
+
+def register_configs() -> None:
+    """Hand the typed defaults to Hydra: the run's base values, one node per engine, per task without
+    a file, and per registered method without a file (``method=NAME`` with its registered defaults)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    with_files = {p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")}
-    for row in list_methods():
-        if row["name"] not in with_files:  # its registered defaults, so that method.X=... overrides them
-            defaults = {p["name"]: p["default"] for p in row["params"] if p["name"] not in ("aggregation", "horizon")}
-            store.store(group="method", name=row["name"],
-                        node={"name": row["name"], "aggregation": "${rl.aggregation}", **defaults})
+    store.store(name="run_defaults", node={"warmup": as_dict(rc.Warmup()), "rl": as_dict(rc.RL()),
+                                           "eval": as_dict(rc.Eval()), "collapse": as_dict(rc.Collapse())})
+    for name, cls in rc.ENGINES.items():
+        store.store(group="engine", name=name, node=as_dict(cls()))
+    files = {p.stem for p in (CONFIG_DIR / "task").glob("*.yaml")}
+    for name, cls in task_classes().items():
+        if name not in files:
+            store.store(group="task", name=name, node=as_dict(cls.Config()))
+    for name in method_names():
+        if name not in _method_files():
+            store.store(group="method", name=name, node={"name": name, "aggregation": "${rl.aggregation}"})
+
+
+def _method_files() -> set[str]:
+    return {p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")}
 
 
 def available(group: str) -> list[str]:
-    """The option names of a config group (``setting``, ``method``, ...); methods are the registry's."""
+    """The option names of a config group (``setting``, ``method``, ``task``, ...)."""
     if group == "method":
         return method_names()
+    if group == "task":
+        return list(task_classes())
+    if group == "engine":
+        return list(rc.ENGINES)
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def _require(section: dict, where: str, keys: dict) -> None:
-    for key, check in keys.items():
-        if key not in section:
-            raise ConfigError(f"{where}.{key} is missing")
-        value = section[key]
-        ok, allowed = check(value)
-        if not ok:
-            raise ConfigError(f"{where}.{key} must be {allowed}, got {value!r}")
+# --- resolving ---------------------------------------------------------------------------------
+def resolve(cfg) -> RunSpec:
+    """Every key of a composed config checked and typed; the run id derived from the typed groups."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    except Exception as err:  # noqa: BLE001 - interpolation errors come in many types
+        raise ConfigError(f"config does not resolve: {err}") from None
+    groups = typed_groups(resolved)
+    method_name, method_params = _method(resolved.get("method"))
+    setting = groups["setting"]
+    semantic = {"seed": groups["seed"], **{k: as_dict(v) for k, v in groups.items() if k not in ("seed", "logging")},
+                "method": {"name": method_name, **method_params}}
+    digest = config_hash(_id_dict(groups, resolved["method"], method_name, method_params))
+    run_dir = resolved.get("run_dir") or str(Path(resolved.get("results_root") or "results/runs")
+                                             / f"{setting.name}-{method_name}-s{groups['seed']}-{digest}")
+    return RunSpec(resolved=semantic, config_hash=digest, run_dir=Path(run_dir), seed=groups["seed"],
+                   method_name=method_name, method_params=method_params, setting_name=setting.name,
+                   t_stop=setting.t_stop, steps=setting.steps, task=groups["task"], model=groups["model"],
+                   warmup=groups["warmup"], rl=groups["rl"], eval=groups["eval"], collapse=groups["collapse"],
+                   engine=groups["engine"], setting=setting, logging=groups["logging"])
 
 
-def _pos_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"
+def typed_groups(resolved: dict) -> dict:
+    """The typed config groups of a resolved config (every key checked; cross-checks included)."""
+    if not isinstance(resolved, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(resolved).__name__}")
+    unknown = [k for k in resolved if k not in TOP_KEYS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a config key; a run config has: {', '.join(TOP_KEYS[:-1])}")
+    for section in ("method", "setting", "task", "model", "engine"):
+        if not isinstance(resolved.get(section), dict):
+            raise ConfigError(f"config section '{section}' is missing")
+    engine_name = resolved["engine"].get("name")
+    if engine_name not in rc.ENGINES:
+        raise ConfigError(f"engine.name must be one of {list(rc.ENGINES)}, got {engine_name!r}")
+    task_cls = get_task(resolved["task"].get("name"))
+    groups = {"seed": _seed(resolved.get("seed")),
+              "engine": build(rc.ENGINES[engine_name], resolved["engine"], "engine"),
+              "task": build(task_cls.Config, resolved["task"], "task"),
+              "model": build(_model_class(engine_name, resolved["model"]), resolved["model"], "model"),
+              **{name: build(cls, resolved.get(name), name) for name, cls in
+                 (("warmup", rc.Warmup), ("rl", rc.RL), ("eval", rc.Eval), ("collapse", rc.Collapse),
+                  ("setting", rc.Setting), ("logging", rc.Logging))}}
+    if groups["task"].reward:
+        load_reward(groups["task"].reward)
+    if engine_name not in task_cls.engines:
+        raise ConfigError(f"task {task_cls.name} runs on engine {' or '.join(task_cls.engines)}, not engine={engine_name}")
+    _cross_checks(groups, engine_name)
+    return groups
 
 
-def _pos_num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"
+def _seed(seed) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return seed
 
 
-def _nonneg(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"
+def _model_class(engine: str, model: dict):
+    if engine == "local":
+        if "source" in model:
+            raise ConfigError(f"model.source is for engine=trl; the local engine builds a Qwen3 from sizes "
+                              f"(model=s, m, tiny), got model.source={model['source']!r}")
+        return rc.ModelSize
+    source = model.get("source")
+    if source not in rc.LM_SOURCES:
+        raise ConfigError(f"model.source must be one of {list(rc.LM_SOURCES)} with engine=trl, got {source!r}")
+    return rc.LM_SOURCES[source]
 
 
-def _prob(v):
-    return isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]"
+def _cross_checks(g: dict, engine: str) -> None:
+    setting, rl, model = g["setting"], g["rl"], g["model"]
+    if setting.steps < setting.t_stop:
+        raise ConfigError(f"setting.steps ({setting.steps}) must be >= setting.t_stop ({setting.t_stop})")
+    if isinstance(model, (rc.ModelSize, rc.TinyLM)) and (model.hidden % (2 * model.heads) or model.heads % model.kv_heads):
+        raise ConfigError(f"model.hidden ({model.hidden}) must be a multiple of 2·model.heads ({2 * model.heads}: an "
+                          f"even rotary head dimension), and model.heads a multiple of model.kv_heads ({model.kv_heads})")
+    if engine == "local":
+        for key in ("minibatch_prompts", "max_response_tokens"):
+            if getattr(rl, key) is not None:
+                raise ConfigError(f"rl.{key} is read by engine=trl only (the local engine cuts rl.prompts_per_iter into "
+                                  f"rl.updates_per_iter minibatches; its task sets the longest response)")
+        if g["eval"].problems_per_split is None:
+            raise ConfigError("eval.problems_per_split must be an integer >= 1 with the local engine, got None")
+        return
+    _check_trl(g)
 
 
-def _bool(v):
-    return isinstance(v, bool), "true or false"
-
-
-ENGINES = ("local", "trl")
-MODEL_SOURCES = ("hub", "package", "tiny")
-
-
-def _check_local(resolved: dict) -> None:
-    """The embedded default: the addition task on a model built from sizes, with a warm start."""
-    _require(resolved["task"], "task", {"digits": _pos_int})
-    _check_sizes(resolved["model"])
-    _require(resolved["warmup"], "warmup", {"seed": lambda v: (isinstance(v, int) and 0 <= v < 2**32, "an integer in [0, 2**32)"), "lr": _pos_num,
-                                            "batch_size": _pos_int, "max_steps": _pos_int, "check_every": _pos_int,
-                                            "probe_size": _pos_int, "target_accuracy": _prob,
-                                            "shards": _pos_int})
-    _require(resolved["eval"], "eval", {"test_problems_per_split": _pos_int})
-    _require(resolved["engine"], "engine", {"share_prompt_prefix": _bool, "fused_loss": _bool})
-    _require(resolved["engine"].get("mismatch", {}), "engine.mismatch",
-             {"bf16_rollout": _bool, "logit_noise": _nonneg,
-              "lag": lambda v: (isinstance(v, int) and v >= 0, "an integer >= 0")})
-
-
-def _check_sizes(model: dict) -> None:
-    _require(model, "model", {"hidden": _pos_int, "layers": _pos_int, "mlp": _pos_int,
-                              "heads": _pos_int, "kv_heads": _pos_int})
-    if model["hidden"] % (2 * model["heads"]) or model["heads"] % model["kv_heads"]:
-        raise ConfigError(f"model.hidden ({model['hidden']}) must be a multiple of 2·model.heads "
-                          f"({2 * model['heads']}: an even rotary head dimension), and model.heads a multiple "
-                          f"of model.kv_heads ({model['kv_heads']})")
-
-
-def _check_trl(resolved: dict) -> None:
-    """engine=trl: a real language model on the math task through TRL's GRPOTrainer."""
-    task, model, rl, engine = resolved["task"], resolved["model"], resolved["rl"], resolved["engine"]
-    if task.get("name") != "math":
-        raise ConfigError(f"task.name must be 'math' with engine=trl, got {task.get('name')!r}")
-    _require(task, "task", {"train": lambda v: (isinstance(v, str) and v != "", "a JSONL path, fixture:NAME or a hub name"),
-                            "val": lambda v: (isinstance(v, dict) and len(v) > 0, "a mapping split name → source")})
-    if model.get("source") not in MODEL_SOURCES:
-        raise ConfigError(f"model.source must be one of {list(MODEL_SOURCES)} with engine=trl, got {model.get('source')!r}")
-    if model["source"] == "tiny":
-        _check_sizes(model)
-    _require(rl, "rl", {"minibatch_prompts": _pos_int, "max_response_tokens": _pos_int, "temperature": _pos_num})
-    if rl["prompts_per_iter"] != rl["minibatch_prompts"] * rl["updates_per_iter"]:
-        raise ConfigError(f"rl.prompts_per_iter ({rl['prompts_per_iter']}) must equal rl.minibatch_prompts "
-                          f"({rl['minibatch_prompts']}) × rl.updates_per_iter ({rl['updates_per_iter']})")
-    _require(engine, "engine", {"num_processes": _pos_int, "gradient_accumulation_steps": _pos_int,
-                                "bf16": _bool, "gradient_checkpointing": _bool, "fused_loss": _bool})
-    rows = rl["minibatch_prompts"] * rl["samples_per_prompt"]
-    ranks = engine["num_processes"] * engine["gradient_accumulation_steps"]
+def _check_trl(g: dict) -> None:
+    rl, engine, launch = g["rl"], g["engine"], g["engine"].launch
+    for key in ("minibatch_prompts", "max_response_tokens"):
+        if getattr(rl, key) is None:
+            raise ConfigError(f"rl.{key} must be an integer >= 1 with engine=trl, got None")
+    if rl.prompts_per_iter != rl.minibatch_prompts * rl.updates_per_iter:
+        raise ConfigError(f"rl.prompts_per_iter ({rl.prompts_per_iter}) must equal rl.minibatch_prompts "
+                          f"({rl.minibatch_prompts}) × rl.updates_per_iter ({rl.updates_per_iter})")
+    rows, ranks = rl.minibatch_prompts * rl.samples_per_prompt, engine.num_processes * engine.gradient_accumulation_steps
     if rows % ranks:
         raise ConfigError(f"rl.minibatch_prompts × rl.samples_per_prompt ({rows}) must be divisible by "
                           f"engine.num_processes × engine.gradient_accumulation_steps ({ranks})")
-    launch = engine.get("launch", {})
-    if launch and launch.get("nodes", 1) * launch.get("gpus_per_node", 1) not in (engine["num_processes"], 1):
-        raise ConfigError(f"engine.num_processes ({engine['num_processes']}) must equal engine.launch.nodes × "
-                          f"engine.launch.gpus_per_node ({launch.get('nodes')} × {launch.get('gpus_per_node')})")
-    if launch.get("deepspeed_zero_stage") not in (None, 0, 1, 2, 3):
-        raise ConfigError(f"engine.launch.deepspeed_zero_stage must be one of [null, 0, 1, 2, 3], "
-                          f"got {launch.get('deepspeed_zero_stage')!r}")
-    if engine["fused_loss"] and launch.get("deepspeed_zero_stage") == 3:
+    if launch.nodes * launch.gpus_per_node not in (engine.num_processes, 1):
+        raise ConfigError(f"engine.num_processes ({engine.num_processes}) must equal engine.launch.nodes × "
+                          f"engine.launch.gpus_per_node ({launch.nodes} × {launch.gpus_per_node})")
+    if engine.fused_loss and launch.deepspeed_zero_stage == 3:
         raise ConfigError("engine.fused_loss must be false with engine.launch.deepspeed_zero_stage 3: ZeRO-3 "
                           "gathers the output layer's weight only inside the model's forward")
-    _require(resolved["eval"], "eval", {"batch_size": _pos_int})
 
 
-def _without_omitted_defaults(semantic: dict) -> dict:
-    out = dict(semantic)
-    for (section, key), default in ID_OMITTED_AT_DEFAULT.items():
-        if isinstance(out.get(section), dict) and out[section].get(key, default) == default:
-            out[section] = {k: v for k, v in out[section].items() if k != key}
+def _method(node) -> tuple[str, dict]:
+    """The method's name and every parameter (registry defaults filled in), checked now: before any
+    warm-up, model load or cell launch."""
+    node = dict(node or {})
+    name = node.pop("name", None)
+    if name not in method_names():
+        raise ConfigError(f"method.name must be one of {method_names()}, got {name!r}")
+    node.pop("horizon", None)  # the engine's: the task's (or rl.max_response_tokens') longest response
+    try:
+        method = get_method(name, **node)
+    except MethodConfigError as err:
+        text = str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}"
+        raise ConfigError(f"method {text}") from None
+    params = dataclasses.asdict(method.params)
+    params.pop("horizon", None)
+    return name, params
+
+
+# --- the run id --------------------------------------------------------------------------------
+def _id_dict(groups: dict, method_node: dict, name: str, params: dict) -> dict:
+    out = {"seed": groups["seed"], **{k: id_view(v) for k, v in groups.items() if k not in ("seed", "logging")}}
+    out["method"] = method_id_view(name, method_node, params)
     return out
+
+
+def method_id_view(name: str, node: dict, params: dict) -> dict:
+    """What the id hashes of the method: the parameters its config file names (at any value, as
+    composed), and any other parameter away from its registered default."""
+    named = set(_method_file_keys(name))
+    defaults = _registered_defaults(name)
+    out = {"name": name}
+    for key, value in params.items():
+        if key in named:
+            out[key] = node.get(key, value)
+        elif value != defaults.get(key):
+            out[key] = node.get(key, value)
+    return out
+
+
+def _method_file_keys(name: str) -> list[str]:
+    path = CONFIG_DIR / "method" / f"{name}.yaml"
+    keys = list((yaml.safe_load(path.read_text()) or {}).keys()) if path.exists() else []
+    return [k for k in keys if k != "name"] or ["aggregation"]
+
+
+def _registered_defaults(name: str) -> dict:
+    row = next(r for r in list_methods() if r["name"] == name)
+    return {p["name"]: p["default"] for p in row["params"]}
 
 
 def semantic_config(resolved: dict) -> dict:
     """The part of a resolved config that decides what a run computes."""
-    return {k: v for k, v in resolved.items() if k not in NON_SEMANTIC and k != "hydra"}
+    return {k: v for k, v in resolved.items() if k not in NON_SEMANTIC}
 
 
-def run_id(semantic: dict) -> str:
-    """A run's id: the hash of its semantic config (options added later are left out at their
-    defaults, so the ids of runs that never set them stay valid)."""
-    return config_hash(_without_omitted_defaults(semantic))
+def id_dict(config: dict) -> dict:
+    """What a run's id hashes, from a (resolved or recorded) config."""
+    groups = typed_groups(config)
+    name, params = _method(config.get("method"))
+    return _id_dict(groups, config["method"], name, params)
 
 
-def resolve(cfg: DictConfig) -> RunSpec:
-    try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as err:  # noqa: BLE001 - interpolation errors come in many types
-        raise ConfigError(f"config does not resolve: {err}") from None
-    for section in ("method", "setting", "task", "model", "rl", "eval", "collapse", "engine"):
-        if not isinstance(resolved.get(section), dict):
-            raise ConfigError(f"config section '{section}' is missing")
-    method = dict(resolved["method"])
-    name = method.pop("name", None)
-    if name not in method_names():
-        raise ConfigError(f"method.name must be one of {method_names()}, got {name!r}")
-    try:  # the method's parameters, checked now: before any warm-up, model load or cell launch
-        get_method(name, **method)
-    except MethodConfigError as err:
-        text = str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}"
-        raise ConfigError(f"method {text}") from None
-    setting = resolved["setting"]
-    _require(setting, "setting", {"name": lambda v: (isinstance(v, str), "a string"), "t_stop": _pos_int,
-                                  "steps": _pos_int})
-    if setting["steps"] < setting["t_stop"]:
-        raise ConfigError(f"setting.steps ({setting['steps']}) must be >= setting.t_stop ({setting['t_stop']})")
-    engine = resolved["engine"]
-    engine_name = engine.get("name")
-    if engine_name not in ENGINES:
-        raise ConfigError(f"engine.name must be one of {list(ENGINES)}, got {engine_name!r}")
-    if engine_name == "local":
-        _check_local(resolved)
-    else:
-        _check_trl(resolved)
-    _require(resolved["rl"], "rl", {"prompts_per_iter": _pos_int, "samples_per_prompt": _pos_int,
-                                    "updates_per_iter": _pos_int, "lr": _pos_num, "weight_decay": _nonneg,
-                                    "grad_clip": _pos_num, "std_normalize": _bool})
-    if resolved["rl"]["samples_per_prompt"] < 2:
-        raise ConfigError("rl.samples_per_prompt must be >= 2 (group advantages need a group)")
-    if not (engine_name == "trl" and resolved["eval"].get("problems_per_split") is None):
-        _require(resolved["eval"], "eval", {"problems_per_split": _pos_int})
-    _require(resolved["eval"], "eval", {"every": _pos_int, "samples": _pos_int,
-                                        "temperature": _pos_num, "top_p": _prob, "position_bins": _pos_int})
-    _require(resolved["collapse"], "collapse", {"peak_at_least": _nonneg, "floor": _nonneg,
-                                                "floor_fraction": lambda v: (isinstance(v, (int, float)) and 0 <= v < 1,
-                                                                             "a number in [0, 1)")})
-    _require(engine, "engine", {"checkpoint_every": _pos_int})
-    seed = resolved.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+def run_id(config: dict) -> str:
+    """A run's id from a (resolved or recorded) config: ``resolve``'s id without composing."""
+    return config_hash(id_dict(config))
 
-    semantic = semantic_config(resolved)
-    digest = run_id(semantic)
-    run_dir = resolved.get("run_dir") or str(
-        Path(resolved.get("results_root") or "results/runs") / f"{setting['name']}-{name}-s{seed}-{digest}")
-    return RunSpec(resolved=semantic, config_hash=digest, run_dir=Path(run_dir), seed=seed, method_name=name,
-                   method_params=method, setting_name=setting["name"], t_stop=setting["t_stop"],
-                   steps=setting["steps"], task=resolved["task"], model=resolved["model"], warmup=resolved["warmup"],
-                   rl=resolved["rl"], eval=resolved["eval"], collapse=resolved["collapse"], engine=engine,
-                   logging=resolved.get("logging") or {})

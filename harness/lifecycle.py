@@ -41,10 +41,11 @@ def record_failure(spec: RunSpec, store: RunStore, err: BaseException) -> None:
                        resumed_from=(store.read_status() or {}).get("resumed_from", []))
 
 
-def headline_collapse(headline: float, peak: float, rule: dict) -> Optional[str]:
-    """The reason a headline counts as collapsed (fallen to ≈ 0 after a real peak), else None."""
-    floor = max(rule["floor"], rule["floor_fraction"] * peak)
-    if peak >= rule["peak_at_least"] and headline <= floor:
+def headline_collapse(headline: float, peak: float, rule) -> Optional[str]:
+    """The reason a headline counts as collapsed (fallen to ≈ 0 after a real peak), else None
+    (``rule``: the run's ``collapse`` group)."""
+    floor = max(rule.floor, rule.floor_fraction * peak)
+    if peak >= rule.peak_at_least and headline <= floor:
         return f"headline {headline:.3f} ≤ {floor:.3f} after a peak of {peak:.3f}"
     return None
 

@@ -63,29 +63,28 @@ def package_gguf(package: str) -> Path:
     return found[0]
 
 
-def load_lm(model_cfg: dict, seed: int = 0):
-    """(model, tokenizer) as the config says; the model in fp32 unless ``dtype`` says otherwise."""
+def load_lm(model_cfg, seed: int = 0):
+    """(model, tokenizer) as the config says (``harness.runconfig``: HubModel, PackageModel, TinyLM);
+    the model in fp32 unless ``dtype`` says otherwise."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = model_cfg.get("source")
-    dtype = getattr(torch, model_cfg.get("dtype", "float32"))
+    source = model_cfg.source
+    dtype = getattr(torch, model_cfg.dtype)
     if source == "tiny":
-        from .model import ModelSize, build_model
+        from .model import build_model
         tok = tiny_tokenizer()
-        size = ModelSize(model_cfg["hidden"], model_cfg["layers"], model_cfg["mlp"], model_cfg["heads"],
-                         model_cfg["kv_heads"])
-        model = build_model(size, len(tok), model_cfg.get("max_positions", 1024), seed=seed)
+        model = build_model(model_cfg, len(tok), model_cfg.max_positions, seed=seed)
         model.config.bos_token_id, model.config.eos_token_id = tok.bos_token_id, tok.eos_token_id
         model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         return model.to(dtype), tok
     if source == "package":
-        gguf = package_gguf(model_cfg["package"])
+        gguf = package_gguf(model_cfg.package)
         folder, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
     elif source == "hub":
-        folder, kwargs = model_cfg["name_or_path"], {}
-        if model_cfg.get("gguf_file"):
-            kwargs["gguf_file"] = model_cfg["gguf_file"]
+        folder, kwargs = model_cfg.name_or_path, {}
+        if model_cfg.gguf_file:
+            kwargs["gguf_file"] = model_cfg.gguf_file
     else:
         raise ConfigError(f"model.source must be one of ['hub', 'package', 'tiny'], got {source!r}")
     tok = AutoTokenizer.from_pretrained(folder, **kwargs)

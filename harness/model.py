@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from methods.seeds import derive_seed
 
+from .runconfig import ModelSize  # noqa: F401 - the sizes a model is built from
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-CHARS = "0123456789+=;>"
 
 
 class CharTokenizer:
-    """Ids: 0 pad, 1 bos, 2 eos, then one id per character of CHARS."""
+    """Ids: 0 pad, 1 bos, 2 eos, then one id per character of ``chars`` (a local task's alphabet)."""
 
-    def __init__(self, chars: str = CHARS):
+    def __init__(self, chars: str):
+        self.chars = chars
         self.itos = [PAD, BOS, EOS] + list(chars)
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
@@ -29,7 +29,7 @@ class CharTokenizer:
         try:
             return [self.stoi[c] for c in text]
         except KeyError as err:
-            raise ValueError(f"character {err.args[0]!r} is not in the tokenizer's alphabet {CHARS!r}") from None
+            raise ValueError(f"character {err.args[0]!r} is not in the tokenizer's alphabet {self.chars!r}") from None
 
     def decode(self, ids) -> str:
         """Text up to (not including) the first end token; special tokens dropped."""
@@ -43,16 +43,7 @@ class CharTokenizer:
         return "".join(out)
 
 
-@dataclass(frozen=True)
-class ModelSize:
-    hidden: int
-    layers: int
-    mlp: int
-    heads: int = 4
-    kv_heads: int = 2
-
-
-def build_model(size: ModelSize, vocab_size: int, max_positions: int, seed: int) -> Qwen3ForCausalLM:
+def build_model(size, vocab_size: int, max_positions: int, seed: int) -> Qwen3ForCausalLM:
     config = Qwen3Config(
         vocab_size=vocab_size, hidden_size=size.hidden, intermediate_size=size.mlp,
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,

@@ -25,10 +25,10 @@ import torch
 
 from methods.seeds import derive_seed
 
-from . import task as tasks
 from .locks import FileLock
-from .model import CharTokenizer, ModelSize, build_model
+from .model import CharTokenizer, build_model
 from .rollout import response_logits, sample
+from .schema import id_view
 from .store import atomic_torch_save, config_hash
 
 CODE_VERSION = 4  # bump when the warm-up procedure (or the sampler it probes with) changes
@@ -40,28 +40,28 @@ def cache_dir() -> Path:
     return Path(root) / "warmup"
 
 
-def encode_problems(tokenizer: CharTokenizer, problems) -> torch.Tensor:
-    return torch.tensor([[tokenizer.bos_id] + tokenizer.encode(p.prompt) for p in problems])
+def encode_problems(tokenizer: CharTokenizer, task, problems) -> torch.Tensor:
+    return torch.tensor([[tokenizer.bos_id] + tokenizer.encode(task.prompt(p)) for p in problems])
 
 
-def sampled_accuracy(model, tokenizer, problems, max_new: int, seed: int, temperature: float = 1.0,
+def sampled_accuracy(model, tokenizer, task, problems, seed: int, temperature: float = 1.0,
                      top_p: float = 1.0, samples: int = 1, greedy: bool = False) -> float:
-    prompts = encode_problems(tokenizer, problems).repeat_interleave(samples, 0)
+    prompts = encode_problems(tokenizer, task, problems).repeat_interleave(samples, 0)
     gen = torch.Generator().manual_seed(seed)
-    roll = sample(model, prompts, max_new, tokenizer.eos_id, tokenizer.pad_id, gen,
+    roll = sample(model, prompts, task.max_response_tokens, tokenizer.eos_id, tokenizer.pad_id, gen,
                   temperature=temperature, top_p=top_p, greedy=greedy, lean=True)
-    return float(rollout_rewards(tokenizer, [p for p in problems for _ in range(samples)], roll).mean())
+    return float(rollout_rewards(tokenizer, task, [p for p in problems for _ in range(samples)], roll).mean())
 
 
-def rollout_rewards(tokenizer: CharTokenizer, row_problems, roll) -> torch.Tensor:
-    """The verifier's reward of each sampled row; ``row_problems[i]`` is row i's problem."""
-    return torch.tensor([tasks.reward(p, tokenizer.decode(roll.response_ids[i]), bool(roll.finished[i]))
-                         for i, p in enumerate(row_problems)], dtype=torch.float64)
+def rollout_rewards(tokenizer: CharTokenizer, task, row_problems, roll) -> torch.Tensor:
+    """The task's reward of each sampled row; ``row_problems[i]`` is row i's problem."""
+    responses = [tokenizer.decode(roll.response_ids[i]) for i in range(len(row_problems))]
+    return torch.tensor(task.rewards(row_problems, responses, [bool(f) for f in roll.finished]), dtype=torch.float64)
 
 
-def _sft_batch(tokenizer, problems):
-    prompts = encode_problems(tokenizer, problems)
-    targets = [tokenizer.encode(p.solution()) + [tokenizer.eos_id] for p in problems]
+def _sft_batch(tokenizer, task, problems):
+    prompts = encode_problems(tokenizer, task, problems)
+    targets = [tokenizer.encode(task.reference(p)) + [tokenizer.eos_id] for p in problems]
     width = max(len(t) for t in targets)
     ids = torch.full((len(problems), width), tokenizer.pad_id)
     mask = torch.zeros(len(problems), width, dtype=torch.bool)
@@ -91,10 +91,11 @@ def _shard_gradient(model, params, prompts, ids, mask, tokens: int):
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
-def warmup_key(model_cfg: dict, warmup_cfg: dict, digits: int) -> str:
-    """The hash that names a warm-up: its model, warm-up and task config, vocabulary and procedure version."""
-    return config_hash({"model": model_cfg, "warmup": warmup_cfg, "digits": digits,
-                       "vocab": CharTokenizer().itos, "version": CODE_VERSION})
+def warmup_key(model_cfg, warmup_cfg, task) -> str:
+    """The hash that names a warm-up: its model, warm-up and task config, vocabulary and procedure version
+    (knobs at their declared defaults left out, as in run ids)."""
+    return config_hash({"model": id_view(model_cfg), "warmup": id_view(warmup_cfg), **task.warmup_identity(),
+                       "vocab": CharTokenizer(task.alphabet).itos, "version": CODE_VERSION})
 
 
 def shipped(key: str):
@@ -121,10 +122,10 @@ def write_shipped(key: str, state: dict, info: dict) -> Path:
     return path
 
 
-def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = False):
+def warm_start(model_cfg, warmup_cfg, task, progress: bool = False):
     """The warm-up state dict for this (model, warm-up, task) config: shipped with the package, from
     the cache, or trained now. Returns ``(state_dict, info)``."""
-    key = warmup_key(model_cfg, warmup_cfg, digits)
+    key = warmup_key(model_cfg, warmup_cfg, task)
     found = shipped(key)
     if found is not None:
         return found
@@ -138,58 +139,54 @@ def warm_start(model_cfg: dict, warmup_cfg: dict, digits: int, progress: bool = 
         if path.exists():
             blob = torch.load(path, weights_only=False)
             return blob["state"], blob["info"]
-        return train(model_cfg, warmup_cfg, digits, path, progress)
+        return train(model_cfg, warmup_cfg, task, path, progress)
     finally:
         lock.release()
 
 
-def train(model_cfg: dict, warmup_cfg: dict, digits: int, path: Path, progress: bool = False):
+def train(model_cfg, warmup_cfg, task, path: Path, progress: bool = False):
     """Train the warm-up now and save ``{state, info}`` at ``path`` (its info also as JSON beside it).
     One thread per shard: the weights do not depend on the core count. Returns ``(state_dict, info)``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train_and_save(model_cfg, warmup_cfg, digits, Path(path), progress)
+        return _train_and_save(model_cfg, warmup_cfg, task, Path(path), progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_and_save(model_cfg, warmup_cfg, digits, path, progress):
-    tokenizer, key = CharTokenizer(), warmup_key(model_cfg, warmup_cfg, digits)
+def _train_and_save(model_cfg, cfg, task, path, progress):
+    tokenizer, key = CharTokenizer(task.alphabet), warmup_key(model_cfg, cfg, task)
     started = time.perf_counter()
-    size = ModelSize(**model_cfg)
-    max_new = tasks.response_length(digits)
-    model = build_model(size, tokenizer.vocab_size, tasks.max_positions(digits), seed=warmup_cfg["seed"])
-    opt = torch.optim.AdamW(model.parameters(), lr=warmup_cfg["lr"], weight_decay=0.0)
-    probe = tasks.sample_problems("train", warmup_cfg["probe_size"], digits,
-                                  seed=derive_seed("warmup_probe", warmup_cfg["seed"]))
+    model = build_model(model_cfg, tokenizer.vocab_size, task.max_positions, seed=cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    probe = task.problems("train", cfg.probe_size, seed=derive_seed("warmup_probe", cfg.seed))
     accuracy, step, history = 0.0, 0, []
-    bar = _progress(warmup_cfg["max_steps"], "warm-up", progress)
-    shards = warmup_cfg["shards"]
+    bar = _progress(cfg.max_steps, "warm-up", progress)
+    shards = cfg.shards
     params = list(model.parameters())
     with ThreadPoolExecutor(shards) as pool:  # one thread per shard
-        while step < warmup_cfg["max_steps"]:
-            problems = tasks.sample_problems("train", warmup_cfg["batch_size"], digits,
-                                             seed=derive_seed("warmup_batch", warmup_cfg["seed"], step))
-            loss = _sharded_gradient(model, params, *_sft_batch(tokenizer, problems), shards, pool)
+        while step < cfg.max_steps:
+            problems = task.problems("train", cfg.batch_size, seed=derive_seed("warmup_batch", cfg.seed, step))
+            loss = _sharded_gradient(model, params, *_sft_batch(tokenizer, task, problems), shards, pool)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
             if bar is not None:
                 bar.update(1)
-            if step % warmup_cfg["check_every"] == 0:
-                accuracy = sampled_accuracy(model, tokenizer, probe, max_new,
-                                            seed=derive_seed("warmup_probe_sampling", warmup_cfg["seed"], step))
+            if step % cfg.check_every == 0:
+                accuracy = sampled_accuracy(model, tokenizer, task, probe,
+                                            seed=derive_seed("warmup_probe_sampling", cfg.seed, step))
                 history.append({"step": step, "loss": loss.item(), "sampled_accuracy": accuracy})
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
-                if accuracy >= warmup_cfg["target_accuracy"]:
+                if accuracy >= cfg.target_accuracy:
                     break
     if bar is not None:
         bar.close()
     info = {"key": key, "steps": step, "sampled_accuracy": accuracy, "history": history,
             "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(), "shards": shards,
-            "reached_target": accuracy >= warmup_cfg["target_accuracy"]}
+            "reached_target": accuracy >= cfg.target_accuracy}
     atomic_torch_save(path, {"state": model.state_dict(), "info": info})
     (path.with_suffix(".json")).write_text(json.dumps(info, indent=1))
     return model.state_dict(), info

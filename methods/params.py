@@ -215,6 +215,12 @@ def _type_ok(value, hint) -> tuple[bool, str]:
     return True, ""
 
 
+def type_ok(value, hint) -> tuple[bool, str]:
+    """Whether ``value`` fits the annotation ``hint`` (Literal, Optional, bool, int, float), and what
+    the annotation allows, in words (the run config's typed groups check with it too)."""
+    return _type_ok(value, hint)
+
+
 def _check_types(params):
     hints = typing.get_type_hints(type(params))
     for f in dataclasses.fields(params):

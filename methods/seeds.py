@@ -27,6 +27,7 @@ STREAMS: dict[str, tuple[str, ...]] = {
     "evaluation": ("seed", "split_group"),            # evaluation noise: 0 validation, 1 test (every step)
     "trl_rollout": ("seed", "generation", "process"),  # the TRL engine's harness-sampler generations
     "trl_evaluation": ("seed", "split", "chunk"),     # the TRL engine's evaluation batches (every step)
+    "trl_train_problems": ("seed",),                  # a procedural task's training set on the TRL engine
     "shuffled_weights": ("shuffle_seed", "sequence_id"),  # CPPO's shuffled-weights ablation, per response
     "eval_noise_probe": ("replicate",),               # scripts/eval_noise.py's independent evaluations
 }

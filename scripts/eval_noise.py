@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -35,34 +36,34 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.stats import noise_sd  # noqa: E402
-from harness import task as tasks  # noqa: E402
 from harness.config import compose, resolve  # noqa: E402
 from harness.evaluation import split_scores  # noqa: E402
-from harness.model import CharTokenizer, ModelSize, build_model  # noqa: E402
+from harness.model import CharTokenizer, build_model  # noqa: E402
 from harness.rollout import sample  # noqa: E402
 from harness.store import RunStore, atomic_write_text  # noqa: E402
+from harness.tasks import make_task  # noqa: E402
 from harness.train import run  # noqa: E402
 from harness.warmup import encode_problems, rollout_rewards, warm_start  # noqa: E402
 from methods.seeds import derive_seed  # noqa: E402
 
 
-def old_headline(model, tokenizer, digits: int, ev: dict, stream: int) -> float:
+def old_headline(model, tokenizer, task, ev, stream: int) -> float:
     """The evaluation before common random numbers: multinomial sampling, the splits one after another."""
     scores, gen = [], torch.Generator().manual_seed(stream)
-    for split in tasks.SPLITS:
-        problems = tasks.validation_set(split, ev["problems_per_split"], digits)
-        prompts = encode_problems(tokenizer, problems).repeat_interleave(ev["samples"], 0)
-        roll = sample(model, prompts, tasks.response_length(digits), tokenizer.eos_id, tokenizer.pad_id,
-                      gen, temperature=ev["temperature"], top_p=ev["top_p"])
-        rows = [p for p in problems for _ in range(ev["samples"])]
-        scores.append(float(rollout_rewards(tokenizer, rows, roll).mean()))
+    for split in task.validation_splits:
+        problems = task.problems(split, ev.problems_per_split)
+        prompts = encode_problems(tokenizer, task, problems).repeat_interleave(ev.samples, 0)
+        roll = sample(model, prompts, task.max_response_tokens, tokenizer.eos_id, tokenizer.pad_id,
+                      gen, temperature=ev.temperature, top_p=ev.top_p)
+        rows = [p for p in problems for _ in range(ev.samples)]
+        scores.append(float(rollout_rewards(tokenizer, task, rows, roll).mean()))
     return statistics.fmean(scores)
 
 
-def headline(model, tokenizer, digits, ev, stream, old: bool) -> float:
+def headline(model, tokenizer, task, ev, stream, old: bool) -> float:
     if old:
-        return old_headline(model, tokenizer, digits, ev, stream)
-    row = split_scores(model, tokenizer, digits, ev, stream, tasks.SPLITS)
+        return old_headline(model, tokenizer, task, ev, stream)
+    row = split_scores(model, tokenizer, task, ev, stream, task.validation_splits)
     return statistics.fmean(row.values())
 
 
@@ -84,30 +85,31 @@ def measure(overrides, designs, streams: int, rl_steps: int) -> dict:
     torch.set_num_threads(1)
     spec = resolve(compose(overrides))
     ev = spec.eval
-    plan = (f"{ev['problems_per_split']}x{ev['samples']}", f"{ev['test_problems_per_split']}x{ev['samples']}")
+    plan = (f"{ev.problems_per_split}x{ev.samples}", f"{ev.test_problems_per_split}x{ev.samples}")
     designs = list(dict.fromkeys([*designs, *plan]))
-    digits, tokenizer = spec.task["digits"], CharTokenizer()
-    state, _ = warm_start(spec.model, spec.warmup, digits)
+    task = make_task(spec.task)
+    tokenizer = CharTokenizer(task.alphabet)
+    state, _ = warm_start(spec.model, spec.warmup, task)
     with tempfile.TemporaryDirectory() as tmp:
         states, train_step_s = train_models(overrides, rl_steps, Path(tmp))
     models = {}
     for name, weights in states.items():
-        model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, tasks.max_positions(digits), seed=0)
+        model = build_model(spec.model, tokenizer.vocab_size, task.max_positions, seed=0)
         model.load_state_dict(weights)
         models[name] = model.eval()
-    evals_per_run = spec.steps // spec.eval["every"] + 1
+    evals_per_run = spec.steps // spec.eval.every + 1
     out = {"setting": spec.setting_name, "rl_steps": rl_steps, "streams": streams, "steps": spec.steps,
-           "eval_every": spec.eval["every"], "train_step_s": train_step_s, "designs": []}
+           "eval_every": spec.eval.every, "train_step_s": train_step_s, "designs": []}
     for design in designs:
         size, _, old = design.partition(":")
         problems, samples = (int(v) for v in size.split("x"))
-        ev = {**spec.eval, "problems_per_split": problems, "samples": samples}
+        ev = dataclasses.replace(spec.eval, problems_per_split=problems, samples=samples)
         scores = {name: [] for name in models}
         started = time.perf_counter()
         for i in range(streams):
             stream = derive_seed("eval_noise_probe", i)
             for name, model in models.items():
-                scores[name].append(headline(model, tokenizer, digits, ev, stream, old == "old"))
+                scores[name].append(headline(model, tokenizer, task, ev, stream, old == "old"))
         eval_s = (time.perf_counter() - started) / (streams * len(models))
         diffs = [a - b for a, b in zip(scores["grpo"], scores["cppo"])]
         single, diff = noise_sd(scores["grpo"]), noise_sd(diffs)
@@ -127,7 +129,7 @@ def measure(overrides, designs, streams: int, rl_steps: int) -> dict:
     out["plan"] = {"val": plan[0], "test": plan[1], "eval_s": eval_total,
                    "eval_share": eval_total / (spec.steps * train_step_s + eval_total),
                    "sd_diff_heldout": test["sd_diff"], "sd_diff_heldout_ci": test["sd_diff_ci"]}
-    print(f"{spec.setting_name} plan val {plan[0]} every {spec.eval['every']} + test {plan[1]} once: "
+    print(f"{spec.setting_name} plan val {plan[0]} every {spec.eval.every} + test {plan[1]} once: "
           f"{100 * out['plan']['eval_share']:.0f} % of a run; held-out difference SD {100 * test['sd_diff']:.2f} pts "
           f"[{100 * test['sd_diff_ci'][0]:.2f}, {100 * test['sd_diff_ci'][1]:.2f}]", flush=True)
     return out

@@ -13,9 +13,9 @@ import json
 
 import torch
 
-from harness import task as tasks
+from harness.tasks import make_task
 from harness.config import compose, resolve
-from harness.model import CharTokenizer, ModelSize, build_model
+from harness.model import CharTokenizer, build_model
 from harness.rollout import response_logits, sample
 from harness.warmup import encode_problems, rollout_rewards, warm_start
 from methods import LossTotals, PolicyBatch, get_method, policy_logprobs_from_logits
@@ -24,24 +24,25 @@ from methods.seeds import derive_seed
 
 def find_batch(overrides, max_steps: int = 30) -> dict:
     spec = resolve(compose(["method=cppo", *overrides]))
-    tok, digits = CharTokenizer(), spec.task["digits"]
-    horizon, top_k = tasks.response_length(digits), min(20, CharTokenizer().vocab_size)
-    state, _ = warm_start(spec.model, spec.warmup, digits, progress=False)
-    model = build_model(ModelSize(**spec.model), tok.vocab_size, tasks.max_positions(digits), seed=spec.seed)
+    task = make_task(spec.task)
+    tok = CharTokenizer(task.alphabet)
+    horizon, top_k = task.max_response_tokens, min(20, tok.vocab_size)
+    state, _ = warm_start(spec.model, spec.warmup, task, progress=False)
+    model = build_model(spec.model, tok.vocab_size, task.max_positions, seed=spec.seed)
     model.load_state_dict(state)
     params = {**spec.method_params, "top_k": top_k}
     method = get_method("cppo", horizon=horizon, **params)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.rl["lr"], weight_decay=spec.rl["weight_decay"])
-    n = spec.rl["samples_per_prompt"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.rl.lr, weight_decay=spec.rl.weight_decay)
+    n = spec.rl.samples_per_prompt
     for step in range(1, max_steps + 1):
-        problems = tasks.sample_problems("train", spec.rl["prompts_per_iter"], digits, seed=derive_seed("problems", spec.seed, step))
+        problems = task.problems("train", spec.rl.prompts_per_iter, seed=derive_seed("problems", spec.seed, step))
         gen = torch.Generator().manual_seed(derive_seed("rollout", spec.seed, step))
-        prompts = encode_problems(tok, problems).repeat_interleave(n, 0)
+        prompts = encode_problems(tok, task, problems).repeat_interleave(n, 0)
         with torch.no_grad():
             roll = sample(model, prompts, horizon, tok.eos_id, tok.pad_id, gen, record_top_k=top_k)
-        rewards = rollout_rewards(tok, [p for p in problems for _ in range(n)], roll).float().view(-1, n)
+        rewards = rollout_rewards(tok, task, [p for p in problems for _ in range(n)], roll).float().view(-1, n)
         adv = (rewards - rewards.mean(1, keepdim=True)).reshape(-1)
-        for update in range(spec.rl["updates_per_iter"]):
+        for update in range(spec.rl.updates_per_iter):
             logits = response_logits(model, roll.prompt_ids, roll.response_ids)
             logp, pi_topk = policy_logprobs_from_logits(logits, roll.response_ids, roll.rollout_topk_ids)
             batch = PolicyBatch(logp=logp, rollout_logp=roll.rollout_logp, advantages=adv,
@@ -58,7 +59,7 @@ def find_batch(overrides, max_steps: int = 30) -> dict:
                 return _record(spec, step, update, row, d, out.mask, valid, params, tok, roll)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.rl["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.rl.grad_clip)
             optimizer.step()
     raise SystemExit(f"no update within {max_steps} steps masked a token by the prefix budget alone")
 

@@ -21,6 +21,7 @@ import torch
 
 from harness import warmup
 from harness.config import compose, resolve
+from harness.tasks import make_task
 
 
 def main(argv=None) -> int:
@@ -29,10 +30,10 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="compare a fresh training with the shipped file")
     args = parser.parse_args(argv)
     spec = resolve(compose(args.overrides))
-    digits = spec.task["digits"]
-    key = warmup.warmup_key(spec.model, spec.warmup, digits)
+    task = make_task(spec.task)
+    key = warmup.warmup_key(spec.model, spec.warmup, task)
     with tempfile.TemporaryDirectory() as tmp:
-        state, info = warmup.train(spec.model, spec.warmup, digits, Path(tmp) / f"{key}.pt", progress=True)
+        state, info = warmup.train(spec.model, spec.warmup, task, Path(tmp) / f"{key}.pt", progress=True)
     print(f"warm-up {key}: {info['steps']} steps, sampled accuracy {info['sampled_accuracy']:.3f}, {info['seconds']} s")
     if not args.check:
         print(f"shipped: {warmup.write_shipped(key, state, info)}")

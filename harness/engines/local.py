@@ -16,14 +16,14 @@ from methods import (LossTotals, PolicyBatch, get_method, list_methods, policy_l
                      policy_logprobs_from_logits)
 from methods.seeds import derive_seed
 
-from .. import task as tasks
 from ..config import RunSpec
 from ..evaluation import evaluate, held_out
 from ..lifecycle import RunRecord
-from ..model import CharTokenizer, ModelSize, build_model
+from ..model import CharTokenizer, build_model
 from ..provenance import provenance
 from ..rollout import output_layer, response_hidden, sample, shared_prefix_hidden
 from ..store import RunStore
+from ..tasks import make_task
 from ..warmup import encode_problems, rollout_rewards, warm_start
 
 
@@ -45,44 +45,43 @@ def position_diagnostics(records: list[dict], horizon: int, bins: int) -> dict:
 
 def train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
     """Train one run to its verdict in ``store``'s folder (resuming from its checkpoint)."""
-    rl, digits = spec.rl, spec.task["digits"]
-    tokenizer = CharTokenizer()
-    horizon = tasks.response_length(digits)
+    rl, task = spec.rl, make_task(spec.task)
+    tokenizer = CharTokenizer(task.alphabet)
+    horizon = task.max_response_tokens
     top_k = min(20, tokenizer.vocab_size)
 
     # --- policy, warm start, method, optimiser -----------------------------------------------
-    state, warm_info = warm_start(spec.model, spec.warmup, digits, progress=spec.logging.get("progress", True))
-    model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, tasks.max_positions(digits), seed=spec.seed)
+    state, warm_info = warm_start(spec.model, spec.warmup, task, progress=spec.logging.progress)
+    model = build_model(spec.model, tokenizer.vocab_size, task.max_positions, seed=spec.seed)
     model.load_state_dict(state)
     method = get_method(spec.method_name, horizon=horizon, **_topk_param(spec.method_name, spec.method_params, top_k))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=rl["lr"], betas=(0.9, 0.999),
-                                  weight_decay=rl["weight_decay"])
-    lagged = deque(maxlen=int(spec.engine["mismatch"]["lag"]) + 1)  # weights of the last k+1 updates; [0] is used for rollout
+    optimizer = torch.optim.AdamW(model.parameters(), lr=rl.lr, betas=(0.9, 0.999), weight_decay=rl.weight_decay)
+    lagged = deque(maxlen=spec.engine.mismatch.lag + 1)  # weights of the last k+1 updates; [0] is used for rollout
 
     start = _resume(spec, store, model, optimizer, lagged)
     record = RunRecord(spec, store)
-    record.begin(start, warmup=warm_info_brief(warm_info), provenance=provenance())
+    record.begin(start, warmup=warm_info_brief(warm_info), provenance=provenance(), splits=task.splits)
     if start == 0:
         t0 = time.perf_counter()
-        row = {"step": 0, **evaluate(model, tokenizer, spec, 0)}
+        row = {"step": 0, **evaluate(model, tokenizer, task, spec, 0)}
         row["time_eval"] = time.perf_counter() - t0
         record.record(row)
         keep_if_best(store, record, model)
 
     sink = _wandb_sink(spec, store)
-    rollout_model = build_model(ModelSize(**spec.model), tokenizer.vocab_size, tasks.max_positions(digits), seed=0)
+    rollout_model = build_model(spec.model, tokenizer.vocab_size, task.max_positions, seed=0)
     bar = _bar(spec, start)
     for step in range(start + 1, spec.steps + 1):
         t0 = time.perf_counter()
         # --- 1. rollout from μ (possibly bf16, noisy or lagging) --------------------------------
         rollout_model.load_state_dict(lagged[0])
-        problems, roll, rewards, gen = _rollout(spec, step, rollout_model, tokenizer, horizon, top_k)
+        problems, roll, rewards, gen = _rollout(spec, task, step, rollout_model, tokenizer, top_k)
         t1 = time.perf_counter()
         # --- 2. group advantages; zero-variance groups are skipped --------------------------------
         adv, kept_groups = _group_advantages(rewards, rl, gen)
         # --- 3. updates_per_iter minibatch steps, all anchored to the same μ ----------------------
         step_metrics, diag_records = [], []
-        for chunk in torch.tensor_split(kept_groups, rl["updates_per_iter"]):
+        for chunk in torch.tensor_split(kept_groups, rl.updates_per_iter):
             if len(chunk) == 0:
                 continue
             metrics, diag = _update(spec, step, model, optimizer, method, roll, adv, chunk, horizon)
@@ -102,13 +101,13 @@ def train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
                "engine_mismatch_abs_logp": step_metrics[0]["mismatch_abs_logp"] if step_metrics else float("nan"),
                "time_rollout": t1 - t0, "time_update": t2 - t1}
         finite = math.isfinite(row.get("policy_loss", 0.0)) and _params_finite(model)
-        if finite and (step % spec.eval["every"] == 0 or step == spec.steps):
+        if finite and (step % spec.eval.every == 0 or step == spec.steps):
             t3 = time.perf_counter()
-            row.update(evaluate(model, tokenizer, spec, step))
+            row.update(evaluate(model, tokenizer, task, spec, step))
             row["time_eval"] = time.perf_counter() - t3
             if diag_records:
                 store.append_diagnostics({"step": step, **position_diagnostics(diag_records, horizon,
-                                                                               spec.eval["position_bins"])})
+                                                                               spec.eval.position_bins)})
         verdict = record.judge(row, finite)
         record.record(row)
         if "headline" in row:
@@ -121,14 +120,15 @@ def train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
         if verdict:
             record.verdict = verdict
             break
-        if step % spec.engine["checkpoint_every"] == 0 and step < spec.steps:
+        if step % spec.engine.checkpoint_every == 0 and step < spec.steps:
             store.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "lagged": list(lagged), "step": step, "config_hash": spec.config_hash})
             record.running(step)
     if bar is not None:
         bar.close()
 
-    status = record.finish(warmup=warm_info_brief(warm_info), held_out=_held_out(spec, store, record, model, tokenizer))
+    status = record.finish(warmup=warm_info_brief(warm_info), splits=task.splits,
+                           held_out=_held_out(spec, task, store, record, model, tokenizer))
     store.remove_checkpoint()
     store.remove_best_weights()
     if keep_model:
@@ -157,30 +157,29 @@ def _resume(spec: RunSpec, store: RunStore, model, optimizer, lagged: deque) -> 
     return start
 
 
-def _rollout(spec: RunSpec, step: int, rollout_model, tokenizer, horizon: int, top_k: int):
+def _rollout(spec: RunSpec, task, step: int, rollout_model, tokenizer, top_k: int):
     """Sample ``samples_per_prompt`` responses to each of the step's problems from μ, recording μ's
     log-probs and top-K; their rewards. Returns the step's generator too (it also orders minibatches)."""
-    rl, mismatch, digits = spec.rl, spec.engine["mismatch"], spec.task["digits"]
-    sampler = rollout_model.to(torch.bfloat16) if mismatch["bf16_rollout"] else rollout_model
-    problems = tasks.sample_problems("train", rl["prompts_per_iter"], digits,
-                                     seed=derive_seed("problems", spec.seed, step))
-    n = rl["samples_per_prompt"]
+    rl, mismatch = spec.rl, spec.engine.mismatch
+    sampler = rollout_model.to(torch.bfloat16) if mismatch.bf16_rollout else rollout_model
+    problems = task.problems("train", rl.prompts_per_iter, seed=derive_seed("problems", spec.seed, step))
+    n = rl.samples_per_prompt
     gen = torch.Generator().manual_seed(derive_seed("rollout", spec.seed, step))
-    prompts = encode_problems(tokenizer, problems).repeat_interleave(n, 0)
-    roll = sample(sampler, prompts, horizon, tokenizer.eos_id, tokenizer.pad_id, gen,
-                  record_top_k=top_k, logit_noise=mismatch["logit_noise"], group=n, lean=True)
-    if mismatch["bf16_rollout"]:
+    prompts = encode_problems(tokenizer, task, problems).repeat_interleave(n, 0)
+    roll = sample(sampler, prompts, task.max_response_tokens, tokenizer.eos_id, tokenizer.pad_id, gen,
+                  temperature=rl.temperature, record_top_k=top_k, logit_noise=mismatch.logit_noise, group=n, lean=True)
+    if mismatch.bf16_rollout:
         rollout_model.float()
-    rewards = rollout_rewards(tokenizer, [p for p in problems for _ in range(n)], roll).float()
+    rewards = rollout_rewards(tokenizer, task, [p for p in problems for _ in range(n)], roll).float()
     return problems, roll, rewards, gen
 
 
-def _group_advantages(rewards: torch.Tensor, rl: dict, gen: torch.Generator):
+def _group_advantages(rewards: torch.Tensor, rl, gen: torch.Generator):
     """Mean-centred group advantages (optionally std-normalised) and the groups with reward variance,
     in a random order (the minibatches are cut from it)."""
-    grouped = rewards.view(-1, rl["samples_per_prompt"])
+    grouped = rewards.view(-1, rl.samples_per_prompt)
     adv = grouped - grouped.mean(1, keepdim=True)
-    if rl["std_normalize"]:
+    if rl.std_normalize:
         adv = adv / (grouped.std(1, keepdim=True) + 1e-6)
     kept_groups = (grouped.std(1) > 0).nonzero().squeeze(-1)
     return adv, kept_groups[torch.randperm(len(kept_groups), generator=gen)]
@@ -189,15 +188,15 @@ def _group_advantages(rewards: torch.Tensor, rl: dict, gen: torch.Generator):
 def _update(spec: RunSpec, step: int, model, optimizer, method, roll, adv, groups, horizon: int):
     """One optimiser step with the registry loss on the responses of ``groups``, anchored on μ.
     Returns its metrics and the per-position records of Fig. 2's diagnostics."""
-    n = spec.rl["samples_per_prompt"]
+    n = spec.rl.samples_per_prompt
     rows = (groups[:, None] * n + torch.arange(n)).reshape(-1)
     resp, mask, topk_ids = roll.response_ids[rows], roll.response_mask[rows], roll.rollout_topk_ids[rows]
-    if spec.engine["share_prompt_prefix"]:  # minibatches hold whole groups: one prompt pass each
+    if spec.engine.share_prompt_prefix:  # minibatches hold whole groups: one prompt pass each
         hidden = shared_prefix_hidden(model, roll.prompt_ids[rows], resp, n)
     else:
         hidden = response_hidden(model, roll.prompt_ids[rows], resp)
     weight, bias = output_layer(model)
-    if spec.engine["fused_loss"]:  # π from the hidden states tile by tile: no [B, T, V] logits
+    if spec.engine.fused_loss:  # π from the hidden states tile by tile: no [B, T, V] logits
         logp, pi_topk, entropy = policy_logprobs_from_hidden(hidden, weight, resp, topk_ids, bias=bias,
                                                              response_mask=mask, with_entropy=True)
     else:
@@ -210,7 +209,7 @@ def _update(spec: RunSpec, step: int, model, optimizer, method, roll, adv, group
     out = method(batch, LossTotals(num_sequences=len(rows), horizon=horizon))
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.rl["grad_clip"])
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.rl.grad_clip)
     optimizer.step()
     valid = batch.response_mask
     diag = {"dev": (logp.detach().exp() - batch.rollout_logp.exp())[valid].abs(),
@@ -226,7 +225,7 @@ def keep_if_best(store: RunStore, record: RunRecord, model) -> None:
         store.save_best_weights(best["step"], model.state_dict())
 
 
-def _held_out(spec: RunSpec, store: RunStore, record: RunRecord, model, tokenizer) -> dict | None:
+def _held_out(spec: RunSpec, task, store: RunStore, record: RunRecord, model, tokenizer) -> dict | None:
     """The test splits scored on the weights of the step chosen on the validation splits."""
     best = record.best()
     weights = store.load_best_weights(best["step"]) if best else None
@@ -235,7 +234,7 @@ def _held_out(spec: RunSpec, store: RunStore, record: RunRecord, model, tokenize
     chosen = copy.deepcopy(model)
     chosen.load_state_dict(weights)
     started = time.perf_counter()
-    return {**held_out(chosen, tokenizer, spec, best["step"]), "time_eval": time.perf_counter() - started}
+    return {**held_out(chosen, tokenizer, task, spec, best["step"]), "time_eval": time.perf_counter() - started}
 
 
 def warm_info_brief(info: dict) -> dict:
@@ -267,7 +266,7 @@ def _params_finite(model) -> bool:
 
 def _wandb_sink(spec: RunSpec, store: RunStore):
     """An offline wandb run in the run folder when logging.wandb is true (the store stays the truth)."""
-    if not spec.logging.get("wandb"):
+    if not spec.logging.wandb:
         return None
     import wandb
     return wandb.init(mode="offline", dir=str(store.dir), config=spec.resolved, reinit="finish_previous",
@@ -275,7 +274,7 @@ def _wandb_sink(spec: RunSpec, store: RunStore):
 
 
 def _bar(spec: RunSpec, start: int):
-    if not spec.logging.get("progress", True):
+    if not spec.logging.progress:
         return None
     from tqdm.auto import tqdm
     return tqdm(total=spec.steps, initial=start, desc=f"{spec.method_name}/{spec.setting_name}/s{spec.seed}",

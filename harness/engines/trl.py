@@ -3,7 +3,7 @@ verdicts and matched-window rule as the local engine, so sweeps and reports work
 
 An RL step (one row of ``metrics.jsonl``) is one generation batch = ``rl.updates_per_iter`` TRL
 optimiser steps. Validation: Avg@``eval.samples`` per split at ``eval.temperature``/``eval.top_p``,
-scored by math-verify; the headline is the unweighted mean over the splits.
+scored by the task's reward; the headline is the unweighted mean over the validation splits.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from methods.seeds import derive_seed
 
 from ..lifecycle import RunRecord, held_out_of_row
 from ..lm import encode_prompt, load_lm
-from ..math_task import MathVerifier, load_problems
 from ..rollout import left_pad, sample
 from ..store import RunStore
+from ..tasks import make_task
 from .trl_trainer import grpo_args, make_trainer_class
 
 
@@ -32,51 +32,49 @@ def completion_text(completion) -> str:
     return str(completion)
 
 
-class MathReward:
-    """TRL reward function: 1/0 from math-verify, computed in worker processes."""
+class TaskReward:
+    """TRL reward function: the task's reward of each completion (the dataset's ``problem_index``
+    column names its problem)."""
 
-    __name__ = "math_verify"
+    __name__ = "task_reward"
 
-    def __init__(self, verifier: MathVerifier):
-        self.verifier = verifier
+    def __init__(self, task, problems: list):
+        self.task, self.problems = task, problems
 
-    def __call__(self, prompts, completions, answer, **_):
-        return self.verifier([completion_text(c) for c in completions], list(answer))
+    def __call__(self, prompts, completions, problem_index, **_):
+        return self.task.rewards([self.problems[i] for i in problem_index], [completion_text(c) for c in completions])
 
 
 @torch.no_grad()
-def evaluate(model, tok, splits: dict, ev: dict, max_new: int, verifier: MathVerifier, seed: int,
-             test: dict | None = None) -> dict:
-    """Avg@k accuracy per validation split and their mean (the headline; the best step is chosen on
-    it); with ``test`` (task.test) also each held-out test split as ``test_<name>`` and their mean
-    ``test_headline``, reported at the chosen step only. Big models keep no per-step weights, so the
-    test splits are scored at every eval step; nothing reads them to choose a step. The sampling of
-    each (split, batch) is seeded by the run's ``seed`` only, so every step and every method at a seed
-    is evaluated under the same random numbers."""
-    test = test or {}
-    val = list(splits)
-    splits = {**splits, **{f"test_{name}": problems for name, problems in test.items()}}
+def evaluate(model, tok, task, splits: dict, ev, max_new: int, seed: int) -> dict:
+    """Avg@k accuracy per split (``splits``: name → problems, the task's validation then test splits)
+    and the validation splits' mean (the headline; the best step is chosen on it) and the test
+    splits' mean ``test_headline``, reported at the chosen step only. Big models keep no per-step
+    weights, so the test splits are scored at every eval step; nothing reads them to choose a step.
+    The sampling of each (split, batch) is seeded by the run's ``seed`` only, so every step and every
+    method at a seed is evaluated under the same random numbers."""
+    val, test = list(task.validation_splits), list(task.test_splits)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     row = {}
     for s, (name, problems) in enumerate(splits.items()):
-        prompts = [encode_prompt(tok, p.messages()) for p in problems for _ in range(ev["samples"])]
-        answers = [p.answer for p in problems for _ in range(ev["samples"])]
+        prompts = [encode_prompt(tok, task.messages(p)) for p in problems for _ in range(ev.samples)]
+        row_problems = [p for p in problems for _ in range(ev.samples)]
         texts = []
-        for chunk_index, start in enumerate(range(0, len(prompts), ev["batch_size"])):
-            chunk = prompts[start:start + ev["batch_size"]]
+        for chunk_index, start in enumerate(range(0, len(prompts), ev.batch_size)):
+            chunk = prompts[start:start + ev.batch_size]
             ids, mask = left_pad(chunk, tok.pad_token_id)
             gen = torch.Generator(device=device).manual_seed(derive_seed("trl_evaluation", seed, s, chunk_index))
             roll = sample(model, ids.to(device), max_new, tok.eos_token_id, tok.pad_token_id, gen,
-                          temperature=ev["temperature"], top_p=ev["top_p"], prompt_mask=mask.to(device))
+                          temperature=ev.temperature, top_p=ev.top_p, prompt_mask=mask.to(device))
             for i, n in enumerate(roll.response_mask.sum(1).tolist()):
                 texts.append(tok.decode(roll.response_ids[i, :n].tolist(), skip_special_tokens=True))
-        scores = verifier(texts, answers)
+        scores = task.rewards(row_problems, texts)
         row[name] = sum(scores) / len(scores)
     row["headline"] = sum(row[n] for n in val) / len(val)
     if test:
-        row["test_headline"] = sum(row[f"test_{n}"] for n in test) / len(test)
+        row["test_headline"] = sum(row[n] for n in test) / len(test)
     model.train(was_training)
     return row
 
@@ -136,9 +134,9 @@ class LMRun:
 
     def __init__(self, spec, record: RunRecord):
         self.spec, self.record = spec, record
-        self.updates = spec.rl["updates_per_iter"]
+        self.updates = spec.rl.updates_per_iter
         self.accelerator_main = True
-        self.model = self.tok = self.verifier = self.splits = self.test = self.trainer = None
+        self.model = self.tok = self.task = self.splits = self.trainer = None
 
     def judge(self, row: dict) -> dict | None:
         """Evaluate at eval steps and decide the verdict; rank 0 decides for every rank, so that all
@@ -147,7 +145,7 @@ class LMRun:
 
         loss = row.get("policy_loss", row.get("loss", 0.0))
         finite = loss is None or math.isfinite(loss)
-        if finite and (row["step"] % self.spec.eval["every"] == 0 or row["step"] == self.spec.steps):
+        if finite and (row["step"] % self.spec.eval.every == 0 or row["step"] == self.spec.steps):
             row.update(self.evaluate(row["step"]))
         verdict = self.record.judge(row, finite)
         if self.trainer is not None and self.trainer.accelerator.num_processes > 1:
@@ -162,8 +160,8 @@ class LMRun:
         t = self.trainer
         with unwrap_model_for_generation(t.model_wrapped, t.accelerator,
                                          gather_deepspeed3_params=t.args.ds3_gather_for_generation) as model:
-            return evaluate(model, self.tok, self.splits, self.spec.eval, self.spec.rl["max_response_tokens"],
-                            self.verifier, seed=self.spec.seed, test=self.test)
+            return evaluate(model, self.tok, self.task, self.splits, self.spec.eval, self.spec.rl.max_response_tokens,
+                            seed=self.spec.seed)
 
 
 def train(spec, store: RunStore, main: bool = True) -> dict:
@@ -171,30 +169,27 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     Ranks other than 0 (``main=False``) train alongside and never write to the run folder."""
     from datasets import Dataset
 
-    task, eng = spec.task, spec.engine
-    if eng.get("threads"):
-        torch.set_num_threads(int(eng["threads"]))
-    cuda = torch.cuda.is_available() and not eng.get("force_cpu", False)
+    eng = spec.engine
+    if eng.threads:
+        torch.set_num_threads(eng.threads)
+    cuda = torch.cuda.is_available() and not eng.force_cpu
     run = LMRun(spec, RunRecord(spec, store))
     output_dir = store.trl_checkpoint_dir
     args = grpo_args(spec, str(output_dir), cuda)  # first: under ZeRO-3 it makes from_pretrained partition weights
     run.model, run.tok = load_lm(spec.model, seed=spec.seed)
-    train_problems = load_problems(task["train"], "task.train", limit=task.get("train_limit"))
-    run.splits = {name: load_problems(src, f"task.val.{name}", limit=spec.eval.get("problems_per_split"))
-                  for name, src in task["val"].items()}
-    run.test = {name: load_problems(src, f"task.test.{name}", limit=spec.eval.get("problems_per_split"))
-                for name, src in (task.get("test") or {}).items()}
-    run.verifier = MathVerifier(workers=task.get("reward_workers", 2), timeout=task.get("reward_timeout", 5))
-    dataset = Dataset.from_list([{"prompt": p.messages(), "answer": p.answer} for p in train_problems])
+    task = run.task = make_task(spec.task)
+    train_problems = task.train_set(spec.rl.prompts_per_iter * spec.steps, seed=derive_seed("trl_train_problems", spec.seed))
+    run.splits = {name: task.problems(name, spec.eval.problems_per_split)
+                  for name in task.validation_splits + task.test_splits}
+    dataset = Dataset.from_list([{"prompt": task.messages(p), "problem_index": i} for i, p in enumerate(train_problems)])
 
-    params = dict(spec.method_params)
-    method = get_method(spec.method_name, horizon=spec.rl["max_response_tokens"], **params)
+    method = get_method(spec.method_name, horizon=spec.rl.max_response_tokens, **spec.method_params)
     top_k = getattr(method.params, "top_k", 1) or 1
     trainer_cls = make_trainer_class()
-    trainer = trainer_cls(model=run.model, processing_class=run.tok, reward_funcs=[MathReward(run.verifier)],
+    trainer = trainer_cls(model=run.model, processing_class=run.tok, reward_funcs=[TaskReward(task, train_problems)],
                           args=args, train_dataset=dataset, method=method, top_k=top_k,
-                          rollout_temperature=spec.rl["temperature"], rollout_seed=spec.seed,
-                          fused_loss=spec.engine["fused_loss"], callbacks=[_callback_class()(run)])
+                          rollout_temperature=spec.rl.temperature, rollout_seed=spec.seed,
+                          fused_loss=spec.engine.fused_loss, callbacks=[_callback_class()(run)])
     run.trainer = trainer
     run.accelerator_main = main and trainer.accelerator.is_main_process
     if not run.accelerator_main:
@@ -202,12 +197,13 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
 
     from transformers.trainer_utils import get_last_checkpoint
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    run.record.begin(int(Path(last).name.split("-")[-1]) // run.updates if last else 0, engine="trl")
+    run.record.begin(int(Path(last).name.split("-")[-1]) // run.updates if last else 0, engine="trl",
+                     splits=task.splits)
     try:
         trainer.train(resume_from_checkpoint=last)  # step 0 is evaluated in on_train_begin
     finally:
-        run.verifier.close()
-    status = run.record.finish(engine="trl", trl_recomputes_skipped=trainer.recomputes_skipped,
+        task.close()
+    status = run.record.finish(engine="trl", trl_recomputes_skipped=trainer.recomputes_skipped, splits=task.splits,
                                held_out=held_out_of_row(run.record.best()))
     if run.accelerator_main:
         shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict

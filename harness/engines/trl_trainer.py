@@ -325,23 +325,23 @@ def grpo_args(spec, output_dir: str, cuda: bool):
     from trl import GRPOConfig
 
     rl, eng = spec.rl, spec.engine
-    processes, accumulation = eng["num_processes"], eng["gradient_accumulation_steps"]
-    minibatch_rows = rl["minibatch_prompts"] * rl["samples_per_prompt"]  # divisibility: harness.config._check_trl
-    updates = rl["updates_per_iter"]
+    processes, accumulation = eng.num_processes, eng.gradient_accumulation_steps
+    minibatch_rows = rl.minibatch_prompts * rl.samples_per_prompt  # divisibility: harness.config._check_trl
+    updates = rl.updates_per_iter
     return GRPOConfig(
         output_dir=output_dir, seed=spec.seed, data_seed=spec.seed,
         per_device_train_batch_size=minibatch_rows // (processes * accumulation),
         gradient_accumulation_steps=accumulation, steps_per_generation=updates * accumulation,
-        num_iterations=1, num_generations=rl["samples_per_prompt"],
-        max_completion_length=rl["max_response_tokens"], temperature=rl["temperature"],
-        learning_rate=rl["lr"], weight_decay=rl["weight_decay"], max_grad_norm=rl["grad_clip"],
+        num_iterations=1, num_generations=rl.samples_per_prompt,
+        max_completion_length=rl.max_response_tokens, temperature=rl.temperature,
+        learning_rate=rl.lr, weight_decay=rl.weight_decay, max_grad_norm=rl.grad_clip,
         adam_beta1=0.9, adam_beta2=0.999, lr_scheduler_type="constant", warmup_steps=0,
-        beta=0.0, scale_rewards="group" if rl["std_normalize"] else "none",
-        vllm_importance_sampling_correction=False, use_vllm=bool(eng["vllm"]["enabled"]),
-        vllm_mode=eng["vllm"]["mode"], vllm_gpu_memory_utilization=eng["vllm"]["gpu_memory_utilization"],
-        max_steps=spec.steps * updates, logging_steps=updates, save_steps=eng["checkpoint_every"] * updates,
-        save_total_limit=1, report_to="none", disable_tqdm=not spec.logging.get("progress", True),
-        bf16=bool(eng["bf16"]) and cuda, use_cpu=not cuda,
-        activation_checkpointing=bool(eng["gradient_checkpointing"]), remove_unused_columns=False,
+        beta=0.0, scale_rewards="group" if rl.std_normalize else "none",
+        vllm_importance_sampling_correction=False, use_vllm=eng.vllm.enabled,
+        vllm_mode=eng.vllm.mode, vllm_gpu_memory_utilization=eng.vllm.gpu_memory_utilization,
+        max_steps=spec.steps * updates, logging_steps=updates, save_steps=eng.checkpoint_every * updates,
+        save_total_limit=1, report_to="none", disable_tqdm=not spec.logging.progress,
+        bf16=eng.bf16 and cuda, use_cpu=not cuda,
+        activation_checkpointing=eng.gradient_checkpointing, remove_unused_columns=False,
         log_completions=False, dataloader_num_workers=0,
     )

@@ -5,16 +5,18 @@ import os
 
 import pytest
 
-from harness.math_task import MathVerifier, TaskDataError, load_problems
+from harness.tasks import make_task
+from harness.tasks.math import MathConfig, MathVerifier, TaskDataError, load_problems
 
 
 def test_fixtures_read_in_both_schemas():
     train = load_problems("fixture:fixture_dapo_math")   # DAPO-Math-17k: chat prompt, reward_model.ground_truth
     val = load_problems("fixture:fixture_aime24")        # AIME: problem, answer
     assert len(train) == 32 and len(val) == 6
-    assert train[0].problem == "What is $22 + 6$?" and train[0].answer == "28"
-    message = train[0].messages()[0]
-    assert message["role"] == "user" and "\\boxed{}" in message["content"] and train[0].problem in message["content"]
+    assert train[0].prompt == "What is $22 + 6$?" and train[0].answer == "28"
+    task = make_task(MathConfig())
+    message = task.messages(train[0])[0]
+    assert message["role"] == "user" and "\\boxed{}" in message["content"] and train[0].prompt in message["content"]
 
 
 def test_local_jsonl_and_errors(tmp_path):

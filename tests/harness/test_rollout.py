@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from harness.tasks.addition import ALPHABET as ADDITION
 from harness.model import CharTokenizer, ModelSize, build_model
 from harness.rollout import response_logits, sample
 
 
 def test_recorded_logprobs_match_teacher_forcing_and_topk_holds_the_sampled_token():
-    tok = CharTokenizer()
+    tok = CharTokenizer(ADDITION)
     model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
     prompts = torch.tensor([[tok.bos_id] + tok.encode("12+34=")] * 6)
     roll = sample(model, prompts, 20, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), record_top_k=3)
@@ -31,7 +32,7 @@ def test_recorded_logprobs_match_teacher_forcing_and_topk_holds_the_sampled_toke
 
 
 def test_sampling_is_deterministic_in_the_generator():
-    tok = CharTokenizer()
+    tok = CharTokenizer(ADDITION)
     model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
     prompts = torch.tensor([[tok.bos_id] + tok.encode("12+34=")] * 4)
     a = sample(model, prompts, 10, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(3), record_top_k=4)
@@ -86,7 +87,7 @@ def _gumbel(n, t, v, seed):
 def test_gumbel_noise_belongs_to_its_row_whatever_else_is_in_the_batch():
     """Common random numbers: a row's sample depends on its own noise only, so evaluating a subset of
     the rows (or other rows beside them) gives the same responses; rows still leave the batch."""
-    tok = CharTokenizer()
+    tok = CharTokenizer(ADDITION)
     model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
     prompts = torch.tensor([[tok.bos_id] + tok.encode(p) for p in ("12+34=", "56+78=", "90+11=", "23+45=")] * 2)
     noise = _gumbel(8, 20, tok.vocab_size, seed=5)
@@ -120,7 +121,7 @@ def test_the_preallocated_cache_gives_the_same_samples(left_padded):
     at different steps (and with left-padded prompts of different lengths)."""
     from harness.rollout import left_pad
 
-    tok = CharTokenizer()
+    tok = CharTokenizer(ADDITION)
     model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
     texts = ["12+34=", "5+6=", "123+4=", "7+80="] * 3
     rows = [[tok.bos_id] + tok.encode(t if left_padded else "12+34=") for t in texts]
@@ -139,7 +140,7 @@ def test_a_group_shares_its_prompt_pass_and_samples_the_same(left_padded, preall
     as running every row, μ's log-probs and top-K equal up to rounding, rows still leave the batch."""
     from harness.rollout import left_pad
 
-    tok = CharTokenizer()
+    tok = CharTokenizer(ADDITION)
     model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
     group = 3
     texts = [t for t in ("12+34=", "5+6=", "123+4=", "7+80=") for _ in range(group)]
@@ -155,7 +156,7 @@ def test_a_group_shares_its_prompt_pass_and_samples_the_same(left_padded, preall
 
 
 def test_a_group_must_share_its_prompt():
-    tok = CharTokenizer()
+    tok = CharTokenizer(ADDITION)
     model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
     prompts = torch.tensor([[tok.bos_id] + tok.encode(t) for t in ("12+34=", "56+78=")])
     with pytest.raises(ValueError, match="share one prompt"):
@@ -186,7 +187,7 @@ def test_the_lean_decode_step_gives_the_same_samples(bf16):
     tokens, μ log-probs and top-K, while rows leave the batch; padded prompts use the model's forward."""
     from harness import decode
 
-    tok = CharTokenizer()
+    tok = CharTokenizer(ADDITION)
     model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
     if bf16:
         model = model.to(torch.bfloat16)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from harness import task as tasks
+from harness.tasks.addition import ALPHABET as ADDITION
+from harness.tasks import addition as tasks
 from harness.model import CharTokenizer
 
 
@@ -12,7 +13,7 @@ def test_reference_solution_and_answer():
     assert p.solution() == "3+6+0=09;2+5+0=07;1+4+0=05;>579"
     carry = tasks.Problem(95, 17, 2)
     assert carry.solution() == "5+7+0=12;9+1+1=11;>112"
-    assert len(CharTokenizer().encode(carry.solution())) + 1 <= tasks.response_length(2)
+    assert len(CharTokenizer(ADDITION).encode(carry.solution())) + 1 <= tasks.response_length(2)
 
 
 @pytest.mark.parametrize("response, finished, expected", [
@@ -74,7 +75,7 @@ def test_bad_task_arguments():
 
 
 def test_tokenizer_round_trip_and_alphabet_errors():
-    tok = CharTokenizer()
+    tok = CharTokenizer(ADDITION)
     text = "12+34=4+2+0=06;>46"
     assert tok.decode(tok.encode(text) + [tok.eos_id, 5, 6]) == text
     with pytest.raises(ValueError, match="alphabet"):

@@ -4,26 +4,27 @@ or caching, and is what the warm-up procedure trains."""
 import pytest
 import torch
 
-from harness import task as tasks
+from harness.tasks.addition import ALPHABET as ADDITION
 from harness import warmup
 from harness.config import compose, resolve
-from harness.model import CharTokenizer, ModelSize, build_model
+from harness.model import CharTokenizer, build_model
+from harness.tasks import make_task
 from harness.provenance import cpu
 
 
 def _default(*overrides):
     spec = resolve(compose(["setting=base_s", *overrides]))
-    return spec.model, spec.warmup, spec.task["digits"]
+    return spec.model, spec.warmup, make_task(spec.task)
 
 
 def test_the_embedded_default_ships_its_warm_up_under_its_current_key():
-    model_cfg, warmup_cfg, digits = _default()
-    found = warmup.shipped(warmup.warmup_key(model_cfg, warmup_cfg, digits))
+    model_cfg, warmup_cfg, task = _default()
+    found = warmup.shipped(warmup.warmup_key(model_cfg, warmup_cfg, task))
     assert found is not None, "base_s's warm-up is not shipped under its current key: run scripts/ship_warmup.py"
     state, info = found
     assert info["source"] == "shipped" and info["reached_target"]
-    assert info["sampled_accuracy"] >= warmup_cfg["target_accuracy"]
-    fresh = build_model(ModelSize(**model_cfg), CharTokenizer().vocab_size, tasks.max_positions(digits), seed=0)
+    assert info["sampled_accuracy"] >= warmup_cfg.target_accuracy
+    fresh = build_model(model_cfg, CharTokenizer(ADDITION).vocab_size, task.max_positions, seed=0)
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in fresh.state_dict().items()}
 
 
@@ -32,8 +33,8 @@ def test_a_shipped_warm_up_is_loaded_without_training_or_caching(monkeypatch):
         raise AssertionError("trained a shipped warm-up")
 
     monkeypatch.setattr(warmup, "_train_and_save", no_training)
-    model_cfg, warmup_cfg, digits = _default()
-    state, info = warmup.warm_start(model_cfg, warmup_cfg, digits)
+    model_cfg, warmup_cfg, task = _default()
+    state, info = warmup.warm_start(model_cfg, warmup_cfg, task)
     shipped_state, _ = warmup.shipped(info["key"])
     assert all(torch.equal(state[k], shipped_state[k]) for k in shipped_state)
     assert not (warmup.cache_dir() / f"{info['key']}.pt").exists()
@@ -46,12 +47,12 @@ def test_retraining_reproduces_the_shipped_warm_up(tmp_path):
     fresh training gives the same weights (bitwise, in ``scripts/ship_warmup.py --check``; here within
     rounding). Another CPU's kernels round differently and may stop the warm-up at another step, so
     elsewhere there is nothing to compare — which is why the file is shipped."""
-    model_cfg, warmup_cfg, digits = _default()
-    shipped_state, shipped_info = warmup.shipped(warmup.warmup_key(model_cfg, warmup_cfg, digits))
+    model_cfg, warmup_cfg, task = _default()
+    shipped_state, shipped_info = warmup.shipped(warmup.warmup_key(model_cfg, warmup_cfg, task))
     here = {"cpu": cpu(), "torch": torch.__version__}
     if shipped_info["trained_on"] != here:
         pytest.skip(f"shipped from {shipped_info['trained_on']}, this machine is {here}")
-    state, info = warmup.train(model_cfg, warmup_cfg, digits, tmp_path / "fresh.pt")
+    state, info = warmup.train(model_cfg, warmup_cfg, task, tmp_path / "fresh.pt")
     assert (info["steps"], info["sampled_accuracy"]) == (shipped_info["steps"], shipped_info["sampled_accuracy"])
     for name, tensor in shipped_state.items():
         torch.testing.assert_close(state[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
@@ -59,5 +60,5 @@ def test_retraining_reproduces_the_shipped_warm_up(tmp_path):
 
 def test_other_warm_ups_are_trained_and_cached():
     spec = resolve(compose(["setting=smoke"]))
-    state, info = warmup.warm_start(spec.model, spec.warmup, spec.task["digits"])
+    state, info = warmup.warm_start(spec.model, spec.warmup, make_task(spec.task))
     assert "source" not in info and (warmup.cache_dir() / f"{info['key']}.pt").exists()

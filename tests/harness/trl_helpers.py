@@ -9,11 +9,13 @@ from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
 from harness.lm import load_lm  # noqa: E402
-from harness.math_task import load_problems  # noqa: E402
+from harness.runconfig import TinyLM  # noqa: E402
+from harness.tasks import make_task  # noqa: E402
+from harness.tasks.math import MathConfig, load_problems  # noqa: E402
 from harness.engines.trl_trainer import make_trainer_class  # noqa: E402
 from methods import get_method  # noqa: E402
 
-TINY = {"source": "tiny", "hidden": 32, "layers": 2, "mlp": 64, "heads": 2, "kv_heads": 1, "max_positions": 512}
+TINY = TinyLM(hidden=32, layers=2, mlp=64, heads=2, kv_heads=1, max_positions=512)
 HORIZON = 16
 
 
@@ -27,7 +29,8 @@ def make_trainer(tmp_path, method_name, steps=4, model=None, trl_options=None, *
     """A RegistryGRPOTrainer: 8 rows per device, 2 optimiser steps per generation, no accumulation."""
     tiny, tok = load_lm(TINY, seed=0)
     problems = load_problems("fixture:fixture_dapo_math")
-    data = Dataset.from_list([{"prompt": p.messages(), "answer": p.answer} for p in problems])
+    math = make_task(MathConfig())
+    data = Dataset.from_list([{"prompt": math.messages(p), "answer": p.answer} for p in problems])
     options = dict(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, gradient_accumulation_steps=1,
                    steps_per_generation=2, num_generations=4, max_completion_length=HORIZON, learning_rate=1e-2,
                    max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, bf16=False,

@@ -14,13 +14,15 @@ are disjoint by a hash of the operand pair.
 from __future__ import annotations
 
 import functools
-import hashlib
 import random
 from dataclasses import dataclass
 
-SPLITS = ("val_a", "val_b", "val_c")  # stand-ins for AIME24/25/26: the best step is chosen on these
-TEST_SPLITS = ("test_a", "test_b", "test_c")  # held out: scored at the step chosen on SPLITS, never used to choose
-_BUCKETS = 20  # pairs hashing to 17, 18, 19 are held out for the a, b, c splits
+from ..schema import at_least_one, knob
+from . import procedural
+from .base import LocalTask, TaskConfig, register_task
+
+SPLITS, TEST_SPLITS = procedural.VALIDATION, procedural.TEST
+ALPHABET = "0123456789+=;>"
 
 
 @dataclass(frozen=True)
@@ -58,35 +60,23 @@ def max_positions(digits: int) -> int:
     return 4 * digits + response_length(digits) + 8
 
 
-def _digest(a: int, b: int, digits: int) -> bytes:
-    return hashlib.blake2b(f"{digits}:{a}:{b}".encode(), digest_size=8).digest()
+def _key(p: Problem) -> str:
+    return f"{p.digits}:{p.a}:{p.b}"
 
 
 def split_of(problem: Problem) -> str:
-    digest = _digest(problem.a, problem.b, problem.digits)
-    bucket = int.from_bytes(digest, "little") % _BUCKETS
-    if bucket < _BUCKETS - 3:
-        return "train"
-    held_out = TEST_SPLITS if digest[-1] & 1 else SPLITS  # an independent bit of the same hash
-    return held_out[bucket - (_BUCKETS - 3)]
+    return procedural.split_of(_key(problem))
 
 
 def sample_problems(split: str, count: int, digits: int, seed: int) -> list[Problem]:
     """``count`` problems of ``split`` ('train', a validation or a test split), deterministic in ``seed``."""
-    if split != "train" and split not in SPLITS + TEST_SPLITS:
-        raise ValueError(f"split must be 'train' or one of {SPLITS + TEST_SPLITS}, got {split!r}")
     if digits < 1:
         raise ValueError(f"task.digits must be >= 1, got {digits}")
     if split != "train" and 10 ** (2 * digits) < 40 * count:  # a held-out split holds ≈ 1/40 of all pairs
         raise ValueError(f"task.digits={digits} is too small for {count} held-out problems per split")
-    rng = random.Random(f"{split}:{digits}:{seed}")
     limit = 10 ** digits
-    out: list[Problem] = []
-    while len(out) < count:
-        p = Problem(rng.randrange(limit), rng.randrange(limit), digits)
-        if split_of(p) == split:
-            out.append(p)
-    return out
+    return procedural.draw(split, count, random.Random(f"{split}:{digits}:{seed}"),
+                           lambda rng: Problem(rng.randrange(limit), rng.randrange(limit), digits), _key)
 
 
 def validation_set(split: str, count: int, digits: int) -> list[Problem]:
@@ -96,18 +86,49 @@ def validation_set(split: str, count: int, digits: int) -> list[Problem]:
 
 @functools.lru_cache(maxsize=64)  # drawn by rejection (≈ 40 draws a problem) at every evaluation otherwise
 def _validation_set(split: str, count: int, digits: int) -> tuple[Problem, ...]:
-    seen, out = set(), []
-    for p in sample_problems(split, count * 4, digits, seed=0):
-        if (p.a, p.b) not in seen:
-            seen.add((p.a, p.b))
-            out.append(p)
-        if len(out) == count:
-            return tuple(out)
-    raise ValueError(f"could not draw {count} distinct problems for {split} with {digits} digits")
+    return procedural.distinct(sample_problems(split, count * 4, digits, seed=0), count, _key,
+                               f"{split} with {digits} digits")
 
 
 def reward(problem: Problem, response: str, finished: bool) -> float:
     """1.0 iff the response ended (end token) and its final answer is exactly right."""
-    if not finished or ">" not in response:
-        return 0.0
-    return 1.0 if response.rsplit(">", 1)[1] == problem.answer else 0.0
+    return procedural.answer_reward(response, problem.answer) if finished else 0.0
+
+
+@dataclass(frozen=True)
+class AdditionConfig(TaskConfig):
+    name: str = knob("addition", "multi-digit addition with a per-digit scratchpad", in_every_id=True)
+    digits: int = knob(3, "D: the response is about 10·D + 4 tokens, the horizon knob", at_least_one,
+                       in_every_id=True)
+
+
+@register_task
+class Addition(LocalTask):
+    """D-digit addition, right to left with a carry per digit (module doc)."""
+
+    name = "addition"
+    Config = AdditionConfig
+    alphabet = ALPHABET
+    validation_splits, test_splits = SPLITS, TEST_SPLITS
+
+    @property
+    def max_response_tokens(self) -> int:
+        return response_length(self.config.digits)
+
+    @property
+    def max_positions(self) -> int:
+        return max_positions(self.config.digits)
+
+    def problems(self, split: str, count, seed: int = 0) -> list[Problem]:
+        if split == "train":
+            return sample_problems("train", count, self.config.digits, seed)
+        return validation_set(split, count, self.config.digits)
+
+    def reference(self, problem: Problem) -> str:
+        return problem.solution()
+
+    def score(self, problem: Problem, response: str) -> float:
+        return reward(problem, response, True)
+
+    def warmup_identity(self) -> dict:
+        return {"digits": self.config.digits}  # the key of every warm-up made before tasks were plug-ins
