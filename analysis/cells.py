@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import math
 
-from harness.store import best_within_window
+from harness.store import best_within_window, run_splits
 
-SPLIT_KEYS = ("val_a", "val_b", "val_c")            # the embedded task (stand-ins for AIME24/25/26)
-TEST_KEYS = ("test_a", "test_b", "test_c")          # its held-out test splits
 # how often a rule limited the update, per training step (NaN where the rule has no such quantity):
 # tokens masked (token masks, and TRM's rejected sequences counted by their tokens), responses
 # accepted (TRM), tokens whose weight hit the cap (CISPO, MinPRO)
 BINDING_KEYS = {"mask_fraction": "mask_fraction", "seq_acceptance": "seq_acceptance_rate",
                 "cap_hit": "cap_hit_fraction"}
-REAL_SPLIT_KEYS = ("aime24", "aime25", "aime26")    # engine=trl's math task (task.val names)
 
 
 def verdict(status: dict | None) -> str:
@@ -40,10 +37,12 @@ def cell_row(status: dict | None, rows: list[dict], t_stop: int) -> dict:
            "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None,
            "heldout_headline": held.get("test_headline"), "step0_headline": _step0(rows),
            **binding_rates(rows, t_stop)}
-    for key in TEST_KEYS:
+    splits = run_splits(status)  # the task named them; the run recorded them
+    for key in splits["test"]:
         out[f"heldout_{key}"] = held.get(key)
-    for key in SPLIT_KEYS + REAL_SPLIT_KEYS:
+    for key in splits["validation"]:
         out[f"best_{key}"] = best.get(key) if best else None
+    out["validation_splits"] = ",".join(splits["validation"])
     if status and status.get("state") == "failed":
         out["reason"] = status.get("reason")
     return out

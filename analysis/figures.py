@@ -71,7 +71,7 @@ def seed_curves(results: Results, group: pd.DataFrame, key: str, smooth: int = 1
     return table.index.to_numpy(), mean, mean - half, mean + half
 
 
-ACCURACIES = ("headline", "val_a", "val_b", "val_c", "aime24", "aime25", "aime26", "train_reward")
+ACCURACIES = ("headline", "train_reward")  # and every validation split the runs recorded (cells' validation_splits)
 
 
 def plot_curves(ax, results: Results, cells: pd.DataFrame, key: str, colours: dict, smooth: int = 1,
@@ -83,7 +83,7 @@ def plot_curves(ax, results: Results, cells: pd.DataFrame, key: str, colours: di
         if curve is None:
             continue
         steps, mean, low, high = curve
-        if key in ACCURACIES or key.endswith("_share"):  # a mean of values in [0, 1] lies in [0, 1]
+        if key in ACCURACIES or key in _validation_splits(cells) or key.endswith("_share"):  # means of [0, 1] values
             low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
         colour = colours.get(label)
         # line style and marker vary within a panel, so that lines that coincide stay visible
@@ -180,8 +180,13 @@ def fig_warmup(results: Results, sweep: str, settings: list[str], out: Path, for
     return _save(fig, out, "fig7_warmup_diagnostics", formats)
 
 
-GRID_PANELS = [("val_a", "val_a (≈ AIME24) Avg@4, %", 100, 1), ("val_b", "val_b (≈ AIME25) Avg@4, %", 100, 1),
-               ("val_c", "val_c (≈ AIME26) Avg@4, %", 100, 1), ("train_reward", "training reward (5-step avg)", 1, 5),
+def _validation_splits(cells: pd.DataFrame) -> list[str]:
+    """The validation splits the cells' runs recorded, in order (the task named them)."""
+    names = cells["validation_splits"].dropna() if "validation_splits" in cells else []
+    return list(dict.fromkeys(s for joined in names for s in str(joined).split(",") if s))
+
+
+GRID_PANELS = [("train_reward", "training reward (5-step avg)", 1, 5),
                ("response_length", "mean response length (tokens)", 1, 1),
                ("mismatch_abs_logp", "drift from μ within an iteration: mean |log π − log μ| over updates", 1, 3)]
 
@@ -196,9 +201,8 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
         return []
     colours = colour_map(results.cells)
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.2))
-    panels = GRID_PANELS
-    if "aime24" in results.curves(cells["run_dir"].iloc[0]).columns:  # an engine=trl run on the math task
-        panels = [(f"aime2{4 + i}", f"AIME2{4 + i} Avg@k, %", 100, 1) for i in range(3)] + GRID_PANELS[3:]
+    samples = int(cells["eval_samples"].dropna().iloc[0]) if cells["eval_samples"].notna().any() else "k"
+    panels = [(s, f"{s} Avg@{samples}, %", 100, 1) for s in _validation_splits(cells)[:3]] + GRID_PANELS
     for ax, (key, ylabel, scale, smooth) in zip(axes.flat, panels):
         plot_curves(ax, results, cells, key, colours, smooth=smooth, scale=scale)
         ax.set_title(ylabel, fontsize=9)

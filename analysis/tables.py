@@ -16,8 +16,6 @@ from harness.store import FINISHED
 from . import stats as S
 from .compare import interval_text
 
-SPLITS = ("val_a", "val_b", "val_c", "aime24", "aime25", "aime26")  # columns without any value are dropped
-HELDOUT_SPLITS = ("test_a", "test_b", "test_c")
 
 
 @lru_cache(maxsize=1)
@@ -119,8 +117,11 @@ def table4(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key: s
     """Per validation split at each cell's best step, mean over finished seeds (Table 4)."""
     scored = cells[cells["state"].isin(FINISHED) & cells["setting"].isin(settings)
                    & cells[row_key].isin(rows)]
-    columns = ({f"best_{s}": s for s in SPLITS} | {"best_headline": "headline"}
-               | {f"heldout_{s}": s for s in HELDOUT_SPLITS} | {"heldout_headline": "test_headline"})
+    # the splits the runs recorded (cells.cell_row's best_<split> / heldout_<split> columns)
+    val = [c for c in scored if c.startswith("best_") and c not in ("best_headline", "best_step")]
+    test = [c for c in scored if c.startswith("heldout_") and c != "heldout_headline"]
+    columns = ({c: c.removeprefix("best_") for c in val} | {"best_headline": "headline"}
+               | {c: c.removeprefix("heldout_") for c in test} | {"heldout_headline": "test_headline"})
     scored = scored.assign(**{c: pd.to_numeric(scored[c], errors="coerce") for c in columns if c in scored})
     columns = {c: v for c, v in columns.items() if c in scored}
     agg = scored.groupby(["setting", row_key], sort=False)[list(columns)].mean() * scale

@@ -73,8 +73,16 @@ def compose_many(override_lists) -> list[DictConfig]:
     from hydra import compose as hydra_compose, initialize_config_dir
 
     register_configs()
+    extra = [f"hydra.searchpath=[{','.join(f'file://{p.resolve()}' for p in user_config_dirs())}]"] if user_config_dirs() else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return [hydra_compose("config", overrides=hydra_overrides(o)) for o in override_lists]
+        return [hydra_compose("config", overrides=hydra_overrides(o) + extra) for o in override_lists]
+
+
+def user_config_dirs() -> list[Path]:
+    """Folders of your own config groups (``setting/NAME.yaml``, ``model/NAME.yaml``, ...), named in the
+    environment variable ``TRH_CONFIG_PATH`` (separated by ``:``), searched after the built-in ones."""
+    import os
+    return [Path(p) for p in os.environ.get("TRH_CONFIG_PATH", "").split(os.pathsep) if p]
 
 
 def hydra_overrides(overrides) -> list[str]:
@@ -102,7 +110,8 @@ def register_configs() -> None:
 
     store = ConfigStore.instance()
     store.store(name="run_defaults", node={"warmup": as_dict(rc.Warmup()), "rl": as_dict(rc.RL()),
-                                           "eval": as_dict(rc.Eval()), "collapse": as_dict(rc.Collapse())})
+                                           "eval": as_dict(rc.Eval()), "collapse": as_dict(rc.Collapse()),
+                                           "setting": as_dict(rc.Setting())})
     for name, cls in rc.ENGINES.items():
         store.store(group="engine", name=name, node=as_dict(cls()))
     files = {p.stem for p in (CONFIG_DIR / "task").glob("*.yaml")}
@@ -126,7 +135,7 @@ def available(group: str) -> list[str]:
         return list(task_classes())
     if group == "engine":
         return list(rc.ENGINES)
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return sorted({p.stem for d in (CONFIG_DIR, *user_config_dirs()) for p in (d / group).glob("*.yaml")})
 
 
 # --- resolving ---------------------------------------------------------------------------------
@@ -257,6 +266,7 @@ def _method(node) -> tuple[str, dict]:
 # --- the run id --------------------------------------------------------------------------------
 def _id_dict(groups: dict, method_node: dict, name: str, params: dict) -> dict:
     out = {"seed": groups["seed"], **{k: id_view(v) for k, v in groups.items() if k not in ("seed", "logging")}}
+    out["task"] = {"name": groups["task"].name, **out["task"]}  # a task's name is in every id, whatever its Config says
     out["method"] = method_id_view(name, method_node, params)
     return out
 

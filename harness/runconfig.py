@@ -216,7 +216,8 @@ class Setting:
     """A setting: its name, its matched window, and its defaults for the methods' thresholds. Those
     defaults are read by the method files (method.delta is ${setting.delta}); set a run's threshold as
     method.delta — setting.delta on the command line is refused."""
-    name: str = knob("base_s", "the setting's name (in the run folder's name)", in_every_id=True)
+    name: str = knob("", "the setting's name (in the run folder's name)", lambda v: None if v else "set by the setting",
+                     in_every_id=True)
     description: str = knob("", "one line", in_every_id=True)
     t_stop: int = knob(60, "the matched window [0, T_stop] of the best-step choice", at_least_one, in_every_id=True)
     steps: int = knob(60, "RL steps to train (>= t_stop)", at_least_one, in_every_id=True)

@@ -200,7 +200,7 @@ class RunStore:
     def write_status(self, **status) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         status = {**status, **self.tags}
-        _atomic_write(self.dir / STATUS, json.dumps(status, indent=1, default=_json_default).encode())
+        _atomic_write(self.dir / STATUS, strict_json(status, indent=1).encode())
 
     def is_finished(self) -> bool:
         status = self.read_status()
@@ -264,7 +264,7 @@ class RunStore:
         for name in (METRICS, DIAGNOSTICS):
             if (self.dir / name).exists():
                 rows = [r for r in self._read(name) if r["step"] <= last_step]
-                _atomic_write(self.dir / name, "".join(json.dumps(r) + "\n" for r in rows).encode())
+                _atomic_write(self.dir / name, "".join(strict_json(r) + "\n" for r in rows).encode())
 
     def clear_records(self) -> None:
         """A run starting from step 0: no rows of an earlier attempt survive."""
@@ -273,7 +273,7 @@ class RunStore:
 
     def _append(self, name: str, row: dict) -> None:
         with open(self.dir / name, "a") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.write(strict_json(row) + "\n")
             f.flush()
 
     def _read(self, name: str) -> list[dict]:
@@ -357,6 +357,34 @@ def best_within_window(rows: Iterable[dict], t_stop: int, key: str = "headline")
         if best is None or value > best[key] or (value == best[key] and row["step"] < best["step"]):
             best = row
     return best
+
+
+# runs recorded before a run named its splits were all on the addition task, whose splits these are
+LEGACY_SPLITS = {"validation": ["val_a", "val_b", "val_c"], "test": ["test_a", "test_b", "test_c"]}
+
+
+def run_splits(status) -> dict:
+    """A run's split names, as it recorded them (``{"validation": [...], "test": [...]}``): the task
+    names them, the analysis reads them from here."""
+    return (status or {}).get("splits") or LEGACY_SPLITS
+
+
+def strict_json(obj, **kwargs) -> str:
+    """JSON any strict parser reads: a NaN or an infinity (a metric with nothing to average, a rule
+    without that quantity) is written as null, never as a bare ``NaN``."""
+    return json.dumps(_finite(obj), allow_nan=False, default=_json_default, **kwargs)
+
+
+def _finite(value):
+    if hasattr(value, "item") and not isinstance(value, (dict, list, tuple)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value):

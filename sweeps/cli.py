@@ -44,7 +44,14 @@ def cmd_train(args) -> int:
     from harness.store import FINISHED, RunInUse
     from harness.train import run
 
+    from .spec import sweep_values
     try:
+        swept = [o for o in args.overrides if "=" in o and o.split("=", 1)[0] not in ("setting", "method", "seed")
+                 and sweep_values(o) is not None]
+        if swept or any(o.split("=", 1)[0] in ("setting", "method", "seed") and "," in o for o in args.overrides):
+            print(f"trh train: {(swept or args.overrides)[0]} sweeps several values; trh train runs one config — "
+                  "a grid is `trh sweep SPEC key=a,b` (or a spec file)", file=sys.stderr)
+            return 2
         cfg = compose(args.overrides)
         status = run(cfg)
     except (*_user_errors(), RunInUse) as err:
@@ -95,13 +102,36 @@ def cmd_sweep(args) -> int:
         return 0
     try:
         result = sweep(args.name, args.overrides, executor=args.executor, workers=args.workers,
-                       results_root=args.results, progress=not args.no_progress, max_retries=args.retries)
+                       results_root=args.results, progress=not args.no_progress, max_retries=args.retries,
+                       repair_damaged=args.repair)
     except _user_errors() as err:
         print(f"trh sweep: {err}", file=sys.stderr)
         return 2
     _print_sweep_summary(result)
+    trouble = _print_attention(result["rows"], args)
     failed = sum(o.state == "failed" for o in result["outcomes"])
-    return 1 if failed else 0
+    return 1 if failed or trouble else 0
+
+
+def _print_attention(rows: list[dict], args) -> int:
+    """Name every damaged, failed or collapsed cell with what to do; the count of those that need a
+    rerun (damaged or failed)."""
+    hints = {"damaged": f"rerun with --repair (trh sweep {args.name} ... --repair) to move its folder aside and "
+                        "train it again",
+             "failed": "fix the cause, then rerun the same command (a failed cell is retried)"}
+    lines, trouble = [], 0
+    for row in rows:
+        state = row.get("state")
+        where = f"{row['setting']}/{row['label']}/s{row['seed']} ({row['run_dir']})"
+        if state in hints:
+            trouble += 1
+            lines.append(f"  {state}: {where}: {row.get('reason') or ''}; {hints[state]}")
+        elif state == "collapsed":
+            lines.append(f"  collapsed at step {row.get('collapse_step')}: {where}: a verdict, kept and scored "
+                         "up to the collapse")
+    if lines:
+        print("cells to look at:\n" + "\n".join(lines))
+    return trouble
 
 
 def _print_status(args) -> int:
@@ -243,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--retries", type=int, default=2, help="resubmissions of a job that dies without a verdict")
     sw.add_argument("--list", action="store_true", help="list the sweep and search specs")
     sw.add_argument("--status", action="store_true", help="show each cell's state on disk; run nothing")
+    sw.add_argument("--repair", action="store_true",
+                    help="move the folders of damaged cells aside (…damaged-<time>) and train them again")
     sw.add_argument("--dry-run", action="store_true",
                     help="with --executor slurm: print the sbatch script and launch command of each cell; submit nothing")
     sw.set_defaults(func=cmd_sweep)

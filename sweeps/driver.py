@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from harness.provenance import code_state
-from harness.store import (RunStore, atomic_write_text, read_manifest, submitit_dir, summary_path,
+from harness.store import (RunStore, StoreError, atomic_write_text, read_manifest, submitit_dir, summary_path,
                            sweep_dir as sweep_folder, write_manifest as write_manifest_file)
 
 from .executors import make_executor, resources
@@ -35,6 +35,8 @@ def prepare(name: str, overrides=(), results_root="results", executor="local"):
         raise SweepError(f"{name!r} is a search spec: run it with `trh search {name}`")
     axes, hydra_overrides, resource_overrides = split_overrides(overrides)
     spec = parse(raw, path, axes)
+    for note in spec.notes:
+        print(f"note: {note}", file=sys.stderr)
     res = resources(spec.resources, resource_overrides)
     threads = res["slurm" if executor == "slurm" else "local"]["cpus_per_task"]
     cells = expand(spec, Path(results_root), hydra_overrides, threads=threads)
@@ -179,10 +181,41 @@ class Progress:
         self.bar.close()
 
 
+def damaged(cells: list[Cell]) -> list[tuple[Cell, str]]:
+    """The cells whose folder holds a finished run that cannot be trusted (a cut line, metrics that
+    end early, an unreadable status or config), with why."""
+    out = []
+    for cell in cells:
+        store = RunStore(cell.run_dir)
+        try:
+            reason = store.damage(store.read_status())
+            store.read_config()
+        except StoreError as err:
+            reason = str(err).split("; delete")[0]
+        if reason:
+            out.append((cell, reason))
+    return out
+
+
+def repair(cells: list[Cell], log=print) -> list[Path]:
+    """Move each damaged cell's folder aside (``<folder>.damaged-<UTC time>``, nothing deleted) so that
+    the sweep trains it again; returns the new places."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    moved = []
+    for cell, reason in damaged(cells):
+        aside = cell.run_dir.with_name(f"{cell.run_dir.name}.damaged-{stamp}")
+        cell.run_dir.rename(aside)
+        log(f"repair: {cell.describe()} was damaged ({reason}); its folder is now {aside}; training it again")
+        moved.append(aside)
+    return moved
+
+
 def sweep(name: str, overrides=(), executor: str = "local", workers: int | None = None,
           results_root="results", progress: bool = True, max_retries: int = 2, poll_s: float = 1.0,
-          log=print) -> dict:
+          log=print, repair_damaged: bool = False) -> dict:
     spec, cells, res, hydra_overrides = prepare(name, overrides, results_root, executor)
+    if repair_damaged:
+        repair(cells, log)
     root = Path(results_root)
     sweep_dir = sweep_folder(root, spec.name)
     # an explicit --workers is a cap (memory, a shared machine); the default may share the last round

@@ -14,8 +14,8 @@ trials are never re-run and running ones are not started again.
     method: cppo
     seeds: [0]
     space:                                   # Hydra override key → a range or choices
-      setting.delta_b: {low: 0.0003, high: 0.003, log: true}
-      setting.w_min: {low: 0.5, high: 1.0}
+      method.delta_b: {low: 0.0003, high: 0.003, log: true}
+      method.w_min: {low: 0.5, high: 1.0}
     sampler: {name: tpe, seed: 0}            # tpe | random | gp | cmaes
     pruner: {name: median, n_startup_trials: 4, n_warmup_steps: 10}   # median | percentile | hyperband | threshold | none
     collapse_score: 0.0                      # a collapsed seed counts as this (null: its best score)
@@ -41,8 +41,8 @@ from .runner import CellRunner, Outcome
 from .spec import Cell, SweepError, cell_configs, load_raw, split_overrides
 
 # the default: CPPO's budget and weight floor at the paper's scale (real-model settings)
-DEFAULT_SPACE = {"setting.delta_b": {"low": 0.005, "high": 0.05, "log": True},
-                 "setting.w_min": {"low": 0.5, "high": 1.0}}
+DEFAULT_SPACE = {"method.delta_b": {"low": 0.005, "high": 0.05, "log": True},
+                 "method.w_min": {"low": 0.5, "high": 1.0}}
 
 
 @dataclass

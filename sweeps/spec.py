@@ -13,8 +13,11 @@ one training run each, identified by the hash of the cell's resolved config.
     overrides: []                  # Hydra overrides for every cell
     resources: {slurm: {mem_gb: 4}}
 
-On the command line ``setting=a,b`` / ``seed=0,1`` / ``method=x,y`` replace or filter a grid axis
-(``setting=qwen3_*`` globs), and every other ``key=value`` is a Hydra override for every cell.
+On the command line ``setting=``, ``seed=`` and ``method=`` replace the spec's axis (``setting=qwen3_*``
+globs; ``method=X`` keeps the spec's variants of X, or the variant labelled X, and adds X at its
+defaults where the spec has none); any other ``key=a,b,c`` (or Hydra's ``range(...)`` / ``choice(...)``)
+is a new grid axis crossed with the spec's, each value in the cells' labels (a method parameter applies
+to the variants whose method has it); every other ``key=value`` is an override for every cell.
 
 ``kind: tuning`` marks a grid of tuning configurations (the equal-budget protocol of
 ``analysis.tuning``): each variant tunes an ``arm`` (default: its method), every arm must have the
@@ -37,6 +40,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, available, compose_many, resolve
+from methods import list_methods
 from harness.store import FINISHED, read_manifest, runs_dir, sweep_dir
 
 SPEC_DIR = Path(__file__).parent / "specs"
@@ -77,6 +81,7 @@ class SweepSpec:
     raw: dict
     kind: str = "grid"
     aliases: dict = field(default_factory=dict)  # label → the tuned label it duplicates (not run twice)
+    notes: list = field(default_factory=list)    # what the command line's axes did not apply to
 
 
 @dataclass
@@ -119,7 +124,9 @@ def load_raw(name_or_path: str) -> tuple[dict, Path]:
         raise SweepError(f"unknown sweep {name_or_path!r}; known sweeps: {', '.join(spec_names())} "
                          f"(or a path to a spec .yaml)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise SweepError(f"sweep spec {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -137,20 +144,46 @@ def load_raw(name_or_path: str) -> tuple[dict, Path]:
 
 
 def split_overrides(overrides) -> tuple[dict, list[str], list[str]]:
-    """Command-line arguments → (grid axes, Hydra overrides, resource overrides ``slurm.*``/``local.*``)."""
+    """Command-line arguments → (grid axes, overrides, resource overrides ``slurm.*``/``local.*``).
+    The axes map ``setting``/``seed``/``method`` and every swept key (``k=a,b``, ``range()``,
+    ``choice()``) to their values; the overrides are the rest."""
     axes, hydra_overrides, resources = {}, [], []
     for item in overrides:
         if "=" not in item:
             raise SweepError(f"override {item!r} must look like key=value")
         key, value = item.split("=", 1)
-        if key in GRID_KEYS:
-            values = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-            axes[key] = values
-        elif key.split(".")[0] in ("slurm", "local"):
+        if key.split(".")[0] in ("slurm", "local"):
             resources.append(item)
+            continue
+        if key in GRID_KEYS and not value.startswith(("range(", "choice(")):  # a list, globs allowed
+            axes[key] = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+            continue
+        values = sweep_values(item)
+        if key in GRID_KEYS:
+            axes[key] = values
+        elif values is not None:
+            axes[key.lstrip("+")] = values
         else:
             hydra_overrides.append(item)
     return axes, hydra_overrides, resources
+
+
+def sweep_values(item: str) -> list[str] | None:
+    """The values of a swept override (``k=a,b``, ``k=range(0,4)``, ``k=choice(x,y)``, Hydra's grammar),
+    else None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_override(item)
+        if not parsed.is_sweep_override():
+            return None
+        values = list(parsed.sweep_string_iterator())
+    except (HydraException, ValueError, TypeError) as err:
+        raise SweepError(f"override {item!r}: {err}") from None
+    if not values:
+        raise SweepError(f"override {item!r} sweeps no value")
+    return values
 
 
 def _as_list(raw: dict, key: str, where: str) -> list:
@@ -220,10 +253,9 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
             raise SweepError(f"{where}: unknown method {v.method!r} (variant {v.label!r}); "
                              f"allowed: {', '.join(methods_known)}")
     if axes.get("method"):
-        for m in axes["method"]:
-            if m not in methods_known:
-                raise SweepError(f"method={m}: unknown method; allowed: {', '.join(methods_known)}")
-        variants = [v for v in variants if v.method in axes["method"] or v.label in axes["method"]]
+        variants = _method_axis(variants, axes["method"], methods_known, where)
+    params = {row["name"]: {p["name"] for p in row["params"]} for row in list_methods()}
+    variants, notes = cross_axes(variants, {k: v for k, v in axes.items() if k not in GRID_KEYS}, params)
     kind = str(raw.get("kind", "grid"))
     if kind not in KINDS:
         raise SweepError(f"{where}: kind must be one of {list(KINDS)}, got {kind!r}")
@@ -235,7 +267,40 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
     return SweepSpec(name=str(raw["name"]), feeds=str(raw.get("feeds", "")),
                      description=str(raw.get("description", "")), settings=settings, variants=variants,
                      seeds=seeds, overrides=[str(o) for o in _as_list(raw, "overrides", where)],
-                     resources=raw.get("resources") or {}, raw=raw, kind=kind)
+                     resources=raw.get("resources") or {}, raw=raw, kind=kind, notes=notes)
+
+
+def _method_axis(variants: list[Variant], wanted: list[str], known: list[str], where: str) -> list[Variant]:
+    """``method=a,b`` on the command line: for each name the spec's variants of that method (or the
+    variant with that label), else the method at its defaults; nothing asked for is dropped."""
+    out = []
+    for name in wanted:
+        mine = [v for v in variants if name in (v.method, v.label)]
+        if not mine and name not in known:
+            labels = [v.label for v in variants]
+            raise SweepError(f"method={name}: neither a method nor a variant of {where}; the spec has "
+                             f"{', '.join(labels)}; methods: {', '.join(known)}")
+        out += [v for v in (mine or [Variant(name, name)]) if v not in out]
+    return out
+
+
+def cross_axes(variants: list[Variant], axes: dict, method_params: dict) -> tuple[list[Variant], list[str]]:
+    """Each variant once per combination of the command line's other axes (``method.delta=0.1,0.2``),
+    the values in its label. A ``method.*`` axis applies to the variants whose method has that
+    parameter; the others run once (returned notes say which)."""
+    out, notes = list(variants), []
+    for key, values in axes.items():
+        grown = []
+        for v in out:
+            param = key.split(".", 1)[1] if key.startswith("method.") else None
+            if param is not None and param not in method_params[v.method]:
+                notes.append(f"{key}: {v.method} has no parameter {param!r}; {v.label} runs once")
+                grown.append(v)
+                continue
+            grown += [Variant(f"{v.label} {key}={value}", v.method, [*v.overrides, f"{key}={value}"], v.tuned, v.arm)
+                      for value in values]
+        out = grown
+    return out, sorted(set(notes))
 
 
 def variant_overrides(body: dict, where: str) -> list[str]:
@@ -303,10 +368,16 @@ def cell_configs(base_overrides_by_key: dict, seeds_by_key: dict, results_root: 
     """Compose one config per distinct override list, then copy it per seed (Hydra's compose takes
     ≈ 0.2 s, so composing per seed would make large grids slow to start)."""
     keys = list(base_overrides_by_key)
+    for overrides in base_overrides_by_key.values():
+        if any(o.lstrip("+").startswith("engine.threads=") and o.split("=", 1)[1] != str(threads) for o in overrides):
+            raise SweepError(f"{where}: engine.threads is set by the sweep from local.cpus_per_task (slurm.cpus_per_task "
+                             "on SLURM): set that instead, e.g. local.cpus_per_task=2")
     try:
         composed = compose_many([base_overrides_by_key[k] + [f"results_root={results_root}",
                                                              f"engine.threads={threads}", "logging=quiet"]
                                  for k in keys])
+    except ConfigError as err:
+        raise SweepError(f"{where}: {err}") from None
     except Exception as err:  # noqa: BLE001 - Hydra raises many types; all mean a bad override
         raise SweepError(f"{where}: the overrides do not compose: {err}") from None
     out = {}

@@ -80,13 +80,13 @@ def test_paper_settings_express_table_3(tmp_path, capsys):
                 "qwen3_30b_a3b_base": (256, 16, 8, 16384, 0.20, "dynamic", 0.02, 560)}
     for setting, (prompts, n, updates, t_max, delta, budget, delta_b, t_stop) in expected.items():
         spec = resolve(compose([f"setting={setting}", "method=cppo"]))
-        rl, s = spec.rl, spec.resolved["setting"]
-        assert (rl["prompts_per_iter"], rl["samples_per_prompt"], rl["updates_per_iter"], rl["max_response_tokens"]) == \
+        rl, s = spec.rl, spec.setting
+        assert (rl.prompts_per_iter, rl.samples_per_prompt, rl.updates_per_iter, rl.max_response_tokens) == \
             (prompts, n, updates, t_max)
-        assert rl["minibatch_prompts"] == 32 and rl["lr"] == 1e-6 and rl["temperature"] == 1.0
-        assert (s["delta"], s["budget"], s["delta_b"], s["w_min"], spec.t_stop) == (delta, budget, delta_b, 0.8, t_stop)
-        assert spec.method_params["delta"] == delta and spec.engine["name"] == "trl"
-        assert (spec.eval["samples"], spec.eval["temperature"], spec.eval["top_p"]) == (16, 0.7, 0.95)
+        assert rl.minibatch_prompts == 32 and rl.lr == 1e-6 and rl.temperature == 1.0
+        assert (s.delta, s.budget, s.delta_b, s.w_min, spec.t_stop) == (delta, budget, delta_b, 0.8, t_stop)
+        assert spec.method_params["delta"] == delta and spec.engine.name == "trl"
+        assert (spec.eval.samples, spec.eval.temperature, spec.eval.top_p) == (16, 0.7, 0.95)
 
 
 def test_local_executor_refuses_multi_gpu_cells(capsys):

@@ -5,6 +5,8 @@ import signal
 import optuna
 from optuna.trial import TrialState
 
+from harness.store import RunStore
+
 from sweeps.search import open_storage, search
 
 from .helpers import finish, statuses, trh, wait_for
@@ -30,15 +32,18 @@ def test_search_reports_prunes_and_writes_results(tmp_path):
         assert t.value == statuses(tmp_path)[run_dir.rsplit("/", 1)[1]]["best_headline"]
     best = result["summary"]["best"]
     assert best["value"] == max(t.value for t in trials)
-    # on smoke_bind the trust region binds: different parameters, different scores
-    assert len({t.value for t in trials}) == 3, [t.value for t in trials]
+    # on smoke_bind the trust region binds: different parameters, different training (their best scores
+    # may tie: on some CPUs every trial peaks at the shared warm start)
+    curves = {tuple(r.get("headline") for r in RunStore(tmp_path / "runs" / t.user_attrs["cells"][0].rsplit("/", 1)[1])
+                    .read_metrics() if "headline" in r) for t in trials}
+    assert len(curves) == 3, curves
     csv = (tmp_path / "searches" / "search_smoke" / "trials.csv").read_text().splitlines()
-    assert len(csv) == 4 and "params_setting.delta_b" in csv[0]
+    assert len(csv) == 4 and "params_method.delta_b" in csv[0]
     # params land in the cells' configs
     for t in trials:
         name = t.user_attrs["cells"][0].rsplit("/", 1)[1]
         config = (tmp_path / "runs" / name / "config.yaml").read_text()
-        assert f"delta_b: {t.params['setting.delta_b']}" in config
+        assert f"delta_b: {t.params['method.delta_b']}" in config
 
 
 def test_killed_search_resumes_with_finished_trials_intact(tmp_path):
@@ -73,7 +78,7 @@ def test_pruned_trials_are_cancelled_while_running(tmp_path):
     spec = tmp_path / "prune_all.yaml"  # 400 steps: the cancel comes long before the end, even on a loaded machine
     spec.write_text("name: prune_all\nkind: search\nsetting: smoke\nmethod: cppo\nseeds: [0]\n"
                     "overrides: [setting.steps=400, setting.t_stop=400]\n"
-                    "space: {setting.w_min: {low: 0.5, high: 1.0}}\n"
+                    "space: {method.w_min: {low: 0.5, high: 1.0}}\n"
                     "sampler: {name: random, seed: 0}\npruner: {name: threshold, lower: 2.0}\n")
     result = search(str(spec), 2, executor="local", workers=1, results_root=tmp_path, progress=False,
                     log=lambda *_: None)

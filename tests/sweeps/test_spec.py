@@ -140,12 +140,16 @@ def _spec_file(tmp_path, text):
     ("settings: [nowhere]\nmethods: [grpo]\nseeds: [0]\n", [], r"unknown setting 'nowhere'; allowed: .*base_s"),
     ("settings: [base_s]\nmethods: [grpo]\nseeds: []\n", [], r"the grid is empty.*seeds=\[\]"),
     ("settings: [base_s]\nmethods: []\nseeds: [0]\n", [], r"the grid is empty"),
-    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["method=cppo"], r"the grid is empty"),
-    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["method=bogus"], r"method=bogus: unknown method"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["method=bogus"],
+     r"method=bogus: neither a method nor a variant.*the spec has grpo; methods: .*cppo"),
     ("settings: [base_s]\nmethods: [grpo]\nseeds: [x]\n", [], r"seeds must be integers"),
     ("settings: [base_s]\nmethod: [grpo]\nseeds: [0]\ncolour: red\n", [], r"unknown key\(s\) \['colour'\]"),
-    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["rl.nonexistent_knob=1"], r"do not compose"),
-    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["rl.lr=-1"], r"rl.lr must be a positive number"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["rl.nonexistent_knob=1"], r"rl.nonexistent_knob is not a config key"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["+rl.lrr=1"], r"rl.lrr is not a config key \(did you mean rl.lr\?\)"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["engine.threads=2"], r"engine.threads is set by the sweep from local.cpus_per_task"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["setting.delta=0.1"], r"set method.delta=... instead"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["rl.lr=1e-4,"], r"override 'rl.lr=1e-4,'"),
+    ("settings: [base_s]\nmethods: [grpo]\nseeds: [0]\n", ["rl.lr=-1"], r"rl.lr must be > 0"),
     ("settings: [base_s]\nvariants: {A: {method: cppo}, B: {method: cppo}}\nseeds: [0]\n", [], r"same config"),
     ("settings: [base_s]\nvariants: {A: {method: cppo, paramz: {}}}\nseeds: [0]\n", [], r"unknown key\(s\) \['paramz'\]"),
 ])
@@ -166,11 +170,11 @@ def test_search_spec_is_not_a_grid(tmp_path):
 
 
 @pytest.mark.parametrize("space, match", [
-    ({"setting.delta_b": {"low": 0.05, "high": 0.005}}, r"low \(0.05\) must be < high \(0.005\)"),
-    ({"setting.delta_b": {"low": 0.0, "high": 0.05, "log": True}}, r"log scale needs low > 0"),
-    ({"setting.delta_b": {"low": "a", "high": 0.05}}, r"must be numbers"),
-    ({"setting.delta_b": {"high": 0.05}}, r"needs low and high"),
-    ({"setting.w_min": {"choices": []}}, r"non-empty list"),
+    ({"method.delta_b": {"low": 0.05, "high": 0.005}}, r"low \(0.05\) must be < high \(0.005\)"),
+    ({"method.delta_b": {"low": 0.0, "high": 0.05, "log": True}}, r"log scale needs low > 0"),
+    ({"method.delta_b": {"low": "a", "high": 0.05}}, r"must be numbers"),
+    ({"method.delta_b": {"high": 0.05}}, r"needs low and high"),
+    ({"method.w_min": {"choices": []}}, r"non-empty list"),
 ])
 def test_bad_search_spaces(space, match):
     raw = {"name": "s", "kind": "search", "setting": "smoke", "method": "cppo", "seeds": [0], "space": space}
@@ -182,8 +186,8 @@ def test_search_defaults_to_the_paper_space():
     raw, _ = load_raw("search_cppo")
     raw = {k: v for k, v in raw.items() if k != "space"}
     spec = parse_search(raw, {})
-    assert spec.space == {"setting.delta_b": {"low": 0.005, "high": 0.05, "log": True},
-                          "setting.w_min": {"low": 0.5, "high": 1.0}}
+    assert spec.space == {"method.delta_b": {"low": 0.005, "high": 0.05, "log": True},
+                          "method.w_min": {"low": 0.5, "high": 1.0}}
 
 
 def test_bad_storage_url_is_a_clear_error(tmp_path):
