@@ -94,6 +94,9 @@ def hydra_overrides(overrides) -> list[str]:
     for item in overrides:
         key = item.split("=", 1)[0]
         bare = key.lstrip("+~")
+        if bare in GROUPS and "=" in item and item.split("=", 1)[1] not in available(bare):
+            more = " (your own: a module named in TRH_TASKS, docs/tasks.md)" if bare == "task" else ""
+            raise ConfigError(f"{bare}={item.split('=', 1)[1]}: no such {bare}; known: {', '.join(available(bare))}{more}")
         if bare in SETTING_DEFAULTS:
             raise ConfigError(f"{bare} is the setting's default of {SETTING_DEFAULTS[bare]}; set "
                               f"{SETTING_DEFAULTS[bare]}=... instead (one name per knob)")

@@ -19,7 +19,7 @@ import math
 import typing
 from dataclasses import MISSING, field
 
-from methods.params import type_ok
+from methods.params import type_name, type_ok
 
 
 class ConfigError(ValueError):
@@ -154,6 +154,6 @@ def describe(cls, prefix: str) -> list[dict]:
             rows += describe(hint, key)
             continue
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
-        rows.append({"key": key, "type": getattr(hint, "__name__", str(hint)).replace("typing.", ""),
+        rows.append({"key": key, "type": type_name(hint),
                      "default": default, "doc": f.metadata.get("doc", "")})
     return rows

@@ -247,6 +247,11 @@ def describe_fields(params_cls, overrides: dict) -> list[dict]:
     return rows
 
 
+def type_name(hint) -> str:
+    """An annotation in words: {a, b} for a Literal, X | None for an Optional."""
+    return _type_name(hint)
+
+
 def _type_name(hint) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:

@@ -38,6 +38,42 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_tasks(args) -> int:
+    from harness.schema import describe
+    from harness.tasks import task_classes
+
+    for name, cls in task_classes().items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<14} engines: {', '.join(cls.engines)}; {doc}")
+        print(f"{'':<14} from {cls.__module__}")
+        for row in describe(cls.Config, "task"):
+            print(f"{'':<16}{row['key']} = {row['default']!r}  ({row['type']})  — {row['doc']}")
+        print()
+    return 0
+
+
+def cmd_config(args) -> int:
+    from harness import runconfig as rc
+    from harness.schema import describe
+
+    groups = {"warmup": rc.Warmup, "rl": rc.RL, "eval": rc.Eval, "collapse": rc.Collapse, "setting": rc.Setting,
+              "engine (local)": rc.LocalEngine, "engine (trl)": rc.TrlEngine, "model (local)": rc.ModelSize,
+              "model (trl, hub)": rc.HubModel, "model (trl, package)": rc.PackageModel, "model (trl, tiny)": rc.TinyLM,
+              "logging": rc.Logging}
+    wanted = [g for g in groups if not args.group or g.split(" ")[0] in args.group]
+    if not wanted:
+        print(f"trh config: unknown group(s) {args.group}; groups: {', '.join(dict.fromkeys(g.split(' ')[0] for g in groups))}"
+              " (trh tasks for task.*, trh methods -v for method.*)", file=sys.stderr)
+        return 2
+    for group in wanted:
+        print(group)
+        for row in describe(groups[group], group.split(" ")[0]):
+            print(f"  {row['key']} = {_format_default(row['default'])}  ({row['type']})  — {row['doc']}")
+        print()
+    print("task.*: trh tasks; method.*: trh methods -v")
+    return 0
+
+
 def cmd_train(args) -> int:
     from harness.config import compose
     from harness.lifecycle import summary_line
@@ -55,11 +91,16 @@ def cmd_train(args) -> int:
         cfg = compose(args.overrides)
         status = run(cfg)
     except (*_user_errors(), RunInUse) as err:
-        print(f"trh train: {err}", file=sys.stderr)
+        print(f"trh train: {_line(err)}", file=sys.stderr)
         return 2
     print(f"run folder: {status['run_dir']}")
     print(summary_line(status))
     return 0 if status["state"] in FINISHED else 1
+
+
+def _line(err) -> str:
+    """An error as one line (Hydra's messages list the search path after the first)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _user_errors():
@@ -97,7 +138,7 @@ def cmd_sweep(args) -> int:
         try:
             print(dry_run(args.name, args.overrides, results_root=args.results))
         except _user_errors() as err:
-            print(f"trh sweep: {err}", file=sys.stderr)
+            print(f"trh sweep: {_line(err)}", file=sys.stderr)
             return 2
         return 0
     try:
@@ -105,7 +146,7 @@ def cmd_sweep(args) -> int:
                        results_root=args.results, progress=not args.no_progress, max_retries=args.retries,
                        repair_damaged=args.repair)
     except _user_errors() as err:
-        print(f"trh sweep: {err}", file=sys.stderr)
+        print(f"trh sweep: {_line(err)}", file=sys.stderr)
         return 2
     _print_sweep_summary(result)
     trouble = _print_attention(result["rows"], args)
@@ -141,7 +182,7 @@ def _print_status(args) -> int:
     try:
         rows = pd.DataFrame(cell_states(args.name, args.overrides, args.results))
     except _user_errors() as err:
-        print(f"trh sweep: {err}", file=sys.stderr)
+        print(f"trh sweep: {_line(err)}", file=sys.stderr)
         return 2
     counts = rows["verdict"].str.replace(r" \(step \d+\)", "", regex=True).value_counts()
     print(f"{args.name}: {len(rows)} cells — " + ", ".join(f"{n} {k}" for k, n in counts.items()))
@@ -188,7 +229,7 @@ def cmd_search(args) -> int:
         result = search(args.name, args.trials, args.overrides, storage=args.storage, executor=args.executor,
                         workers=args.workers, results_root=args.results, progress=not args.no_progress)
     except _user_errors() as err:
-        print(f"trh search: {err}", file=sys.stderr)
+        print(f"trh search: {_line(err)}", file=sys.stderr)
         return 2
     summary = result["summary"]
     print(f"search {summary['study']}: trials {summary['trials']}, wall {result['wall_s']:.0f} s; "
@@ -252,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.add_argument("-v", "--verbose", action="store_true", help="also print each parameter's meaning")
     methods.set_defaults(func=cmd_methods)
+    tasks = sub.add_parser("tasks", help="list the registered tasks and their config keys")
+    tasks.set_defaults(func=cmd_tasks)
+    config = sub.add_parser("config", help="list every run-config key: type, default, meaning")
+    config.add_argument("group", nargs="*", help="only these groups (warmup, rl, eval, collapse, setting, engine, "
+                                                 "model, logging)")
+    config.set_defaults(func=cmd_config)
     train = sub.add_parser("train", help="one training run on the embedded default (Hydra overrides allowed)",
                            description="e.g. trh train method=cppo setting=base_s seed=1 method.delta=0.2")
     train.add_argument("overrides", nargs="*", help="Hydra overrides key=value")

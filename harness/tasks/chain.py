@@ -1,15 +1,19 @@
 """A running sum mod 10: the long-horizon procedural task, where an early mistake reaches the answer.
 
-Prompt: ``L`` digits and ``=``; response: the running sums s_i = (s_{i-1} + d_i) mod 10 of the
-prefixes, one digit each, then ``>`` and the last one, then the end token::
+Prompt: ``L`` digits, comma-separated, and ``=``; response, one two-token step per digit: the digit
+d_i copied, then the running sum s_i = (s_{i-1} + d_i) mod 10; then ``>``, the last sum, the end
+token::
 
-    prompt 4172=    response 4580>0
+    prompt 4,1,7,2=    response 44157224>4
 
-The response is L + 3 tokens (end token included), so ``task.length`` is the horizon knob; every
-step reads the step before it, so one wrong digit makes every later sum wrong and, unless a later
-mistake cancels it, the answer (a wrong chain still ends on the right digit 1 time in 10). The
+The response is 2·L + 3 tokens (end token included), so ``task.length`` is the horizon knob. Every
+sum reads the sum before it, so one wrong sum makes every later sum wrong and, unless a later
+mistake cancels it, the answer (a wrong chain still ends on the right digit 1 time in 10). Why this
+layout: a prompt digit and its copy are always 2·L positions apart, and each sum needs only the two
+tokens before it — a small model learns the step from local, constant-offset lookups (like the
+addition scratchpad's), where a bare chain of sums gives it no signal from either input alone. The
 reward is 1 iff the response ended and the text after its last ``>`` is the right final sum; the
-chain itself is not checked (as with math answers). Splits are cut by a hash of the digit string.
+steps are not checked (as with math answers). Splits are cut by a hash of the digit string.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class ChainProblem:
 
     @property
     def prompt(self) -> str:
-        return f"{self.digits}="
+        return ",".join(self.digits) + "="
 
     def sums(self) -> str:
         total, out = 0, []
@@ -47,8 +51,8 @@ class ChainProblem:
 class ChainConfig(TaskConfig):
     name: str = knob("chain", "running sum mod 10 (long horizon: an early mistake reaches the answer)",
                      in_every_id=True)
-    length: int = knob(56, "L digits: the response is L + 3 tokens, the horizon knob",
-                       lambda v: None if 8 <= v <= 4096 else "in [8, 4096]")
+    length: int = knob(28, "L digits: the response is 2·L + 3 tokens, the horizon knob",
+                       lambda v: None if 4 <= v <= 2048 else "in [4, 2048]")
 
 
 def _key(p: ChainProblem) -> str:
@@ -61,16 +65,16 @@ class Chain(LocalTask):
 
     name = "chain"
     Config = ChainConfig
-    alphabet = "0123456789=>"
+    alphabet = "0123456789,=>"
     validation_splits, test_splits = procedural.VALIDATION, procedural.TEST
 
     @property
     def max_response_tokens(self) -> int:
-        return self.config.length + 3
+        return 2 * self.config.length + 3
 
     @property
     def max_positions(self) -> int:
-        return 1 + (self.config.length + 1) + self.max_response_tokens + 8
+        return 1 + 2 * self.config.length + self.max_response_tokens + 8
 
     def problems(self, split: str, count, seed: int = 0) -> list[ChainProblem]:
         if split == "train":
@@ -78,7 +82,8 @@ class Chain(LocalTask):
         return list(_fixed(split, count, self.config.length))
 
     def reference(self, problem: ChainProblem) -> str:
-        return f"{problem.sums()}>{problem.answer}"
+        steps = "".join(d + s for d, s in zip(problem.digits, problem.sums()))
+        return f"{steps}>{problem.answer}"
 
     def score(self, problem: ChainProblem, response: str) -> float:
         return procedural.answer_reward(response, problem.answer)

@@ -80,3 +80,55 @@ def test_tokenizer_round_trip_and_alphabet_errors():
     assert tok.decode(tok.encode(text) + [tok.eos_id, 5, 6]) == text
     with pytest.raises(ValueError, match="alphabet"):
         tok.encode("1a")
+
+
+# --- the chain task (running sum mod 10): the long-horizon task -----------------------------------
+def test_chain_reference_answer_and_horizon():
+    from harness.tasks import make_task
+    from harness.tasks.chain import ChainConfig, ChainProblem
+
+    p = ChainProblem("4172")
+    assert p.prompt == "4,1,7,2=" and p.sums() == "4524" and p.answer == "4"
+    task = make_task(ChainConfig(length=116))
+    assert task.reference(p) == "44157224>4"
+    assert task.max_response_tokens == 235 >= 4 * 58  # four times the embedded study's longest response
+    (q,) = task.problems("train", 1, seed=3)
+    ref = task.reference(q)
+    assert len(CharTokenizer(task.alphabet).encode(ref)) + 1 == task.max_response_tokens
+    assert task.reward(q, ref) == 1.0 and task.reward(q, ref, finished=False) == 0.0
+
+
+def test_an_early_chain_mistake_reaches_the_answer():
+    """Change one early running sum and carry the chain on correctly from it: every later sum is wrong
+    and so is the answer (the chain has no way back), unlike addition, where a step only feeds the next."""
+    from harness.tasks import make_task
+    from harness.tasks.chain import ChainConfig
+
+    task = make_task(ChainConfig(length=40))
+    for q in task.problems("train", 20, seed=0):
+        sums = q.sums()
+        wrong_first = (int(sums[0]) + 1) % 10
+        chain, total = [str(wrong_first)], wrong_first
+        for d in q.digits[1:]:
+            total = (total + int(d)) % 10
+            chain.append(str(total))
+        assert all(a != b for a, b in zip(chain, sums))
+        steps = "".join(d + s for d, s in zip(q.digits, chain))
+        assert task.reward(q, steps + ">" + chain[-1]) == 0.0
+        assert task.reward(q, task.reference(q)) == 1.0
+
+
+def test_chain_splits_are_disjoint_and_seeded():
+    from harness.tasks import make_task
+    from harness.tasks.chain import ChainConfig
+
+    task = make_task(ChainConfig(length=12))
+    train = {p.digits for p in task.problems("train", 300, seed=0)}
+    assert train == {p.digits for p in task.problems("train", 300, seed=0)}
+    assert train != {p.digits for p in task.problems("train", 300, seed=1)}
+    held = {s: {p.digits for p in task.problems(s, 30)} for s in task.validation_splits + task.test_splits}
+    for split, digits in held.items():
+        assert len(digits) == 30 and not digits & train
+        assert all(not digits & other for name, other in held.items() if name != split)
+    with pytest.raises(ValueError, match="split must be"):
+        task.problems("dev", 3)
