@@ -11,11 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from methods import AGGREGATIONS  # noqa: F401 - the allowed values of rl.aggregation, listed in its type
+from methods.params import Aggregation  # the registry's aggregation modes, one list
 
-from .schema import (at_least_one, finite, fraction, knob, non_negative, positive, probability, seed_range)
-
-Aggregation = Literal["seq-mean-token-sum-norm", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+from .schema import at_least_one, finite, fraction, knob, non_negative, positive, probability, seed_range
 
 
 def _int_at_least(low: int):
@@ -187,14 +185,9 @@ class PackageModel:
 
 
 @dataclass(frozen=True)
-class TinyLM:
-    """A random Qwen3 of the given sizes with a character tokenizer (engine=trl, CPU tests)."""
+class TinyLM(ModelSize):
+    """A random Qwen3 of these sizes with a character tokenizer (engine=trl, CPU tests; model=tiny_lm)."""
     source: Literal["tiny"] = knob("tiny", "model source", in_every_id=True)
-    hidden: int = knob(32, "hidden size", at_least_one, in_every_id=True)
-    layers: int = knob(2, "decoder layers", at_least_one, in_every_id=True)
-    mlp: int = knob(64, "MLP width", at_least_one, in_every_id=True)
-    heads: int = knob(2, "attention heads", at_least_one, in_every_id=True)
-    kv_heads: int = knob(1, "key/value heads", at_least_one, in_every_id=True)
     max_positions: int = knob(1024, "longest prompt + response", at_least_one, in_every_id=True)
     dtype: Dtype = knob("float32", "dtype", in_every_id=True)
 

@@ -283,11 +283,8 @@ def cmd_theory(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .executors import EXECUTORS
-
-    parser = argparse.ArgumentParser(prog="trh", description="trust-region-harness")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_listings(sub) -> None:
+    """The commands that only list what is registered: methods, tasks, config keys."""
     methods = sub.add_parser("methods", help="list the registered trust-region methods and their parameters")
     methods.add_argument("name", nargs="*", help="only these methods")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
@@ -299,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("group", nargs="*", help="only these groups (warmup, rl, eval, collapse, setting, engine, "
                                                  "model, logging)")
     config.set_defaults(func=cmd_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .executors import EXECUTORS
+
+    parser = argparse.ArgumentParser(prog="trh", description="trust-region-harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_listings(sub)
     train = sub.add_parser("train", help="one training run on the embedded default (Hydra overrides allowed)",
                            description="e.g. trh train method=cppo setting=base_s seed=1 method.delta=0.2")
     train.add_argument("overrides", nargs="*", help="Hydra overrides key=value")

@@ -19,32 +19,34 @@ from pathlib import Path
 
 import submitit
 
+from harness.runconfig import Launch, TrlEngine
+from harness.schema import build
 from harness.store import FINISHED, RunStore
 
 
-def launch_of(config: dict) -> dict | None:
-    """The cell's ``engine.launch`` when it needs more than one process, else None."""
+def launch_of(config: dict) -> Launch | None:
+    """The cell's typed ``engine.launch`` when it needs more than one process, else None."""
     engine = config.get("engine", {})
-    launch = engine.get("launch") or {}
-    if engine.get("name") != "trl" or launch.get("nodes", 1) * launch.get("gpus_per_node", 1) <= 1:
+    if engine.get("name") != "trl":
         return None
-    return launch
+    launch = build(TrlEngine, engine, "engine").launch
+    return launch if launch.nodes * launch.gpus_per_node > 1 else None
 
 
-def accelerate_config(launch: dict) -> dict:
+def accelerate_config(launch: Launch) -> dict:
     """accelerate's config file content (``accelerate launch --config_file``)."""
-    nodes, gpus = launch["nodes"], launch["gpus_per_node"]
+    nodes, gpus = launch.nodes, launch.gpus_per_node
     cfg = {"compute_environment": "LOCAL_MACHINE", "num_machines": nodes, "num_processes": nodes * gpus,
-           "mixed_precision": launch.get("mixed_precision", "bf16"), "main_process_port": launch.get("main_port", 29500),
+           "mixed_precision": launch.mixed_precision, "main_process_port": launch.main_port,
            "rdzv_backend": "static", "same_network": True, "use_cpu": False}
-    stage = launch.get("deepspeed_zero_stage")
-    if launch.get("device") == "cpu":  # processes without GPUs (gloo): tests and CPU-only clusters
+    stage = launch.deepspeed_zero_stage
+    if launch.device == "cpu":  # processes without GPUs (gloo): tests and CPU-only clusters
         cfg.update(distributed_type="MULTI_CPU", use_cpu=True, mixed_precision="no")
     elif stage:
         cfg["distributed_type"] = "DEEPSPEED"
         cfg["deepspeed_config"] = {
             "zero_stage": stage, "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-            "offload_optimizer_device": "cpu" if launch.get("offload_optimizer") else "none",
+            "offload_optimizer_device": "cpu" if launch.offload_optimizer else "none",
             "offload_param_device": "none", "zero3_init_flag": stage == 3, "zero3_save_16bit_model": stage == 3,
             "deepspeed_multinode_launcher": "standard"}
     else:
@@ -77,20 +79,20 @@ class LaunchPlan:
             f"### {Path(self.command[self.command.index('--config_file') + 1]).name}:", yaml.safe_dump(self.accelerate_config, sort_keys=False).rstrip(), ""])
 
 
-def slurm_parameters(res: dict, launch: dict, job_name: str) -> dict:
+def slurm_parameters(res: dict, launch: Launch, job_name: str) -> dict:
     """The sweep's SLURM resources, with the node geometry of ``engine.launch``: one task per node."""
     from .executors import slurm_parameters as base
 
-    s, gpus = res["slurm"], launch["gpus_per_node"]
-    if launch.get("device") == "cpu":
+    s, gpus = res["slurm"], launch.gpus_per_node
+    if launch.device == "cpu":
         geometry = dict(cpus_per_task=gpus)
     else:
         geometry = dict(cpus_per_task=max(s["cpus_per_task"], 8 * gpus), mem="0", gpus_per_node=gpus)
-    return base(res, job_name, time=max(s["timeout_min"], launch.get("timeout_min") or 0), nodes=launch["nodes"],
+    return base(res, job_name, time=max(s["timeout_min"], launch.timeout_min), nodes=launch.nodes,
                 ntasks_per_node=1, **geometry)
 
 
-def multi_gpu_executor(folder: Path, res: dict, launch: dict, job_name: str, print_only: bool = False):
+def multi_gpu_executor(folder: Path, res: dict, launch: Launch, job_name: str, print_only: bool = False):
     from .executors import slurm_executor
 
     executor = slurm_executor(Path(folder) / "%j", res["slurm"]["max_num_timeout"], print_only=print_only)

@@ -40,17 +40,15 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, available, compose_many, resolve
-from methods import list_methods
 from harness.store import FINISHED, read_manifest, runs_dir, sweep_dir
+from methods import list_methods
+
+from .axes import GRID_KEYS, cross_axes, split_overrides, sweep_values  # noqa: F401 - the command line's axes
+from .errors import SweepError  # noqa: F401 - raised here, imported from here by the callers
 
 SPEC_DIR = Path(__file__).parent / "specs"
-GRID_KEYS = ("setting", "seed", "method")
 SPEC_KEYS = {"name", "kind", "feeds", "description", "settings", "seeds", "methods", "variants", "overrides",
              "resources", "setting", "method", "space", "sampler", "pruner", "direction", "collapse_score"}
-
-
-class SweepError(ValueError):
-    """A sweep or search spec (or its command-line overrides) is invalid; raised before any run starts."""
 
 
 KINDS = ("grid", "tuning", "search")
@@ -143,49 +141,6 @@ def load_raw(name_or_path: str) -> tuple[dict, Path]:
     return raw, path
 
 
-def split_overrides(overrides) -> tuple[dict, list[str], list[str]]:
-    """Command-line arguments → (grid axes, overrides, resource overrides ``slurm.*``/``local.*``).
-    The axes map ``setting``/``seed``/``method`` and every swept key (``k=a,b``, ``range()``,
-    ``choice()``) to their values; the overrides are the rest."""
-    axes, hydra_overrides, resources = {}, [], []
-    for item in overrides:
-        if "=" not in item:
-            raise SweepError(f"override {item!r} must look like key=value")
-        key, value = item.split("=", 1)
-        if key.split(".")[0] in ("slurm", "local"):
-            resources.append(item)
-            continue
-        if key in GRID_KEYS and not value.startswith(("range(", "choice(")):  # a list, globs allowed
-            axes[key] = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-            continue
-        values = sweep_values(item)
-        if key in GRID_KEYS:
-            axes[key] = values
-        elif values is not None:
-            axes[key.lstrip("+")] = values
-        else:
-            hydra_overrides.append(item)
-    return axes, hydra_overrides, resources
-
-
-def sweep_values(item: str) -> list[str] | None:
-    """The values of a swept override (``k=a,b``, ``k=range(0,4)``, ``k=choice(x,y)``, Hydra's grammar),
-    else None."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_override(item)
-        if not parsed.is_sweep_override():
-            return None
-        values = list(parsed.sweep_string_iterator())
-    except (HydraException, ValueError, TypeError) as err:
-        raise SweepError(f"override {item!r}: {err}") from None
-    if not values:
-        raise SweepError(f"override {item!r} sweeps no value")
-    return values
-
-
 def _as_list(raw: dict, key: str, where: str) -> list:
     value = raw.get(key)
     if value is None:
@@ -253,7 +208,7 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
             raise SweepError(f"{where}: unknown method {v.method!r} (variant {v.label!r}); "
                              f"allowed: {', '.join(methods_known)}")
     if axes.get("method"):
-        variants = _method_axis(variants, axes["method"], methods_known, where)
+        variants = method_axis(variants, axes["method"], methods_known, where)
     params = {row["name"]: {p["name"] for p in row["params"]} for row in list_methods()}
     variants, notes = cross_axes(variants, {k: v for k, v in axes.items() if k not in GRID_KEYS}, params)
     kind = str(raw.get("kind", "grid"))
@@ -270,7 +225,7 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
                      resources=raw.get("resources") or {}, raw=raw, kind=kind, notes=notes)
 
 
-def _method_axis(variants: list[Variant], wanted: list[str], known: list[str], where: str) -> list[Variant]:
+def method_axis(variants: list[Variant], wanted: list[str], known: list[str], where: str) -> list[Variant]:
     """``method=a,b`` on the command line: for each name the spec's variants of that method (or the
     variant with that label), else the method at its defaults; nothing asked for is dropped."""
     out = []
@@ -282,25 +237,6 @@ def _method_axis(variants: list[Variant], wanted: list[str], known: list[str], w
                              f"{', '.join(labels)}; methods: {', '.join(known)}")
         out += [v for v in (mine or [Variant(name, name)]) if v not in out]
     return out
-
-
-def cross_axes(variants: list[Variant], axes: dict, method_params: dict) -> tuple[list[Variant], list[str]]:
-    """Each variant once per combination of the command line's other axes (``method.delta=0.1,0.2``),
-    the values in its label. A ``method.*`` axis applies to the variants whose method has that
-    parameter; the others run once (returned notes say which)."""
-    out, notes = list(variants), []
-    for key, values in axes.items():
-        grown = []
-        for v in out:
-            param = key.split(".", 1)[1] if key.startswith("method.") else None
-            if param is not None and param not in method_params[v.method]:
-                notes.append(f"{key}: {v.method} has no parameter {param!r}; {v.label} runs once")
-                grown.append(v)
-                continue
-            grown += [Variant(f"{v.label} {key}={value}", v.method, [*v.overrides, f"{key}={value}"], v.tuned, v.arm)
-                      for value in values]
-        out = grown
-    return out, sorted(set(notes))
 
 
 def variant_overrides(body: dict, where: str) -> list[str]:

@@ -95,5 +95,6 @@ def test_local_executor_refuses_multi_gpu_cells(capsys):
 
 
 def test_ddp_config_without_deepspeed():
-    cfg = accelerate_config({"nodes": 1, "gpus_per_node": 8, "deepspeed_zero_stage": None})
+    from harness.runconfig import Launch
+    cfg = accelerate_config(Launch(nodes=1, gpus_per_node=8, deepspeed_zero_stage=None))
     assert cfg["distributed_type"] == "MULTI_GPU" and cfg["num_processes"] == 8 and "deepspeed_config" not in cfg
