@@ -177,9 +177,14 @@ def typed_groups(resolved: dict) -> dict:
     if engine_name not in rc.ENGINES:
         raise ConfigError(f"engine.name must be one of {list(rc.ENGINES)}, got {engine_name!r}")
     task_cls = get_task(resolved["task"].get("name"))
+    try:
+        task = build(task_cls.Config, resolved["task"], "task")
+    except ConfigError as err:
+        hint = (f" (is setting {resolved['setting'].get('name')!r} written for another task?)"
+                if "is not a config key" in str(err) else "")
+        raise ConfigError(f"{err}{hint}") from None
     groups = {"seed": _seed(resolved.get("seed")),
-              "engine": build(rc.ENGINES[engine_name], resolved["engine"], "engine"),
-              "task": build(task_cls.Config, resolved["task"], "task"),
+              "engine": build(rc.ENGINES[engine_name], resolved["engine"], "engine"), "task": task,
               "model": build(_model_class(engine_name, resolved["model"]), resolved["model"], "model"),
               **{name: build(cls, resolved.get(name), name) for name, cls in
                  (("warmup", rc.Warmup), ("rl", rc.RL), ("eval", rc.Eval), ("collapse", rc.Collapse),

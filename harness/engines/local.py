@@ -60,7 +60,8 @@ def train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
 
     start = _resume(spec, store, model, optimizer, lagged)
     record = RunRecord(spec, store)
-    record.begin(start, warmup=warm_info_brief(warm_info), provenance=provenance(), splits=task.splits)
+    record.begin(start, warmup=warm_info_brief(warm_info), provenance=provenance(), splits=task.splits,
+                 rollout_top_k=top_k)  # μ's top-K recorded per token: method.top_k is capped at it
     if start == 0:
         t0 = time.perf_counter()
         row = {"step": 0, **evaluate(model, tokenizer, task, spec, 0)}
@@ -127,7 +128,7 @@ def train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
     if bar is not None:
         bar.close()
 
-    status = record.finish(warmup=warm_info_brief(warm_info), splits=task.splits,
+    status = record.finish(warmup=warm_info_brief(warm_info), splits=task.splits, rollout_top_k=top_k,
                            held_out=_held_out(spec, task, store, record, model, tokenizer))
     store.remove_checkpoint()
     store.remove_best_weights()
