@@ -94,7 +94,7 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
     damage = store.damage(status, rows)
     if damage:  # a finished run whose records were cut: reported, never scored as if whole
         score = {**cell_row(None, [], cell["t_stop"]), "verdict": "damaged", "state": "damaged",
-                 "reason": f"{damage}; delete the run folder and rerun the cell"}
+                 "reason": f"{damage}; rerun the sweep with --repair (it moves the folder aside and retrains the cell)"}
     else:
         score = cell_row(status, rows, cell["t_stop"])
         busy = store.in_use()

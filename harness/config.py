@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from methods import MethodConfigError, get_method, list_methods, method_names
 
 from . import runconfig as rc
-from .schema import ConfigError, as_dict, build, id_view
+from .schema import ConfigError, as_dict, build, foreign_knobs, id_view
 from .store import config_hash
-from .tasks import get_task, load_reward, task_classes
+from .tasks import LocalTask, get_task, load_reward, task_classes
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 NON_SEMANTIC = ("logging", "run_dir", "results_root", "hydra")  # what a run computes does not depend on them
@@ -74,8 +74,31 @@ def compose_many(override_lists) -> list[DictConfig]:
 
     register_configs()
     extra = [f"hydra.searchpath=[{','.join(f'file://{p.resolve()}' for p in user_config_dirs())}]"] if user_config_dirs() else []
+    out = []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return [hydra_compose("config", overrides=hydra_overrides(o) + extra) for o in override_lists]
+        for overrides in override_lists:
+            merged, replaced = _mappings_replace(list(overrides))
+            cfg = hydra_compose("config", overrides=hydra_overrides(merged) + extra)
+            for key, value in replaced:  # a mapping given on the command line is the whole mapping
+                OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+            out.append(cfg)
+    return out
+
+
+def _mappings_replace(overrides: list[str]) -> tuple[list[str], list[tuple[str, dict]]]:
+    """``key={...}`` overrides apart: Hydra would merge them into the composed mapping (so
+    ``task.val={dev: d.jsonl}`` would keep the setting's splits too); they replace it instead."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    kept, replaced = [], []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if "." in key and key == key.lstrip("+~") and value.strip().startswith("{"):
+            parsed = OverridesParser.create().parse_override(item).value()
+            replaced.append((key, dict(parsed)))
+        else:
+            kept.append(item)
+    return kept, replaced
 
 
 def user_config_dirs() -> list[Path]:
@@ -193,7 +216,7 @@ def typed_groups(resolved: dict) -> dict:
         load_reward(groups["task"].reward)
     if engine_name not in task_cls.engines:
         raise ConfigError(f"task {task_cls.name} runs on engine {' or '.join(task_cls.engines)}, not engine={engine_name}")
-    _cross_checks(groups, engine_name)
+    _cross_checks(groups, engine_name, procedural=issubclass(task_cls, LocalTask))
     return groups
 
 
@@ -215,22 +238,23 @@ def _model_class(engine: str, model: dict):
     return rc.LM_SOURCES[source]
 
 
-def _cross_checks(g: dict, engine: str) -> None:
+def _cross_checks(g: dict, engine: str, procedural: bool) -> None:
     setting, rl, model = g["setting"], g["rl"], g["model"]
     if setting.steps < setting.t_stop:
         raise ConfigError(f"setting.steps ({setting.steps}) must be >= setting.t_stop ({setting.t_stop})")
     if isinstance(model, (rc.ModelSize, rc.TinyLM)) and (model.hidden % (2 * model.heads) or model.heads % model.kv_heads):
         raise ConfigError(f"model.hidden ({model.hidden}) must be a multiple of 2·model.heads ({2 * model.heads}: an "
                           f"even rotary head dimension), and model.heads a multiple of model.kv_heads ({model.kv_heads})")
-    if engine == "local":
-        for key in ("minibatch_prompts", "max_response_tokens"):
-            if getattr(rl, key) is not None:
-                raise ConfigError(f"rl.{key} is read by engine=trl only (the local engine cuts rl.prompts_per_iter into "
-                                  f"rl.updates_per_iter minibatches; its task sets the longest response)")
+    foreign = foreign_knobs(rl, engine, "rl") + foreign_knobs(g["eval"], engine, "eval")
+    if foreign:
+        raise ConfigError(f"{foreign[0].split(' ')[0]} is read by engine=trl only, not engine={engine} (the local engine cuts "
+                          "rl.prompts_per_iter into rl.updates_per_iter minibatches, samples at temperature 1, and its "
+                          "task sets the longest response)")
+    if procedural:
         if g["eval"].problems_per_split is None:
-            raise ConfigError("eval.problems_per_split must be an integer >= 1 with the local engine, got None")
-        return
-    _check_trl(g)
+            raise ConfigError("eval.problems_per_split must be an integer >= 1 for a procedural task, got None")
+    if engine == "trl":
+        _check_trl(g)
 
 
 def _check_trl(g: dict) -> None:
@@ -273,7 +297,8 @@ def _method(node) -> tuple[str, dict]:
 
 # --- the run id --------------------------------------------------------------------------------
 def _id_dict(groups: dict, method_node: dict, name: str, params: dict) -> dict:
-    out = {"seed": groups["seed"], **{k: id_view(v) for k, v in groups.items() if k not in ("seed", "logging")}}
+    engine = groups["engine"].name
+    out = {"seed": groups["seed"], **{k: id_view(v, engine) for k, v in groups.items() if k not in ("seed", "logging")}}
     out["task"] = {"name": groups["task"].name, **out["task"]}  # a task's name is in every id, whatever its Config says
     out["method"] = method_id_view(name, method_node, params)
     return out
@@ -285,11 +310,9 @@ def method_id_view(name: str, node: dict, params: dict) -> dict:
     named = set(_method_file_keys(name))
     defaults = _registered_defaults(name)
     out = {"name": name}
-    for key, value in params.items():
-        if key in named:
-            out[key] = node.get(key, value)
-        elif value != defaults.get(key):
-            out[key] = node.get(key, value)
+    for key, value in params.items():  # typed values: method.delta=1 and =1.0 are one run
+        if key in named or value != defaults.get(key):
+            out[key] = value
     return out
 
 

@@ -35,10 +35,10 @@ def finished(spec: RunSpec, store: RunStore) -> Optional[dict]:
 
 def record_failure(spec: RunSpec, store: RunStore, err: BaseException) -> None:
     """A crash becomes the run's verdict (the caller re-raises)."""
-    rows = store.read_metrics()
+    rows, previous = store.read_metrics(), store.read_status() or {}
+    kept = {k: previous[k] for k in ("splits",) if k in previous}
     store.write_status(state="failed", reason=f"{type(err).__name__}: {err}", config_hash=spec.config_hash,
-                       step=rows[-1]["step"] if rows else 0,
-                       resumed_from=(store.read_status() or {}).get("resumed_from", []))
+                       step=rows[-1]["step"] if rows else 0, resumed_from=previous.get("resumed_from", []), **kept)
 
 
 def headline_collapse(headline: float, peak: float, rule) -> Optional[str]:
@@ -58,6 +58,7 @@ class RunRecord:
         self.resumed_from = list((store.read_status() or {}).get("resumed_from", []))
         self.rows: list[dict] = []
         self.peak, self.start = 0.0, 0
+        self.splits = None  # the task's split names, in every status write (analysis reads them there)
         self.verdict = {"state": "done", "reason": ""}
 
     def begin(self, start: int, **status) -> None:
@@ -68,12 +69,14 @@ class RunRecord:
             self.store.truncate_records(start)
         else:
             self.store.clear_records()
-        self.start = start
+        self.start, self.splits = start, status.get("splits")
         self.rows = self.store.read_metrics() if start else []  # (another rank may be clearing the file)
         self.peak = max([r["headline"] for r in self.rows if "headline" in r], default=0.0)
         self.running(start, **status)
 
     def running(self, step: int, **status) -> None:
+        if self.splits is not None:
+            status.setdefault("splits", self.splits)
         self.store.write_status(state="running", step=step, config_hash=self.spec.config_hash,
                                 resumed_from=self.resumed_from, **status)
 
@@ -110,11 +113,11 @@ class RunRecord:
         return status
 
 
-def held_out_of_row(row: Optional[dict]) -> Optional[dict]:
-    """The held-out score of an eval row that carries its test splits (``test_*``), else None."""
+def held_out_of_row(row: Optional[dict], test_splits) -> Optional[dict]:
+    """The held-out score of an eval row that carries the task's test splits, else None."""
     if not row or row.get("test_headline") is None:
         return None
-    return {"step": row["step"], **{k: v for k, v in row.items() if k.startswith("test_")}}
+    return {"step": row["step"], **{k: row[k] for k in (*test_splits, "test_headline") if k in row}}
 
 
 def summary_line(status: dict) -> str:

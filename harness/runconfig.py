@@ -50,12 +50,12 @@ class RL:
                                in_every_id=True)
     aggregation: Aggregation = knob("seq-mean-token-sum-norm", "how token losses become one scalar "
                                     "(docs/methods.md); every method reads it", in_every_id=True)
-    temperature: float = knob(1.0, "rollout sampling temperature (μ is the distribution sampled from)",
-                              finite(positive))
+    temperature: float = knob(1.0, "engine=trl: rollout sampling temperature (π is scored at it too); the local "
+                                   "engine samples at 1", finite(positive), engine="trl")
     minibatch_prompts: Optional[int] = knob(None, "engine=trl: prompts per optimiser step (prompts_per_iter = "
-                                            "minibatch_prompts × updates_per_iter)", at_least_one)
+                                            "minibatch_prompts × updates_per_iter)", at_least_one, engine="trl")
     max_response_tokens: Optional[int] = knob(None, "engine=trl: the longest response (the local engine's "
-                                              "comes from its task)", at_least_one)
+                                              "comes from its task)", at_least_one, engine="trl")
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,13 @@ class Eval:
     every: int = knob(10, "RL steps between validation passes", at_least_one, in_every_id=True)
     problems_per_split: Optional[int] = knob(28, "validation problems per split (engine=trl: null = all)",
                                              at_least_one, in_every_id=True)
-    test_problems_per_split: int = knob(112, "held-out test problems per split, scored once per run (local engine)",
-                                        at_least_one, in_every_id=True)
+    test_problems_per_split: int = knob(112, "held-out test problems per split, scored once per run (local engine; "
+                                        "engine=trl scores problems_per_split of each)", at_least_one, in_every_id=True)
     samples: int = knob(4, "Avg@k: samples per problem", at_least_one, in_every_id=True)
     temperature: float = knob(0.7, "evaluation sampling temperature", finite(positive), in_every_id=True)
     top_p: float = knob(0.95, "evaluation nucleus", probability, in_every_id=True)
     position_bins: int = knob(8, "response-position bins of the Fig. 2 diagnostics", at_least_one, in_every_id=True)
-    batch_size: int = knob(64, "engine=trl: prompts per evaluation generate call", at_least_one)
+    batch_size: int = knob(64, "engine=trl: prompts per evaluation generate call", at_least_one, engine="trl")
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class TrlEngine:
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward", in_every_id=True)
     force_cpu: bool = knob(False, "train on CPU even where CUDA is available", in_every_id=True)
     fused_loss: bool = knob(True, "π's log-probs from the hidden states tile by tile (not with ZeRO-3)",
-                            in_every_id=True)
+                            omitted_at=False)
     launch: Launch = knob(Launch(), "multi-GPU launch", in_every_id=True)
     vllm: Vllm = knob(Vllm(), "vLLM generation", in_every_id=True)
 

@@ -29,11 +29,12 @@ class ConfigError(ValueError):
 _ALWAYS = object()  # marker: hashed at every value
 
 
-def knob(default, doc: str, check=None, *, in_every_id: bool = False, omitted_at=MISSING):
+def knob(default, doc: str, check=None, *, in_every_id: bool = False, omitted_at=MISSING, engine: str = ""):
     """A config field. ``check(value)`` returns what is allowed when ``value`` is out of range, else
     None. The run id leaves the key out at ``omitted_at`` (default: the default value); with
-    ``in_every_id`` it is hashed at every value."""
-    meta = {"doc": doc, "check": check,
+    ``in_every_id`` it is hashed at every value. A knob only ``engine`` reads is hashed at every value on
+    that engine (as in the first id scheme) and refused away from its default on the others."""
+    meta = {"doc": doc, "check": check, "engine": engine,
             "omitted_at": _ALWAYS if in_every_id else (default if omitted_at is MISSING else omitted_at)}
     if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: _copy(default), metadata=meta)
@@ -124,19 +125,31 @@ def _names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def id_view(obj) -> dict:
-    """What a run id hashes of a config group: every ``in_every_id`` knob, and any other knob away
-    from the value it is omitted at."""
+def id_view(obj, engine: str = "") -> dict:
+    """What a run id hashes of a config group on ``engine``: every ``in_every_id`` knob (and every knob
+    of that engine), and any other knob away from the value it is omitted at."""
     out = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         omitted_at = f.metadata.get("omitted_at", _ALWAYS)
+        if f.metadata.get("engine") and f.metadata["engine"] == engine:
+            omitted_at = _ALWAYS
         if dataclasses.is_dataclass(value):
-            sub = id_view(value)
-            if omitted_at is _ALWAYS or sub != id_view(type(value)()):
+            sub = id_view(value, engine)
+            if omitted_at is _ALWAYS or sub != id_view(type(value)(), engine):
                 out[f.name] = sub
         elif omitted_at is _ALWAYS or value != omitted_at:
             out[f.name] = value
+    return out
+
+
+def foreign_knobs(obj, engine: str, where: str) -> list[str]:
+    """The knobs of ``obj`` set away from their default that another engine than ``engine`` reads."""
+    out = []
+    for f in dataclasses.fields(obj):
+        owner = f.metadata.get("engine")
+        if owner and owner != engine and getattr(obj, f.name) != getattr(type(obj)(), f.name):
+            out.append(f"{where}.{f.name} (read by engine={owner})")
     return out
 
 

@@ -109,7 +109,7 @@ def run_folders(results_root) -> list[Path]:
     """Every run folder (one holding a config) under ``ROOT/runs`` or directly under ``ROOT``."""
     root = Path(results_root)
     configs = sorted(runs_dir(root).glob(f"*/{CONFIG}")) + sorted(root.glob(f"*/{CONFIG}"))
-    return [c.parent for c in configs]
+    return [c.parent for c in configs if ".damaged-" not in c.parent.name]  # (moved aside by trh sweep --repair)
 
 
 def atomic_write_text(path, text: str) -> None:

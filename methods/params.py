@@ -190,7 +190,8 @@ def _type_ok(value, hint) -> tuple[bool, str]:
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
-        return value in allowed, "one of " + ", ".join(repr(a) for a in allowed)
+        same_kind = [a for a in allowed if isinstance(a, bool) == isinstance(value, bool)]  # True == 1, but not listed
+        return value in same_kind, "one of " + ", ".join(repr(a) for a in allowed)
     if origin is typing.Union:
         options = typing.get_args(hint)
         descriptions = []
@@ -207,6 +208,10 @@ def _type_ok(value, hint) -> tuple[bool, str]:
         return False, " or ".join(descriptions)
     if hint is bool:
         return isinstance(value, bool), "a bool"
+    if hint is str:
+        return isinstance(value, str), "a string"
+    if hint is dict:
+        return isinstance(value, dict), "a mapping"
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool), "an int"
     if hint is float:

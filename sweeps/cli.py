@@ -80,12 +80,12 @@ def cmd_train(args) -> int:
     from harness.store import FINISHED, RunInUse
     from harness.train import run
 
-    from .spec import sweep_values
+    from .axes import GRID_KEYS, sweep_values
     try:
-        swept = [o for o in args.overrides if "=" in o and o.split("=", 1)[0] not in ("setting", "method", "seed")
-                 and sweep_values(o) is not None]
-        if swept or any(o.split("=", 1)[0] in ("setting", "method", "seed") and "," in o for o in args.overrides):
-            print(f"trh train: {(swept or args.overrides)[0]} sweeps several values; trh train runs one config — "
+        swept = [o for o in args.overrides if "=" in o and (o.split("=", 1)[0] in GRID_KEYS and "," in o
+                                                             or sweep_values(o) is not None)]
+        if swept:
+            print(f"trh train: {swept[0]} sweeps several values; trh train runs one config — "
                   "a grid is `trh sweep SPEC key=a,b` (or a spec file)", file=sys.stderr)
             return 2
         cfg = compose(args.overrides)

@@ -215,6 +215,10 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
     if kind not in KINDS:
         raise SweepError(f"{where}: kind must be one of {list(KINDS)}, got {kind!r}")
     if kind == "tuning":
+        extra = [k for k in axes if k not in GRID_KEYS]
+        if extra:
+            raise SweepError(f"{where}: a tuning sweep's configurations are its spec's variants; add {extra[0]} there, "
+                             "not as a command-line axis (its labels name the configurations later sweeps run)")
         _check_equal_budget(variants, where)
     if not settings or not variants or not seeds:
         raise SweepError(f"{where}: the grid is empty (settings={settings}, variants={[v.label for v in variants]}, "

@@ -168,7 +168,7 @@ def _rollout(spec: RunSpec, task, step: int, rollout_model, tokenizer, top_k: in
     gen = torch.Generator().manual_seed(derive_seed("rollout", spec.seed, step))
     prompts = encode_problems(tokenizer, task, problems).repeat_interleave(n, 0)
     roll = sample(sampler, prompts, task.max_response_tokens, tokenizer.eos_id, tokenizer.pad_id, gen,
-                  temperature=rl.temperature, record_top_k=top_k, logit_noise=mismatch.logit_noise, group=n, lean=True)
+                  record_top_k=top_k, logit_noise=mismatch.logit_noise, group=n, lean=True)
     if mismatch.bf16_rollout:
         rollout_model.float()
     rewards = rollout_rewards(tokenizer, task, [p for p in problems for _ in range(n)], roll).float()

@@ -204,7 +204,7 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     finally:
         task.close()
     status = run.record.finish(engine="trl", trl_recomputes_skipped=trainer.recomputes_skipped, splits=task.splits,
-                               held_out=held_out_of_row(run.record.best()))
+                               held_out=held_out_of_row(run.record.best(), task.test_splits))
     if run.accelerator_main:
         shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict
     return status

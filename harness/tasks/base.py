@@ -76,7 +76,7 @@ class Task:
 
     def reward(self, problem, response: str, finished: bool = True) -> float:
         """The reward of one response: 0 for a response cut at the length limit, else the task's
-        ``score`` or the user's ``task.reward``."""
+        ``score`` or the user's ``task.reward`` (engine=trl passes every completion as finished)."""
         if not finished:
             return 0.0
         if self._user_reward is None:

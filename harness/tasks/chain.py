@@ -1,19 +1,18 @@
-"""A running sum mod 10: the long-horizon procedural task, where an early mistake reaches the answer.
+"""A lagged running sum mod 10: the long-horizon procedural task, where an early mistake reaches the answer.
 
-Prompt: ``L`` digits, comma-separated, and ``=``; response, one two-token step per digit: the digit
-d_i copied, then the running sum s_i = (s_{i-1} + d_i) mod 10; then ``>``, the last sum, the end
-token::
+Prompt: ``k`` seed digits (``task.lag``) and ``=``; response: the next ``L`` digits (``task.length``)
+of s_i = (s_{i-1} + s_{i-k}) mod 10, then ``>`` and the last two, then the end token::
 
-    prompt 4,1,7,2=    response 44157224>4
+    k = 3, L = 7: prompt 407=    response 1189087>87    (1 = 7 + 4 mod 10, 1 = 1 + 0, 8 = 1 + 7, ...)
 
-The response is 2·L + 3 tokens (end token included), so ``task.length`` is the horizon knob. Every
-sum reads the sum before it, so one wrong sum makes every later sum wrong and, unless a later
-mistake cancels it, the answer (a wrong chain still ends on the right digit 1 time in 10). Why this
-layout: a prompt digit and its copy are always 2·L positions apart, and each sum needs only the two
-tokens before it — a small model learns the step from local, constant-offset lookups (like the
-addition scratchpad's), where a bare chain of sums gives it no signal from either input alone. The
-reward is 1 iff the response ended and the text after its last ``>`` is the right final sum; the
-steps are not checked (as with math answers). Splits are cut by a hash of the digit string.
+The response is L + 4 tokens (end token included), so ``task.length`` is the horizon knob. Every digit
+reads the digit before it and the digit k places back, so one wrong digit makes later digits wrong and,
+unless its effect cancels, the answer (a guess is right 1 time in 100). Each step needs only tokens at
+two fixed, short offsets whatever L is, so a small model learns it quickly at any horizon; a layout
+whose step needs a token L positions back (a prompt digit to add) did not warm up at L = 116 within
+330 steps. The reward is 1 iff the response ended and the text after its last ``>`` is the right last
+digit; the digits before it are not checked (as with math answers). Splits are cut by a hash of the
+seed (10^k seeds).
 """
 
 from __future__ import annotations
@@ -29,71 +28,72 @@ from .base import LocalTask, TaskConfig, register_task
 
 @dataclass(frozen=True)
 class ChainProblem:
-    digits: str
+    seed: str
 
     @property
     def prompt(self) -> str:
-        return ",".join(self.digits) + "="
+        return f"{self.seed}="
 
-    def sums(self) -> str:
-        total, out = 0, []
-        for d in self.digits:
-            total = (total + int(d)) % 10
-            out.append(str(total))
-        return "".join(out)
-
-    @property
-    def answer(self) -> str:
-        return self.sums()[-1]
+    def digits(self, length: int) -> str:
+        """The ``length`` digits after the seed."""
+        out = [int(d) for d in self.seed]
+        lag = len(self.seed)
+        for _ in range(length):
+            out.append((out[-1] + out[-lag]) % 10)
+        return "".join(map(str, out[lag:]))
 
 
 @dataclass(frozen=True)
 class ChainConfig(TaskConfig):
-    name: str = knob("chain", "running sum mod 10 (long horizon: an early mistake reaches the answer)",
+    name: str = knob("chain", "a lagged running sum mod 10 (long horizon: an early mistake reaches the answer)",
                      in_every_id=True)
-    length: int = knob(28, "L digits: the response is 2·L + 3 tokens, the horizon knob",
-                       lambda v: None if 4 <= v <= 2048 else "in [4, 2048]")
+    length: int = knob(56, "L digits to generate: the response is L + 4 tokens, the horizon knob",
+                       lambda v: None if 4 <= v <= 4096 else "in [4, 4096]")
+    lag: int = knob(8, "k: seed digits, and how far back each digit reads", lambda v: None if 2 <= v <= 16 else "in [2, 16]")
 
 
 def _key(p: ChainProblem) -> str:
-    return f"chain:{p.digits}"
+    return f"chain:{p.seed}"
 
 
 @register_task
 class Chain(LocalTask):
-    """The running-sum chain of ``task.length`` digits (module doc)."""
+    """The lagged running sum of ``task.length`` digits from ``task.lag`` seed digits (module doc)."""
 
     name = "chain"
     Config = ChainConfig
-    alphabet = "0123456789,=>"
+    alphabet = "0123456789=>"
     validation_splits, test_splits = procedural.VALIDATION, procedural.TEST
 
     @property
     def max_response_tokens(self) -> int:
-        return 2 * self.config.length + 3
+        return self.config.length + 4
 
     @property
     def max_positions(self) -> int:
-        return 1 + 2 * self.config.length + self.max_response_tokens + 8
+        return 1 + self.config.lag + 1 + self.max_response_tokens + 8
 
     def problems(self, split: str, count, seed: int = 0) -> list[ChainProblem]:
         if split == "train":
-            return _draw("train", count, self.config.length, seed)
-        return list(_fixed(split, count, self.config.length))
+            return _draw("train", count, self.config.lag, seed)
+        return list(_fixed(split, count, self.config.lag))
+
+    def answer(self, problem: ChainProblem) -> str:
+        return problem.digits(self.config.length)[-2:]
 
     def reference(self, problem: ChainProblem) -> str:
-        steps = "".join(d + s for d, s in zip(problem.digits, problem.sums()))
-        return f"{steps}>{problem.answer}"
+        digits = problem.digits(self.config.length)
+        return f"{digits}>{digits[-2:]}"
 
     def score(self, problem: ChainProblem, response: str) -> float:
-        return procedural.answer_reward(response, problem.answer)
+        return procedural.answer_reward(response, self.answer(problem))
 
 
-def _draw(split: str, count: int, length: int, seed: int) -> list[ChainProblem]:
-    make = lambda rng: ChainProblem("".join(rng.choice("0123456789") for _ in range(length)))  # noqa: E731
-    return procedural.draw(split, count, random.Random(f"chain:{split}:{length}:{seed}"), make, _key)
+def _draw(split: str, count: int, lag: int, seed: int) -> list[ChainProblem]:
+    make = lambda rng: ChainProblem("".join(rng.choice("0123456789") for _ in range(lag)))  # noqa: E731
+    return procedural.draw(split, count, random.Random(f"chain:{split}:{lag}:{seed}"), make, _key)
 
 
 @functools.lru_cache(maxsize=64)  # drawn by rejection (≈ 40 draws a problem) at every evaluation otherwise
-def _fixed(split: str, count: int, length: int) -> tuple:
-    return procedural.distinct(_draw(split, count * 4, length, seed=0), count, _key, f"{split} of length {length}")
+def _fixed(split: str, count: int, lag: int) -> tuple:
+    return procedural.distinct(_draw(split, count * 4, lag, seed=0), count, _key, f"{split} with lag {lag}")

@@ -190,3 +190,61 @@ def test_a_committed_cell_replays_from_its_config(tmp_path):
     if RunStore(folder).read_status()["provenance"]["cpu"] == cpu():
         assert replayed[1] == committed[1]
         assert {k: v for k, v in replayed[2].items() if k not in ("val_a", "val_b", "val_c", "headline")} == committed[2]
+
+
+def _pinned_configs():
+    """The settings × methods whose ids the code before the typed config gave (tests/harness/data/)."""
+    for setting in ["lm_tiny", "smollm2_smoke", "qwen3_1p7b", "qwen3_1p7b_base", "qwen3_8b_base", "qwen3_30b_a3b_base",
+                    "smoke", "base_s", "drift_s", "long_s", "post_s", "base_m", "stress", "smoke_bind"]:
+        for method in ["grpo", "cppo", "dppo", "trm_avg", "cispo", "minpro", "pg_is", "cppo_soft", "trm_max_avg"]:
+            trl = setting.startswith("qwen") or setting in ("lm_tiny", "smollm2_smoke")
+            for extra in ([], ["engine.fused_loss=false"]) if trl else (["engine.threads=1"],):
+                yield f"{setting}/{method}/{extra}", [f"setting={setting}", f"method={method}", *extra]
+
+
+def test_every_shipped_setting_keeps_the_ids_it_had_on_both_engines():
+    """Not only the committed cells: every shipped setting × method, engine=trl included, has the id the
+    untyped config gave it (recorded from that code), so runs in progress anywhere resume in place."""
+    pinned = json.loads((REPO / "tests" / "harness" / "data" / "ids_before_typed_config.json").read_text())
+    seen = 0
+    for key, overrides in _pinned_configs():
+        assert resolve(compose(overrides)).config_hash == pinned[key], key
+        seen += 1
+    assert seen == len(pinned) == 180
+
+
+def test_a_mapping_on_the_command_line_replaces_the_settings():
+    spec = resolve(compose(["setting=lm_tiny", "task.val={dev: fixture:fixture_aime24}", "task.test={}"]))
+    assert spec.task.val == {"dev": "fixture:fixture_aime24"} and spec.task.test == {}
+    grown = resolve(compose(["setting=lm_tiny", "task.val.dev=fixture:fixture_aime24"]))  # one key: added
+    assert list(grown.task.val) == ["aime24", "aime25", "aime26", "dev"]
+
+
+@pytest.mark.parametrize("override", ["rl.temperature=0.7", "eval.batch_size=8", "rl.max_response_tokens=64"])
+def test_a_knob_only_the_trl_engine_reads_is_refused_on_the_local_engine(override):
+    with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]} is read by engine=trl only, not engine=local"):
+        resolve(compose(["setting=smoke", override]))
+
+
+@pytest.mark.parametrize("override, match", [
+    ("task.train=[a.jsonl,b.jsonl]", r"task.train must be a string"),
+    ("engine.launch.deepspeed_zero_stage=true", r"deepspeed_zero_stage must be one of 0, 1, 2, 3 or None, got True"),
+    ("task=addition", r"is setting 'lm_tiny' written for another task"),
+])
+def test_trl_values_of_the_wrong_type_are_refused(override, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve(compose(["setting=lm_tiny", override]))
+
+
+def test_every_status_write_keeps_the_tasks_split_names(tmp_path):
+    from harness.lifecycle import RunRecord, record_failure
+
+    spec = resolve(compose(["setting=smoke", f"run_dir={tmp_path / 'run'}"]))
+    store = RunStore(spec.run_dir)
+    record = RunRecord(spec, store)
+    splits = {"validation": ["v"], "test": ["t"]}
+    record.begin(0, splits=splits)
+    record.running(3)
+    assert store.read_status()["splits"] == splits
+    record_failure(spec, store, RuntimeError("boom"))
+    assert store.read_status()["splits"] == splits and store.read_status()["state"] == "failed"

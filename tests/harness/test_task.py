@@ -82,15 +82,15 @@ def test_tokenizer_round_trip_and_alphabet_errors():
         tok.encode("1a")
 
 
-# --- the chain task (running sum mod 10): the long-horizon task -----------------------------------
+# --- the chain task (a lagged running sum mod 10): the long-horizon task -------------------------
 def test_chain_reference_answer_and_horizon():
     from harness.tasks import make_task
     from harness.tasks.chain import ChainConfig, ChainProblem
 
-    p = ChainProblem("4172")
-    assert p.prompt == "4,1,7,2=" and p.sums() == "4524" and p.answer == "4"
-    task = make_task(ChainConfig(length=116))
-    assert task.reference(p) == "44157224>4"
+    p = ChainProblem("407")
+    assert p.prompt == "407=" and p.digits(7) == "1189087"
+    assert make_task(ChainConfig(length=7, lag=3)).reference(p) == "1189087>87"
+    task = make_task(ChainConfig(length=231))
     assert task.max_response_tokens == 235 >= 4 * 58  # four times the embedded study's longest response
     (q,) = task.problems("train", 1, seed=3)
     ref = task.reference(q)
@@ -99,23 +99,23 @@ def test_chain_reference_answer_and_horizon():
 
 
 def test_an_early_chain_mistake_reaches_the_answer():
-    """Change one early running sum and carry the chain on correctly from it: every later sum is wrong
-    and so is the answer (the chain has no way back), unlike addition, where a step only feeds the next."""
+    """One wrong digit early in the chain, every later digit computed correctly from what is written:
+    the answer is wrong in nearly every case (unlike a step of addition, whose mistake stays local)."""
     from harness.tasks import make_task
     from harness.tasks.chain import ChainConfig
 
-    task = make_task(ChainConfig(length=40))
-    for q in task.problems("train", 20, seed=0):
-        sums = q.sums()
-        wrong_first = (int(sums[0]) + 1) % 10
-        chain, total = [str(wrong_first)], wrong_first
-        for d in q.digits[1:]:
-            total = (total + int(d)) % 10
-            chain.append(str(total))
-        assert all(a != b for a, b in zip(chain, sums))
-        steps = "".join(d + s for d, s in zip(q.digits, chain))
-        assert task.reward(q, steps + ">" + chain[-1]) == 0.0
+    task = make_task(ChainConfig(length=60))
+    wrong = 0
+    problems = task.problems("train", 200, seed=0)
+    for q in problems:
+        digits = [int(d) for d in q.seed + q.digits(60)]
+        digits[8 + 2] = (digits[8 + 2] + 1) % 10  # the third generated digit is off by one
+        for i in range(8 + 3, len(digits)):
+            digits[i] = (digits[i - 1] + digits[i - 8]) % 10
+        response = "".join(map(str, digits[8:]))
+        wrong += task.reward(q, f"{response}>{response[-2:]}") == 0.0
         assert task.reward(q, task.reference(q)) == 1.0
+    assert wrong >= 0.9 * len(problems)
 
 
 def test_chain_splits_are_disjoint_and_seeded():
@@ -123,12 +123,12 @@ def test_chain_splits_are_disjoint_and_seeded():
     from harness.tasks.chain import ChainConfig
 
     task = make_task(ChainConfig(length=12))
-    train = {p.digits for p in task.problems("train", 300, seed=0)}
-    assert train == {p.digits for p in task.problems("train", 300, seed=0)}
-    assert train != {p.digits for p in task.problems("train", 300, seed=1)}
-    held = {s: {p.digits for p in task.problems(s, 30)} for s in task.validation_splits + task.test_splits}
-    for split, digits in held.items():
-        assert len(digits) == 30 and not digits & train
-        assert all(not digits & other for name, other in held.items() if name != split)
+    train = {p.seed for p in task.problems("train", 300, seed=0)}
+    assert train == {p.seed for p in task.problems("train", 300, seed=0)}
+    assert train != {p.seed for p in task.problems("train", 300, seed=1)}
+    held = {s: {p.seed for p in task.problems(s, 30)} for s in task.validation_splits + task.test_splits}
+    for split, seeds in held.items():
+        assert len(seeds) == 30 and not seeds & train
+        assert all(not seeds & other for name, other in held.items() if name != split)
     with pytest.raises(ValueError, match="split must be"):
         task.problems("dev", 3)

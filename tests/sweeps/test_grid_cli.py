@@ -107,3 +107,8 @@ def test_collapsed_and_failed_cells_are_named_with_what_to_do(capsys):
     out = capsys.readouterr().out
     assert "collapsed at step 7: s/grpo/s0 (r0)" in out and "failed: s/cppo/s1 (r1): RuntimeError: boom" in out
     assert "dppo" not in out
+
+
+def test_a_tuning_sweep_takes_no_command_line_axis(tmp_path, capsys):
+    assert main(["sweep", "tune_drift", "rl.lr=1e-4,2e-4", "--status", "--results", str(tmp_path)]) == 2
+    assert "a tuning sweep's configurations are its spec's variants" in capsys.readouterr().err
