@@ -1,9 +1,13 @@
 """A lagged running sum mod 10: the long-horizon procedural task, where an early mistake reaches the answer.
 
-Prompt: ``k`` seed digits (``task.lag``) and ``=``; response: the next ``L`` digits (``task.length``)
-of s_i = (s_{i-1} + s_{i-k}) mod 10, then ``>`` and the last two, then the end token::
+Prompt: ``k`` seed digits (``task.lag``); response: the next ``L`` digits (``task.length``) of
+s_i = (s_{i-1} + s_{i-k}) mod 10, then ``>`` and the last two, then the end token::
 
-    k = 3, L = 7: prompt 407=    response 1189087>87    (1 = 7 + 4 mod 10, 1 = 1 + 0, 8 = 1 + 7, ...)
+    k = 3, L = 7: prompt 407    response 1189087>87    (1 = 7 + 4 mod 10, 1 = 1 + 0, 8 = 1 + 7, ...)
+
+No separator between the seed and the response: with one, the first k digits would read their inputs
+at other offsets than every later digit (a warm-up learned the rest and levelled off there, at a loss
+of ≈ k · ln 10 / L per token).
 
 The response is L + 4 tokens (end token included), so ``task.length`` is the horizon knob. Every digit
 reads the digit before it and the digit k places back, so one wrong digit makes later digits wrong and,
@@ -32,7 +36,7 @@ class ChainProblem:
 
     @property
     def prompt(self) -> str:
-        return f"{self.seed}="
+        return self.seed
 
     def digits(self, length: int) -> str:
         """The ``length`` digits after the seed."""
@@ -62,7 +66,7 @@ class Chain(LocalTask):
 
     name = "chain"
     Config = ChainConfig
-    alphabet = "0123456789=>"
+    alphabet = "0123456789>"
     validation_splits, test_splits = procedural.VALIDATION, procedural.TEST
 
     @property
@@ -71,7 +75,7 @@ class Chain(LocalTask):
 
     @property
     def max_positions(self) -> int:
-        return 1 + self.config.lag + 1 + self.max_response_tokens + 8
+        return 1 + self.config.lag + self.max_response_tokens + 8
 
     def problems(self, split: str, count, seed: int = 0) -> list[ChainProblem]:
         if split == "train":

@@ -88,7 +88,7 @@ def test_chain_reference_answer_and_horizon():
     from harness.tasks.chain import ChainConfig, ChainProblem
 
     p = ChainProblem("407")
-    assert p.prompt == "407=" and p.digits(7) == "1189087"
+    assert p.prompt == "407" and p.digits(7) == "1189087"
     assert make_task(ChainConfig(length=7, lag=3)).reference(p) == "1189087>87"
     task = make_task(ChainConfig(length=231))
     assert task.max_response_tokens == 235 >= 4 * 58  # four times the embedded study's longest response
