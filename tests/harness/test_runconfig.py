@@ -248,3 +248,9 @@ def test_every_status_write_keeps_the_tasks_split_names(tmp_path):
     assert store.read_status()["splits"] == splits
     record_failure(spec, store, RuntimeError("boom"))
     assert store.read_status()["splits"] == splits and store.read_status()["state"] == "failed"
+
+
+def test_every_shipped_setting_resolves():
+    from harness.config import available
+    for setting in available("setting"):
+        assert resolve(compose([f"setting={setting}"])).setting_name == setting
