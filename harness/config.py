@@ -9,6 +9,7 @@ is an error before any work starts, whether or not it was added with ``+``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,12 +317,14 @@ def method_id_view(name: str, node: dict, params: dict) -> dict:
     return out
 
 
-def _method_file_keys(name: str) -> list[str]:
+@functools.lru_cache(maxsize=None)  # read once per process: every cell's id needs it
+def _method_file_keys(name: str) -> tuple[str, ...]:
     path = CONFIG_DIR / "method" / f"{name}.yaml"
     keys = list((yaml.safe_load(path.read_text()) or {}).keys()) if path.exists() else []
-    return [k for k in keys if k != "name"] or ["aggregation"]
+    return tuple(k for k in keys if k != "name") or ("aggregation",)
 
 
+@functools.lru_cache(maxsize=None)  # the registry's defaults of one method, built once per process
 def _registered_defaults(name: str) -> dict:
     row = next(r for r in list_methods() if r["name"] == name)
     return {p["name"]: p["default"] for p in row["params"]}
