@@ -215,10 +215,25 @@ def typed_groups(resolved: dict) -> dict:
                   ("setting", rc.Setting), ("logging", rc.Logging))}}
     if groups["task"].reward:
         load_reward(groups["task"].reward)
+    if groups["warmup"].start_from is not None:
+        _check_start_from(task_cls, resolved["task"], groups["warmup"].start_from, engine_name)
     if engine_name not in task_cls.engines:
         raise ConfigError(f"task {task_cls.name} runs on engine {' or '.join(task_cls.engines)}, not engine={engine_name}")
     _cross_checks(groups, engine_name, procedural=issubclass(task_cls, LocalTask))
     return groups
+
+
+def _check_start_from(task_cls, task_node: dict, changes: dict, engine: str) -> None:
+    """``warmup.start_from`` changes keys of the run's own task, and only where a warm-up runs."""
+    if engine != "local":
+        raise ConfigError(f"warmup.start_from is read by engine=local only (engine={engine} has no warm-up)")
+    fixed = [k for k in ("name", "reward") if k in changes]
+    if fixed:
+        raise ConfigError(f"warmup.start_from.{fixed[0]} cannot be changed: the warm-up starts from a variant of the "
+                          f"run's own task (warmup.start_from sets other task keys, e.g. {{length: 231}})")
+    start = build(task_cls.Config, {**task_node, **changes}, "warmup.start_from")
+    if start == build(task_cls.Config, task_node, "task"):
+        raise ConfigError(f"warmup.start_from {changes} changes nothing: name task keys whose values differ from the run's")
 
 
 def _seed(seed) -> int:

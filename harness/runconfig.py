@@ -33,6 +33,9 @@ class Warmup:
                                   probability, in_every_id=True)
     shards: int = knob(2, "the batch's gradient in this many shards, one thread each, summed in order: the same "
                           "weights on any number of cores", at_least_one, omitted_at=1)
+    start_from: Optional[dict] = knob(None, "start from the warm-up of the run's task with these task keys "
+                                            "changed (e.g. {length: 231}), then train on the run's own task to the "
+                                            "target: a curriculum (local engine)")
 
 
 @dataclass(frozen=True)

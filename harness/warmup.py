@@ -14,6 +14,7 @@ them instead of spending the warm-up's minute; any other config is trained here 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -28,7 +29,7 @@ from methods.seeds import derive_seed
 from .locks import FileLock
 from .model import CharTokenizer, build_model
 from .rollout import response_logits, sample
-from .schema import id_view
+from .schema import as_dict, build, id_view
 from .store import atomic_torch_save, config_hash
 
 CODE_VERSION = 4  # bump when the warm-up procedure (or the sampler it probes with) changes
@@ -89,6 +90,17 @@ def _shard_gradient(model, params, prompts, ids, mask, tokens: int):
     logits = response_logits(model, prompts, ids)
     loss = torch.nn.functional.cross_entropy(logits[mask], ids[mask], reduction="sum") / tokens
     return loss.detach(), torch.autograd.grad(loss, params)
+
+
+def start_task(warmup_cfg, task):
+    """With ``warmup.start_from`` set, the warm-up config and task variant whose warm-up this one
+    starts from (the run's task with those keys changed); else None."""
+    if not warmup_cfg.start_from:
+        return None
+    from .tasks import make_task
+
+    variant = build(type(task.config), {**as_dict(task.config), **warmup_cfg.start_from}, "warmup.start_from")
+    return dataclasses.replace(warmup_cfg, start_from=None), make_task(variant)
 
 
 def warmup_key(model_cfg, warmup_cfg, task) -> str:
@@ -159,6 +171,11 @@ def _train_and_save(model_cfg, cfg, task, path, progress):
     tokenizer, key = CharTokenizer(task.alphabet), warmup_key(model_cfg, cfg, task)
     started = time.perf_counter()
     model = build_model(model_cfg, tokenizer.vocab_size, task.max_positions, seed=cfg.seed)
+    start, started_from = start_task(cfg, task), None
+    if start is not None:  # rotary positions: the weights fit any response length
+        start_state, start_info = warm_start(model_cfg, *start, progress=progress)
+        model.load_state_dict(start_state)
+        started_from = start_info["key"]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     probe = task.problems("train", cfg.probe_size, seed=derive_seed("warmup_probe", cfg.seed))
     accuracy, step, history = 0.0, 0, []
@@ -186,7 +203,7 @@ def _train_and_save(model_cfg, cfg, task, path, progress):
         bar.close()
     info = {"key": key, "steps": step, "sampled_accuracy": accuracy, "history": history,
             "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(), "shards": shards,
-            "reached_target": accuracy >= cfg.target_accuracy}
+            "reached_target": accuracy >= cfg.target_accuracy, **({"started_from": started_from} if started_from else {})}
     atomic_torch_save(path, {"state": model.state_dict(), "info": info})
     (path.with_suffix(".json")).write_text(json.dumps(info, indent=1))
     return model.state_dict(), info

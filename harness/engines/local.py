@@ -239,7 +239,7 @@ def _held_out(spec: RunSpec, task, store: RunStore, record: RunRecord, model, to
 
 
 def warm_info_brief(info: dict) -> dict:
-    return {k: info[k] for k in ("key", "steps", "sampled_accuracy")}
+    return {k: info[k] for k in ("key", "steps", "sampled_accuracy", "started_from") if k in info}
 
 
 def _topk_param(name, params, top_k):

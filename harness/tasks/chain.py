@@ -15,7 +15,7 @@ unless its effect cancels, the answer (a guess is right 1 time in 100). Each ste
 two fixed, short offsets whatever L is, so a small model learns it quickly at any horizon; a layout
 whose step needs a token L positions back (a prompt digit to add) did not warm up at L = 116 within
 330 steps. The reward is 1 iff the response ended and the text after its last ``>`` is the right last
-digit; the digits before it are not checked (as with math answers). Splits are cut by a hash of the
+two digits; the digits before it are not checked (as with math answers). Splits are cut by a hash of the
 seed (10^k seeds).
 """
 

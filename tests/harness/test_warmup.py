@@ -1,6 +1,8 @@
 """Shipped warm-ups: the embedded default's is shipped under its current key, loaded without training
 or caching, and is what the warm-up procedure trains."""
 
+import re
+
 import pytest
 import torch
 
@@ -62,3 +64,46 @@ def test_other_warm_ups_are_trained_and_cached():
     spec = resolve(compose(["setting=smoke"]))
     state, info = warmup.warm_start(spec.model, spec.warmup, make_task(spec.task))
     assert "source" not in info and (warmup.cache_dir() / f"{info['key']}.pt").exists()
+
+
+def _chain(*overrides):
+    spec = resolve(compose(["setting=chain_s", "model=tiny", "warmup.start_from=null", "task.length=6", "task.lag=3",
+                            "warmup.max_steps=2",
+                            "warmup.check_every=1", "warmup.probe_size=4", "warmup.batch_size=4", *overrides]))
+    return spec.model, spec.warmup, make_task(spec.task)
+
+
+def test_a_warm_up_can_start_from_the_warm_up_of_a_task_variant(monkeypatch):
+    """``warmup.start_from`` (a curriculum): the variant's warm-up (this warm-up config, the variant's
+    task) is what that variant's own runs use, trained and cached once; this warm-up starts from its
+    weights. With every gradient zeroed afterwards, the steps leave them exactly there."""
+    variant = _chain("task.length=10")
+    curriculum = _chain("warmup.start_from={length: 10}")
+    plain = _chain()
+    key = warmup.warmup_key(*curriculum)
+    assert len({key, warmup.warmup_key(*variant), warmup.warmup_key(*plain)}) == 3
+    variant_state, variant_info = warmup.warm_start(*variant)
+
+    def zero_gradient(model, params, *_):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        return torch.tensor(1.0)
+
+    monkeypatch.setattr(warmup, "_sharded_gradient", zero_gradient)
+    state, info = warmup.warm_start(*curriculum)
+    assert info["key"] == key and info["steps"] >= 1 and info["started_from"] == variant_info["key"]
+    assert all(torch.equal(state[k], variant_state[k]) for k in variant_state)
+    plain_state, _ = warmup.warm_start(*plain)  # from the initialisation, not the variant
+    assert not all(torch.equal(plain_state[k], variant_state[k]) for k in variant_state)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{lenght: 10}", "warmup.start_from.lenght is not a config key (did you mean warmup.start_from.length?)"),
+    ("{length: 2}", "warmup.start_from.length must be in [4, 4096], got 2"),
+    ("{name: addition}", "warmup.start_from.name cannot be changed"),
+    ("{length: 6}", "changes nothing"),
+    ("7", "warmup.start_from must be a mapping or None, got 7"),
+])
+def test_a_bad_start_from_is_one_line_naming_the_key(value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _chain(f"warmup.start_from={value}")
