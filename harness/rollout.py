@@ -8,6 +8,8 @@ are applied by the caller's choice of rollout model and ``logit_noise``; μ is w
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -92,6 +94,25 @@ class PreallocatedLayer(DynamicLayer):
             self._values = self._values[: self.rows].repeat_interleave(repeats, 0)
             self.rows *= repeats
             self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword_of(forward_owner: type) -> str:
+    params = inspect.signature(forward_owner.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise TypeError(f"{forward_owner.__name__}.forward takes neither 'cache' nor 'past_key_values': this "
+                    "transformers version's KV-cache API is not supported by the harness sampler")
+
+
+def with_cache(model, cache) -> dict:
+    """The keyword that hands ``cache`` to ``model``'s forward: ``cache`` in recent transformers,
+    ``past_key_values`` before (5.10.x, verl's pin). The wrong one is swallowed by ``**kwargs``, and the
+    model then decodes every token without the earlier ones — different samples, no error."""
+    while hasattr(model, "module") and not hasattr(type(model), "config_class"):  # DDP / accelerate wrappers
+        model = model.module
+    return {_cache_keyword_of(type(model)): cache}
 
 
 def preallocated_cache(capacity: int) -> Cache:
@@ -179,7 +200,7 @@ def sample(
         extra = {"attention_mask": prompt_mask.long(), "position_ids": positions(prompt_mask)}
     cache = preallocated_cache(prompt_ids.shape[1] + max_new_tokens) if preallocate else DynamicCache()
     heads = _group_heads(prompt_ids, prompt_mask, group)
-    out = model(input_ids=prompt_ids[heads], cache=cache, use_cache=True, logits_to_keep=1,
+    out = model(input_ids=prompt_ids[heads], **with_cache(model, cache), use_cache=True, logits_to_keep=1,
                 **{k: v[heads] for k, v in extra.items()})
     cache, logits = out.past_key_values, out.logits[:, -1]
     if group > 1:
@@ -229,7 +250,7 @@ def sample(
         if lean:
             logits = decode.decode_step(model, token, cache)
         else:
-            out = model(input_ids=token[:, None], cache=cache, use_cache=True, **extra)
+            out = model(input_ids=token[:, None], **with_cache(model, cache), use_cache=True, **extra)
             cache, logits = out.past_key_values, out.logits[:, -1]
     rollout = Rollout(prompt_ids=prompt_ids, response_ids=torch.stack(tokens, 1),
                       response_mask=torch.stack(alive, 1), finished=finished)
@@ -276,7 +297,7 @@ def shared_prefix_hidden(model, prompt_ids: torch.Tensor, response_ids: torch.Te
     if prompt_mask is not None:
         mask = prompt_mask[heads].long()
         extra = {"attention_mask": mask, "position_ids": positions(mask)}
-    out = decoder(input_ids=prompt_ids[heads], cache=DynamicCache(), use_cache=True, **extra)
+    out = decoder(input_ids=prompt_ids[heads], **with_cache(decoder, DynamicCache()), use_cache=True, **extra)
     cache, first = out.past_key_values, out.last_hidden_state[:, -1:]
     cache.batch_repeat_interleave(group)
     t = response_ids.shape[1]
@@ -285,6 +306,7 @@ def shared_prefix_hidden(model, prompt_ids: torch.Tensor, response_ids: torch.Te
         start = mask.sum(-1, keepdim=True)
         after = {"attention_mask": torch.cat([mask, mask.new_ones(n, t - 1)], 1),
                  "position_ids": start + torch.arange(t - 1, device=mask.device)}
-    rest = decoder(input_ids=response_ids[:, :-1], cache=cache, use_cache=True, **after).last_hidden_state
+    rest = decoder(input_ids=response_ids[:, :-1], **with_cache(decoder, cache), use_cache=True,
+                   **after).last_hidden_state
     return torch.cat([first.repeat_interleave(group, 0), rest], 1)
 

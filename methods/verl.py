@@ -4,27 +4,26 @@ verl (``verl/trainer/ppo/core_algos.py``) calls a registered policy loss with ke
 ``old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights``
 and expects ``(loss, metrics)``::
 
-    from verl.trainer.ppo.core_algos import register_policy_loss
-    from methods.verl import verl_policy_loss
-    loss = verl_policy_loss("cppo", divergence="binary_tv", delta=0.15, delta_b=0.05)
-    register_policy_loss("bypass_mode")(loss)   # see "Anchoring on μ" below
+    from methods.verl import register
+    register("cppo", divergence="binary_tv", delta=0.15, delta_b=0.05)   # as trh_cppo and bypass_mode
 
 Anchoring on μ. The registry's trust region is anchored on the rollout policy μ, so ``old_log_prob``
 must be the rollout engine's log-probs: verl's bypass mode
 (``algorithm.rollout_correction.bypass_mode=true``, ``actor_rollout_ref.rollout.calculate_log_probs=true``).
-In verl 0.9.1 bypass mode *overwrites* ``actor.policy_loss.loss_mode`` with ``"bypass_mode"``
-(``apply_bypass_mode``), so a loss registered as ``trh_cppo`` is silently replaced by verl's own
-PPO-clip/REINFORCE loss; registering the registry loss under the name ``"bypass_mode"`` is what
-keeps it. Set ``rollout_is`` and ``rollout_rs`` to null: they are verl's own corrections, which the
-registry loss would ignore (it refuses them). Without bypass mode, ``old_log_prob`` is a recomputed
-π_old and the trust region is anchored there instead.
+Which name verl then calls depends on the trainer: the default v1 trainer calls
+``actor_rollout_ref.actor.policy_loss.loss_mode`` (set it to ``trh_cppo``); the legacy trainer's bypass
+mode overwrites that key with ``"bypass_mode"``, so ``register`` registers the loss under that name
+too. ``methods.verl_config.check_config`` (``trh verl-check``) says, for a whole verl config, which
+loss verl will call. Keep ``rollout_is`` and ``rollout_rs`` null: they are verl's own corrections,
+which the registry loss would ignore (it refuses them where they reach it). Without bypass mode,
+``old_log_prob`` is a recomputed π_old and the trust region is anchored there instead.
 
 verl's clip names are accepted in verl's convention and mapped to the registry (``VERL_CLIP_NAMES``):
 ``clip_ratio``/``clip_ratio_low``/``clip_ratio_high`` are GRPO's ε (relative, as in the registry),
 CISPO's/MinPRO's *relative* weight bounds 1 − low and 1 + high (the registry's ``lower``/``cap`` are
 absolute), DPPO's divergence threshold δ (one value: low must equal high), and ``clip_ratio_c`` is
 DPPO's truncation cap. verl passes no top-K data to losses, so divergence methods need a
-sampled-token divergence (``binary_tv``/``binary_kl``, k2/k3 for TRM). No verl import.
+sampled-token divergence (``binary_tv``/``binary_kl``, k2/k3 for TRM). verl is imported only by ``register``.
 """
 
 from __future__ import annotations
@@ -160,6 +159,7 @@ def verl_policy_loss(name: str, **params):
         return loss, metrics
 
     policy_loss.__name__ = f"trh_{name}"
+    policy_loss.trh_method = name  # how methods.verl_config.check_config recognises a harness loss
     policy_loss.__doc__ = f"Registry method {name!r} ({params or 'defaults'}) in verl's policy-loss convention."
     assert tuple(inspect.signature(policy_loss).parameters) == VERL_SIGNATURE
     return policy_loss
@@ -167,14 +167,33 @@ def verl_policy_loss(name: str, **params):
 
 def _refuse_verl_corrections(name: str, config, rollout_is_weights) -> None:
     """verl's own off-policy corrections would be ignored by the registry loss: refuse them."""
-    if rollout_is_weights is not None:  # decoupled-mode IS weights multiply the token loss in verl
-        raise MethodConfigError(f"{name}: rollout_is_weights given; the registry anchors on μ itself — run verl "
-                                "in bypass mode (old_log_prob = rollout log-probs) without rollout IS weights")
+    if rollout_is_weights is not None:  # decoupled mode: verl computed IS weights from the algorithm's config
+        raise MethodConfigError(f"{name}: verl passed rollout_is_weights (algorithm.rollout_correction.rollout_is is "
+                                "set, without bypass mode); the registry anchors on μ itself — set "
+                                "algorithm.rollout_correction.bypass_mode=true and rollout_is=null")
     correction = _get(_get(config, "policy_loss"), "rollout_correction")
+    # the legacy trainer's bypass mode copies algorithm.rollout_correction here (bypass_mode true); the
+    # actor's own default (bypass_mode false, rollout_is "sequence") is read by nothing in the v1 trainer
+    if not _get(correction, "bypass_mode", False):
+        return
     active = [k for k in ("rollout_is", "rollout_rs") if _get(correction, k) is not None]
     if active:
         raise MethodConfigError(f"{name}: algorithm.rollout_correction.{'/'.join(active)} is set; in bypass mode "
                                 "the registry loss replaces verl's correction and would ignore it — set it to null")
+
+
+def register(name: str, *, legacy_bypass: bool = True, **params):
+    """Register registry method ``name`` with verl (must be installed) as ``trh_<name>`` — the name
+    ``actor_rollout_ref.actor.policy_loss.loss_mode`` selects in verl's default v1 trainer — and, with
+    ``legacy_bypass``, also as ``bypass_mode``, the name verl's legacy trainer calls in bypass mode.
+    Returns the loss. Call it in the module ``actor_rollout_ref.model.external_lib`` names."""
+    from verl.trainer.ppo.core_algos import register_policy_loss
+
+    loss = verl_policy_loss(name, **params)
+    register_policy_loss(f"trh_{name}")(loss)
+    if legacy_bypass:
+        register_policy_loss("bypass_mode")(loss)
+    return loss
 
 
 def _warn_if_config_disagrees(name: str, method, config) -> None:

@@ -283,6 +283,23 @@ def cmd_theory(args) -> int:
     return 0
 
 
+def cmd_verl_check(args) -> int:
+    """Which policy loss a verl config makes verl call, and whether it is anchored on μ."""
+    from methods.verl_config import check_config, load_config, verl_registry
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        registry = verl_registry(cfg)
+    except Exception as err:  # a missing or unreadable file, a bad override, an external_lib that fails to import
+        print(f"trh verl-check: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
+        return 2
+    check = check_config(cfg, registry)
+    print(check)
+    if registry is None:
+        print("(verl is not installed here: losses judged by name, trh_<method> being the harness's)")
+    return 0 if check.ok else 1
+
+
 def _add_listings(sub) -> None:
     """The commands that only list what is registered: methods, tasks, config keys."""
     methods = sub.add_parser("methods", help="list the registered trust-region methods and their parameters")
@@ -296,6 +313,12 @@ def _add_listings(sub) -> None:
     config.add_argument("group", nargs="*", help="only these groups (warmup, rl, eval, collapse, setting, engine, "
                                                  "model, logging)")
     config.set_defaults(func=cmd_config)
+    vc = sub.add_parser("verl-check", help="which policy loss a verl config makes verl call, anchored on μ or not",
+                        description="e.g. trh verl-check --config VERL_CONFIG.yaml; with verl installed, "
+                                    "trh verl-check key=value ... checks verl's own ppo_trainer with overrides")
+    vc.add_argument("--config", default=None, help="a verl config YAML (default: verl's ppo_trainer, if installed)")
+    vc.add_argument("overrides", nargs="*", help="verl config overrides key=value")
+    vc.set_defaults(func=cmd_verl_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
