@@ -193,6 +193,10 @@ def sample(
     the growing cache's tokens/s (``benchmarks/engine_throughput.py``; attention over strided views
     costs what the concatenation saved), so it is off by default.
     """
+    if record_top_k and top_p < 1.0:
+        raise ValueError(f"sample: top_p={top_p} with record_top_k={record_top_k}: a nucleus renormalises the "
+                         "distribution, so the recorded log-probs would not be μ = softmax(logits / temperature); "
+                         "sample training rollouts at top_p=1")
     n = prompt_ids.shape[0]
     device = prompt_ids.device
     extra = {}

@@ -62,6 +62,24 @@ IGNORED_TRL_OPTIONS = {
     "delta": (None, "two-sided clipping belongs to TRL's loss"),
 }
 
+# sampling options that make μ a truncated or reshaped softmax: the rollout's log-probs would then not be
+# the full softmax at the rollout temperature that every registry method's ratio divides by
+BIASED_SAMPLING_OPTIONS = {"top_p": 1.0, "top_k": 0, "min_p": None, "repetition_penalty": 1.0}
+_BIASED_SAMPLING_VALUES = {"top_k": (0, None, -1), "min_p": (None, 0.0), "top_p": (1.0, None),
+                           "repetition_penalty": (1.0, None), "presence_penalty": (0.0, None),
+                           "frequency_penalty": (0.0, None)}
+
+
+def biased_sampling_options(args) -> list[str]:
+    """The GRPOConfig options (and ``generation_kwargs`` keys, which reach vLLM and ``generate``) that
+    would sample from another distribution than μ = softmax(logits / temperature)."""
+    found = [f"{k}={getattr(args, k)!r}" for k in BIASED_SAMPLING_OPTIONS
+             if getattr(args, k, None) not in _BIASED_SAMPLING_VALUES[k]]
+    extra = getattr(args, "generation_kwargs", None) or {}
+    found += [f"generation_kwargs[{k!r}]={v!r}" for k, v in extra.items()
+              if k in _BIASED_SAMPLING_VALUES and v not in _BIASED_SAMPLING_VALUES[k]]
+    return found
+
 
 def _pad_rows(rows: list[torch.Tensor], length: int, fill) -> torch.Tensor:
     out = rows[0].new_full((len(rows), length) + tuple(rows[0].shape[1:]), fill)
@@ -105,6 +123,10 @@ def check_trl_options(args) -> None:
     if args.use_vllm and args.vllm_importance_sampling_correction:
         bad.append("vllm_importance_sampling_correction=True (must be False: the registry anchors on the "
                    "rollout's own log-probs, so there is no vLLM/trainer mismatch to correct)")
+    biased = biased_sampling_options(args)
+    if biased:
+        bad.append(f"{', '.join(biased)} (μ must be the full softmax at the rollout temperature: truncated or "
+                   "penalised sampling renormalises the rollout's log-probs, which biases every ratio π/μ)")
     if bad:
         raise ValueError("engine=trl replaces TRL's loss with the registry's; unsupported GRPOConfig option(s): "
                          + "; ".join(bad))

@@ -9,6 +9,8 @@ and the processes' accumulated gradients are averaged (what DDP does).
 
 from types import SimpleNamespace
 
+import re
+
 import pytest
 import torch
 from trl import GRPOTrainer
@@ -228,3 +230,33 @@ def test_moe_router_auxiliary_loss_is_kept(tmp_path):
     trainer.train()
     logs = [h for h in trainer.state.log_history if "aux_loss" in h]
     assert len(logs) == 2 and all(h["aux_loss"] > 0 for h in logs)
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"top_p": 0.8}, "top_p=0.8"), ({"top_k": 50}, "top_k=50"), ({"min_p": 0.05}, "min_p=0.05"),
+    ({"repetition_penalty": 1.1}, "repetition_penalty=1.1"),
+    ({"generation_kwargs": {"top_p": 0.9}}, "generation_kwargs['top_p']=0.9"),
+    ({"generation_kwargs": {"presence_penalty": 0.5}}, "generation_kwargs['presence_penalty']=0.5"),
+])
+def test_sampling_that_biases_mu_is_refused(options, named):
+    """μ must be the full softmax at the rollout temperature (TRL issue #6789 measured a mean ratio of
+    0.896 at top_p 0.8): truncated or penalised sampling is refused, on TRL's and vLLM's paths alike."""
+    from trl import GRPOConfig
+    args = GRPOConfig(output_dir="unused", use_cpu=True, vllm_importance_sampling_correction=False, **options)
+    with pytest.raises(ValueError, match=re.escape(named) + r".*full softmax at the rollout temperature"):
+        check_trl_options(args)
+    check_trl_options(GRPOConfig(output_dir="unused", use_cpu=True, generation_kwargs={"max_tokens": 8},
+                                 vllm_importance_sampling_correction=False))
+
+
+def test_the_sampler_refuses_a_nucleus_when_it_records_mu():
+    from harness.model import CharTokenizer, ModelSize, build_model
+    from harness.rollout import sample
+    from harness.tasks.addition import ALPHABET
+
+    tok = CharTokenizer(ALPHABET)
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    prompts = torch.tensor([[tok.bos_id] + tok.encode("1+2=")] * 2)
+    with pytest.raises(ValueError, match="top_p=0.9 with record_top_k=3"):
+        sample(model, prompts, 4, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), top_p=0.9, record_top_k=3)
+    sample(model, prompts, 4, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), top_p=0.9)  # evaluation
