@@ -30,8 +30,13 @@ from .logits import check_token_inputs
 DEFAULT_TILE = {"cpu": (2048, 512), "cuda": (4096, 8192)}
 
 
-def _tile_logits(h, weight, bias, v0, v1, temperature):
-    x = F.linear(h, weight[v0:v1], None if bias is None else bias[v0:v1]).float()
+def _tile_logits(h, weight, bias, v0, v1, temperature, dtype=None):
+    b = None if bias is None else bias[v0:v1]
+    if dtype is None:
+        x = F.linear(h, weight[v0:v1], b).float()
+    else:  # the product in ``dtype`` as autocast computes it, in forward and backward alike
+        with torch.autocast(h.device.type, enabled=False):
+            x = F.linear(h.to(dtype), weight[v0:v1].to(dtype), None if b is None else b.to(dtype)).float()
     return x / temperature if temperature != 1.0 else x
 
 
@@ -69,7 +74,7 @@ class _FusedSelectedLogProbs(torch.autograd.Function):
     """log softmax((hidden @ weightᵀ + bias) / temperature) at ``ids`` (and ``topk_ids``), tile by tile."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ids, valid, temperature, tiles, topk_ids, with_entropy):
+    def forward(ctx, hidden, weight, bias, ids, valid, temperature, tiles, topk_ids, with_entropy, dtype):
         flat = hidden.reshape(-1, hidden.shape[-1])
         n, vocab = flat.shape[0], weight.shape[0]
         token_chunk, vocab_chunk = tiles
@@ -89,7 +94,7 @@ class _FusedSelectedLogProbs(torch.autograd.Function):
                 row_picked = picked[rows]
                 row_top = None if topk is None else topk[rows]
                 for v0 in range(0, vocab, vocab_chunk):
-                    x = _tile_logits(h, weight, bias, v0, min(v0 + vocab_chunk, vocab), temperature)
+                    x = _tile_logits(h, weight, bias, v0, min(v0 + vocab_chunk, vocab), temperature, dtype)
                     new_peak = torch.maximum(peak, x.max(1).values)
                     rescale = (peak - new_peak).exp()
                     e = (x - new_peak[:, None]).exp_()
@@ -107,7 +112,7 @@ class _FusedSelectedLogProbs(torch.autograd.Function):
                 if with_entropy:
                     entropy[rows] = norm - moment / mass
         ctx.save_for_backward(hidden, weight, bias, ids, lse)
-        ctx.temperature, ctx.tiles = temperature, tiles
+        ctx.temperature, ctx.tiles, ctx.dtype = temperature, tiles, dtype
         logp = (picked.squeeze(1) - lse).reshape(lead)  # 0 at rows left out by ``valid``: both are 0 there
         ctx.mark_non_differentiable(*[t for t in (topk_out, entropy_out) if t is not None])  # one call: it replaces
         return logp, topk_out, entropy_out
@@ -130,7 +135,7 @@ class _FusedSelectedLogProbs(torch.autograd.Function):
             for v0 in range(0, vocab, vocab_chunk):
                 v1 = min(v0 + vocab_chunk, vocab)
                 # d logp / d x_v = (1[v = y] − softmax_v) / temperature, x the tile's logits
-                tile = _tile_logits(h, weight, bias, v0, v1, temperature).sub_(norm).exp_().mul_(-g[:, None])
+                tile = _tile_logits(h, weight, bias, v0, v1, temperature, ctx.dtype).sub_(norm).exp_().mul_(-g[:, None])
                 local = token_ids - v0
                 inside = (local >= 0) & (local < v1 - v0)
                 tile.scatter_add_(1, local.clamp(0, v1 - v0 - 1), torch.where(inside, g[:, None], 0.0))
@@ -147,7 +152,7 @@ class _FusedSelectedLogProbs(torch.autograd.Function):
                 grad_h[rows] = gh.to(grad_h.dtype)
         return (None if grad_h is None else grad_h.view(hidden.shape),
                 None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None, None)
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None, None, None)
 
 
 def policy_logprobs_from_hidden(
@@ -161,6 +166,7 @@ def policy_logprobs_from_hidden(
     temperature: float = 1.0,
     tiles: Optional[tuple[int, int]] = None,
     with_entropy: bool = False,
+    matmul_dtype: Optional[torch.dtype] = None,
 ):
     """π's log-probs from the final hidden states and the output layer, never forming ``[B, T, V]``.
 
@@ -171,7 +177,10 @@ def policy_logprobs_from_hidden(
     ``weight`` and ``bias``; ``topk_logp`` [B, T, K] at ``topk_ids`` (no gradient) or None — plus the
     entropy [B, T] (no gradient) when ``with_entropy``. With ``response_mask`` [B, T] only its
     positions are computed (the rest are 0: padding costs nothing). ``tiles`` = (tokens, vocabulary entries) per
-    tile (default: 2048 × 512 on CPU, 4096 × 8192 on GPU).
+    tile (default: 2048 × 512 on CPU, 4096 × 8192 on GPU). ``matmul_dtype``: the dtype of the output
+    layer's product (default: as the ambient autocast or the weight's dtype decide); under mixed
+    precision give the autocast dtype, so that π is computed as the forward that sampled μ computed it
+    (an on-policy ratio is then 1 up to that dtype's rounding, as on the logits path).
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
@@ -189,5 +198,5 @@ def policy_logprobs_from_hidden(
     valid = None if response_mask is None else response_mask.reshape(-1).bool()
     topk = None if topk_ids is None else topk_ids.reshape(-1, topk_ids.shape[-1]).long()
     logp, topk_logp, entropy = _FusedSelectedLogProbs.apply(hidden, weight, bias, ids, valid, float(temperature),
-                                                            tiles, topk, with_entropy)
+                                                            tiles, topk, with_entropy, matmul_dtype)
     return (logp, topk_logp, entropy) if with_entropy else (logp, topk_logp)

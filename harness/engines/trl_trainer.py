@@ -81,6 +81,14 @@ def biased_sampling_options(args) -> list[str]:
     return found
 
 
+def autocast_dtype(accelerator):
+    """The dtype accelerate's mixed precision runs the model's forward in (its output layer, so μ's
+    logits, included), or None without mixed precision. The fused loss's output-layer product runs
+    outside that forward, so it is told the dtype: else π would be fp32 against a bf16 μ, a fake
+    off-policy gap of the order of bf16's rounding."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(getattr(accelerator, "mixed_precision", "no")))
+
+
 def _pad_rows(rows: list[torch.Tensor], length: int, fill) -> torch.Tensor:
     out = rows[0].new_full((len(rows), length) + tuple(rows[0].shape[1:]), fill)
     for i, row in enumerate(rows):
@@ -292,7 +300,8 @@ def make_trainer_class():
                 self._check_output_layer(output, weight, bias)
                 logp, pi_topk = policy_logprobs_from_hidden(
                     output.hidden_states[-1][:, -(length + 1):-1], weight, completion_ids, topk_ids, bias=bias,
-                    temperature=self.rollout_temperature, response_mask=mask)
+                    temperature=self.rollout_temperature, response_mask=mask,
+                    matmul_dtype=autocast_dtype(self.accelerator))
             else:
                 logp, pi_topk = policy_logprobs_from_logits(output.logits[:, :-1], completion_ids, topk_ids,
                                                             temperature=self.rollout_temperature)
