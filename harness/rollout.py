@@ -33,6 +33,55 @@ class Rollout:
     rollout_topk_logp: Optional[torch.Tensor] = None  # [N, T, K]
 
 
+def kv_bytes_per_row(config, length: int, dtype: torch.dtype) -> int:
+    """The KV cache of one row of ``length`` positions: keys and values × layers × KV heads × head size."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * length * torch.tensor([], dtype=dtype).element_size()
+
+
+def chunk_rows(rows: int, group: int, row_bytes: int, budget_bytes: float) -> int:
+    """The most rows (whole groups of ``group``) whose KV cache fits ``budget_bytes`` (at least one group)."""
+    groups = max(1, int(budget_bytes // (row_bytes * group)))
+    return min(rows, groups * group)
+
+
+def sample_in_chunks(model, prompt_ids: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int,
+                     generator: torch.Generator, *, kv_budget_bytes: float, group: int = 1,
+                     prompt_mask: Optional[torch.Tensor] = None, gumbel: Optional[torch.Tensor] = None,
+                     **options) -> Rollout:
+    """``sample`` over chunks of rows whose KV cache (``kv_bytes_per_row``) fits ``kv_budget_bytes``,
+    concatenated. Row by row the same computation as one call: where the draw belongs to the row
+    (greedy, or ``gumbel`` noise) the same tokens bitwise, and log-probs equal up to the rounding of
+    a matrix product with fewer rows (≤ 1e-4 in the tests); with the generator's draws each chunk
+    draws its own, so the samples differ from one call's (not their distribution)."""
+    config = getattr(model, "config", None) or model.module.config
+    # the weights' dtype: under mixed precision the cache is in the (smaller) autocast dtype, so this errs safe
+    row_bytes = kv_bytes_per_row(config, prompt_ids.shape[1] + max_new_tokens, next(model.parameters()).dtype)
+    step = chunk_rows(prompt_ids.shape[0], group, row_bytes, kv_budget_bytes)
+    parts = [sample(model, prompt_ids[i:i + step], max_new_tokens, eos_id, pad_id, generator, group=group,
+                    prompt_mask=None if prompt_mask is None else prompt_mask[i:i + step],
+                    gumbel=None if gumbel is None else gumbel[i:i + step], **options)
+             for i in range(0, prompt_ids.shape[0], step)]
+    return parts[0] if len(parts) == 1 else _concatenate(parts, pad_id)
+
+
+def _concatenate(parts: list, pad_id: int) -> Rollout:
+    width = max(p.response_ids.shape[1] for p in parts)
+
+    def cat(name, fill):
+        tensors = [getattr(p, name) for p in parts]
+        if tensors[0] is None:
+            return None
+        padded = [torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=fill)
+                  for t in tensors]
+        return torch.cat(padded)
+
+    return Rollout(torch.cat([p.prompt_ids for p in parts]), cat("response_ids", pad_id), cat("response_mask", False),
+                   torch.cat([p.finished for p in parts]), cat("rollout_logp", 0.0), cat("rollout_topk_ids", 0),
+                   cat("rollout_topk_logp", 0.0))
+
+
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count real tokens only (left padding), as ``generate`` computes them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)

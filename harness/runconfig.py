@@ -150,6 +150,8 @@ class TrlEngine:
                             omitted_at=False)
     launch: Launch = knob(Launch(), "multi-GPU launch", in_every_id=True)
     vllm: Vllm = knob(Vllm(), "vLLM generation", in_every_id=True)
+    kv_cache_gb: float = knob(24.0, "the built-in sampler's KV-cache budget per process: a rollout batch is "
+                                    "generated in chunks of rows that fit it", finite(positive))
 
 
 ENGINES = {"local": LocalEngine, "trl": TrlEngine}

@@ -57,26 +57,46 @@ def evaluate(model, tok, task, splits: dict, ev, max_new: int, seed: int) -> dic
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    rank, world = _rank_and_world()
     row = {}
     for s, (name, problems) in enumerate(splits.items()):
         prompts = [encode_prompt(tok, task.messages(p)) for p in problems for _ in range(ev.samples)]
         row_problems = [p for p in problems for _ in range(ev.samples)]
-        texts = []
+        mine = {}  # this rank's chunks (chunk i on rank i mod world): each problem is sampled once in all
         for chunk_index, start in enumerate(range(0, len(prompts), ev.batch_size)):
-            chunk = prompts[start:start + ev.batch_size]
-            ids, mask = left_pad(chunk, tok.pad_token_id)
+            if chunk_index % world != rank:
+                continue
+            ids, mask = left_pad(prompts[start:start + ev.batch_size], tok.pad_token_id)
             gen = torch.Generator(device=device).manual_seed(derive_seed("trl_evaluation", seed, s, chunk_index))
             roll = sample(model, ids.to(device), max_new, tok.eos_token_id, tok.pad_token_id, gen,
                           temperature=ev.temperature, top_p=ev.top_p, prompt_mask=mask.to(device))
-            for i, n in enumerate(roll.response_mask.sum(1).tolist()):
-                texts.append(tok.decode(roll.response_ids[i, :n].tolist(), skip_special_tokens=True))
-        scores = task.rewards(row_problems, texts)
+            texts = [tok.decode(roll.response_ids[i, :n].tolist(), skip_special_tokens=True)
+                     for i, n in enumerate(roll.response_mask.sum(1).tolist())]
+            mine[chunk_index] = task.rewards(row_problems[start:start + ev.batch_size], texts)
+        scores = [x for part in sorted(_all_gather(mine, world).items()) for x in part[1]]
         row[name] = sum(scores) / len(scores)
     row["headline"] = sum(row[n] for n in val) / len(val)
     if test:
         row["test_headline"] = sum(row[n] for n in test) / len(test)
     model.train(was_training)
     return row
+
+
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(part: dict, world: int) -> dict:
+    """Every rank's ``{chunk index: scores}``, merged (the chunk seeds depend on the index only, so
+    the scores are the same on any number of ranks)."""
+    if world == 1:
+        return part
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}
 
 
 def _callback_class():
@@ -89,7 +109,7 @@ def _callback_class():
             self.run = run
 
         def on_train_begin(self, args, state, control, **kwargs):
-            if self.run.record.start == 0:  # step 0: the starting policy, evaluated by every rank (see LMRun.evaluate)
+            if self.run.record.start == 0:  # step 0: the starting policy, every rank taking part (see LMRun.evaluate)
                 self.run.record.record({"step": 0, **self.run.evaluate(0)})
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -153,8 +173,9 @@ class LMRun:
         return verdict
 
     def evaluate(self, step: int) -> dict:
-        """Every rank evaluates the full policy (under ZeRO-3 its parameters are gathered for the
-        duration, so the forwards need no collectives); only rank 0's row is written."""
+        """The ranks share the evaluation — each samples its chunks of every split with the full policy
+        (under ZeRO-3 its parameters are gathered for the duration, so the forwards need no
+        collectives) and the scores are gathered; only rank 0's row is written."""
         from trl.models import unwrap_model_for_generation
 
         t = self.trainer
@@ -189,7 +210,8 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     trainer = trainer_cls(model=run.model, processing_class=run.tok, reward_funcs=[TaskReward(task, train_problems)],
                           args=args, train_dataset=dataset, method=method, top_k=top_k,
                           rollout_temperature=spec.rl.temperature, rollout_seed=spec.seed,
-                          fused_loss=spec.engine.fused_loss, callbacks=[_callback_class()(run)])
+                          fused_loss=spec.engine.fused_loss, kv_cache_bytes=spec.engine.kv_cache_gb * 2**30,
+                          callbacks=[_callback_class()(run)])
     run.trainer = trainer
     run.accelerator_main = main and trainer.accelerator.is_main_process
     if not run.accelerator_main:

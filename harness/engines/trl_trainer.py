@@ -38,7 +38,7 @@ from methods import LossTotals, PolicyBatch, policy_logprobs_from_hidden, policy
 from methods.seeds import derive_seed
 
 from ..lm import encode_prompt
-from ..rollout import left_pad, output_layer, positions, sample
+from ..rollout import left_pad, output_layer, positions, sample_in_chunks
 
 PINNED_TRL = "1.16.0"
 # TRL internals the engine relies on; a test checks each exists with these parameters.
@@ -182,7 +182,7 @@ def make_trainer_class():
         """GRPOTrainer whose loss is ``method`` (a registry method) with μ from the rollout."""
 
         def __init__(self, *args, method, top_k: int, rollout_temperature: float = 1.0, rollout_seed: int = 0,
-                     fused_loss: bool = True, **kwargs):
+                     fused_loss: bool = True, kv_cache_bytes: float = 24 * 2**30, **kwargs):
             kwargs["rollout_func"] = registry_rollout
             trl_args = kwargs.get("args", args[2] if len(args) > 2 else None)  # (model, reward_funcs, args, ...)
             if trl_args is not None:
@@ -193,6 +193,7 @@ def make_trainer_class():
             self.rollout_temperature = rollout_temperature
             self.rollout_seed = rollout_seed
             self.fused_loss = fused_loss
+            self.kv_cache_bytes = kv_cache_bytes
             self._head_checked = False
             self.recomputes_skipped = 0      # "old log-prob" forwards TRL asked for and did not get
             self.last_ratio_deviation = None  # max |π/μ − 1| over the last minibatch's valid tokens
@@ -215,9 +216,10 @@ def make_trainer_class():
                                              gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model:
                 was_training = model.training
                 model.eval()
-                roll = sample(model, ids.to(device), self.max_completion_length, tok.eos_token_id, tok.pad_token_id,
-                              generator, temperature=self.rollout_temperature, record_top_k=self.top_k,
-                              prompt_mask=mask.to(device))
+                roll = sample_in_chunks(model, ids.to(device), self.max_completion_length, tok.eos_token_id,
+                                        tok.pad_token_id, generator, kv_budget_bytes=self.kv_cache_bytes,
+                                        temperature=self.rollout_temperature, record_top_k=self.top_k,
+                                        prompt_mask=mask.to(device))
                 model.train(was_training)
             lengths = roll.response_mask.sum(1).tolist()
             completion_ids = [roll.response_ids[i, :n].tolist() for i, n in enumerate(lengths)]

@@ -60,3 +60,47 @@ def test_the_keyword_follows_the_installed_forward_and_unwraps_wrappers():
 
     with pytest.raises(TypeError, match="neither 'cache' nor 'past_key_values'"):
         with_cache(Unknown(), None)
+
+
+def test_rows_per_chunk_follow_the_kv_budget_in_whole_groups():
+    from transformers import Qwen3Config
+
+    from harness.rollout import chunk_rows, kv_bytes_per_row
+
+    # Qwen3-8B at 16k tokens in bf16: 36 layers × 8 KV heads × 128 × 2 (K, V) × 2 bytes = 144 KiB a position
+    config = Qwen3Config(num_hidden_layers=36, num_key_value_heads=8, num_attention_heads=32, head_dim=128,
+                         hidden_size=4096)
+    row = kv_bytes_per_row(config, 16384, torch.bfloat16)
+    assert row == 36 * 8 * 128 * 2 * 2 * 16384
+    assert chunk_rows(64, 8, row, 24 * 2**30) == 8  # 10 rows fit 24 GiB: one group of 8
+    assert chunk_rows(64, 1, row, 24 * 2**30) == 10
+    assert chunk_rows(64, 16, row, 24 * 2**30) == 16  # never less than one group
+    assert chunk_rows(4, 1, 1, 1e12) == 4
+
+
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_chunked_generation_equals_one_call_where_the_draw_belongs_to_the_row(left_padded):
+    from harness.rollout import kv_bytes_per_row, left_pad, sample_in_chunks
+
+    tok = CharTokenizer(ALPHABET)
+    model = _context_dependent_model(tok)
+    texts = ["47+85=", "1+2=", "10+99=", "5+5=", "123+4=", "9+90="]
+    if left_padded:
+        prompts, mask = left_pad([[tok.bos_id] + tok.encode(t) for t in texts], tok.pad_id)
+    else:
+        prompts, mask = torch.tensor([[tok.bos_id] + tok.encode(t[:4]) for t in texts]), None
+    row = kv_bytes_per_row(model.config, prompts.shape[1] + 20, torch.float32)
+    noise = -torch.log(-torch.log(torch.rand(6, 20, tok.vocab_size, generator=torch.Generator().manual_seed(5))))
+    for options in ({"greedy": True}, {"gumbel": noise, "record_top_k": 3}):
+        one = sample(model, prompts, 20, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), prompt_mask=mask,
+                     **options)
+        chunked = sample_in_chunks(model, prompts, 20, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0),
+                                   kv_budget_bytes=2.5 * row, prompt_mask=mask, **options)  # 2 rows a chunk
+        width = one.response_ids.shape[1]
+        assert chunked.response_ids.shape[1] == width
+        for name in ("response_ids", "response_mask", "finished", "rollout_topk_ids"):
+            a, b = getattr(one, name), getattr(chunked, name)
+            assert (a is None and b is None) or torch.equal(a, b), name
+        for name in ("rollout_logp", "rollout_topk_logp"):  # a matrix product's rounding depends on its rows
+            a, b = getattr(one, name), getattr(chunked, name)
+            assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-5, atol=1e-4), name
