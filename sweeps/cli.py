@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 
 def _format_default(value) -> str:
@@ -130,6 +131,8 @@ def cmd_sweep(args) -> int:
         return 2
     if args.status:
         return _print_status(args)
+    if args.executor == "slurm":  # jobs run elsewhere, from another working directory: absolute run folders
+        args.results = str(Path(args.results).resolve())
     if args.dry_run:
         from .driver import dry_run
         if args.executor != "slurm":
@@ -225,6 +228,8 @@ def _print_sweep_summary(result) -> None:
 def cmd_search(args) -> int:
     from .search import search
 
+    if args.executor == "slurm":  # as for trh sweep: jobs run from another working directory
+        args.results = str(Path(args.results).resolve())
     try:
         result = search(args.name, args.trials, args.overrides, storage=args.storage, executor=args.executor,
                         workers=args.workers, results_root=args.results, progress=not args.no_progress)

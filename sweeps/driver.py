@@ -55,7 +55,8 @@ def dry_run(name: str, overrides=(), results_root="results", executor="slurm") -
 
     spec, cells, res, _ = prepare(name, overrides, results_root, "slurm")
     folder = submitit_dir(sweep_folder(results_root, spec.name))
-    out, shown = [f"# trh sweep {spec.name} --executor slurm --dry-run: {len(cells)} cell(s); nothing submitted"], set()
+    out, shown = [f"# trh sweep {spec.name} --executor slurm --dry-run: {len(cells)} cell(s); nothing submitted",
+                  *slurm_notes(res["slurm"])], set()
     for cell in cells:
         key = cell.config["setting"]["name"]
         out.append(f"- {cell.describe()}  →  {cell.run_dir}")
@@ -70,6 +71,26 @@ def dry_run(name: str, overrides=(), results_root="results", executor="slurm") -
             out.append(f"### {cell.describe()}: sbatch script (submitit array task; runs harness.train.run on the cell's "
                        f"config)\n{ex._make_submission_file_text(ex._submitit_command_str, 'dry-run').rstrip()}\n")
     return "\n".join(out)
+
+
+def slurm_notes(slurm: dict) -> list[str]:
+    """What a cluster user should look at before submitting: unset options, the environment setup."""
+    unset = [k for k in ("partition", "account", "qos") if not slurm.get(k)]
+    notes = []
+    if unset:
+        notes.append(f"# unset: {', '.join('slurm.' + k for k in unset)} — the cluster's defaults apply; many clusters "
+                     "need slurm.partition=... slurm.account=... (on the command line or in the spec's resources)")
+    if slurm.get("setup"):
+        notes.append("# setup, run before each job: " + " && ".join(slurm["setup"]))
+    else:
+        import sys
+
+        notes.append(f"# slurm.setup is empty: jobs run {sys.executable} as it is on this machine; on a cluster "
+                     "add e.g. slurm.setup='[\"module load cuda\", \"source /abs/path/venv/bin/activate\"]'")
+    env = {k: v for k, v in (slurm.get("env") or {}).items() if v is not None}
+    if env:
+        notes.append("# exported in each job: " + " ".join(f"{k}={v}" for k, v in env.items()))
+    return notes
 
 
 def default_workers(executor: str, res: dict) -> int:

@@ -4,6 +4,7 @@ as arrays) and ``debug`` (in-process, sequential; for tests and pdb). Resources 
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,8 +89,9 @@ def slurm_executor(folder: Path, max_num_timeout: int, print_only: bool = False)
 def slurm_parameters(res: dict, job_name: str, **overrides) -> dict:
     """submitit SlurmExecutor parameters from ``resources.slurm`` (``overrides`` win)."""
     s = res["slurm"]
+    exports = [f"export {k}={shlex.quote(str(v))}" for k, v in (s.get("env") or {}).items() if v is not None]
     params = dict(job_name=job_name, time=s["timeout_min"], cpus_per_task=s["cpus_per_task"], mem=f"{s['mem_gb']}G",
-                  setup=list(s["setup"]), additional_parameters=dict(s["additional"]))
+                  setup=exports + list(s["setup"]), additional_parameters=dict(s["additional"]))
     params.update({key: s[key] for key in ("partition", "account", "qos", "constraint") if s[key]})
     params.update(overrides)
     return params

@@ -24,6 +24,27 @@ def test_dry_run_prints_the_30b_launch_without_submitting(tmp_path, capsys):
     assert not any(tmp_path.rglob("*"))  # nothing written, nothing submitted
 
 
+def test_dry_run_says_what_a_cluster_user_must_set_and_uses_absolute_paths(tmp_path, capsys, monkeypatch):
+    """Run from a relative results root, as a user types it: every path in the jobs is absolute; unset
+    partition/account and an empty setup are named; the NCCL environment is exported in the script."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["sweep", "paper_main", "setting=qwen3_8b_base", "method=cppo", "seed=0", "--executor", "slurm",
+                 "--dry-run", "--results", "results"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "# unset: slurm.partition, slurm.account, slurm.qos" in out and "# slurm.setup is empty" in out
+    assert "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in out and "export NCCL_DEBUG=WARN" in out
+    root = str(tmp_path / "results")
+    launch = next(line for line in out.splitlines() if "accelerate.commands.launch" in line)
+    assert f"--config_file {root}/runs/" in launch and f"sweeps.launch {root}/runs/" in launch
+    assert f"→  {root}/runs/qwen3_8b_base-cppo-s0-" in out
+    main(["sweep", "paper_main", "setting=qwen3_8b_base", "method=cppo", "seed=0", "--executor", "slurm", "--dry-run",
+          "slurm.partition=gpu", "slurm.account=lab", "slurm.qos=normal", "slurm.setup=[\"source /opt/venv/bin/activate\"]"])
+    out = capsys.readouterr().out
+    assert "# unset" not in out and "# setup, run before each job: source /opt/venv/bin/activate" in out
+    assert "#SBATCH --partition=gpu" in out and "#SBATCH --account=lab" in out
+
+
 def test_dry_run_needs_no_slurm_tools(tmp_path, capsys, monkeypatch):
     """A laptop preparing jobs: srun/sbatch/scontrol are not on PATH, and --dry-run still prints both
     kinds of submission (a multi-node launch and a plain array task) without a traceback."""
