@@ -150,6 +150,11 @@ class TrlEngine:
                             omitted_at=False)
     launch: Launch = knob(Launch(), "multi-GPU launch", in_every_id=True)
     vllm: Vllm = knob(Vllm(), "vLLM generation", in_every_id=True)
+    checkpoint_dir: Optional[str] = knob(None, "folder for TRL's checkpoints while a run trains (e.g. shared "
+                                               "scratch; each run in a subfolder named as its run folder); null = "
+                                               "inside the run folder. Removed at the verdict")
+    keep_weights: bool = knob(True, "at the verdict, keep the final policy in Hugging Face format in the run "
+                                    "folder's policy/ (else no weights are kept)")
     kv_cache_gb: float = knob(24.0, "the built-in sampler's KV-cache budget per process: a rollout batch is "
                                     "generated in chunks of rows that fit it", finite(positive))
 

@@ -16,7 +16,8 @@ A run folder:
     RUN_DIR/checkpoint.pt     while running (model, optimizer, step); removed when the run ends
     RUN_DIR/best-<step>.pt    while running: the weights of each eval step that was the best so far
                               within [0, T_stop], for the held-out test score; removed when the run ends
-    RUN_DIR/trl_checkpoints/  engine=trl: TRL's checkpoints while running
+    RUN_DIR/trl_checkpoints/  engine=trl: TRL's checkpoints while running (or engine.checkpoint_dir/RUN_NAME/)
+    RUN_DIR/policy/           engine=trl: the final policy in Hugging Face format (engine.keep_weights)
     RUN_DIR/launch/           multi-GPU cells: the accelerate config and the cell's config for each node
 
 Every write of status and checkpoint is atomic (temp file + rename), so a kill never leaves a
@@ -232,6 +233,16 @@ class RunStore:
     @property
     def trl_checkpoint_dir(self) -> Path:
         return self.dir / "trl_checkpoints"
+
+    def trl_checkpoints_in(self, root: Optional[str]) -> Path:
+        """Where TRL's checkpoints go: ``trl_checkpoint_dir``, or a subfolder of ``root`` (e.g. shared
+        scratch) named as the run folder."""
+        return self.trl_checkpoint_dir if root is None else Path(root).expanduser().resolve() / self.dir.name
+
+    @property
+    def policy_dir(self) -> Path:
+        """engine=trl: the final policy in Hugging Face format, kept at the verdict (``engine.keep_weights``)."""
+        return self.dir / "policy"
 
     @property
     def launch_files(self) -> tuple[Path, Path]:

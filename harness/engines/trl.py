@@ -195,7 +195,7 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
         torch.set_num_threads(eng.threads)
     cuda = torch.cuda.is_available() and not eng.force_cpu
     run = LMRun(spec, RunRecord(spec, store))
-    output_dir = store.trl_checkpoint_dir
+    output_dir, policy_dir = store.trl_checkpoints_in(eng.checkpoint_dir), store.policy_dir
     args = grpo_args(spec, str(output_dir), cuda)  # first: under ZeRO-3 it makes from_pretrained partition weights
     run.model, run.tok = load_lm(spec.model, seed=spec.seed)
     task = run.task = make_task(spec.task)
@@ -223,6 +223,8 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
                      splits=task.splits)
     try:
         trainer.train(resume_from_checkpoint=last)  # step 0 is evaluated in on_train_begin
+        if eng.keep_weights:  # every rank: under ZeRO-3 the weights are gathered; the main process writes
+            trainer.save_model(str(policy_dir))
     finally:
         task.close()
     status = run.record.finish(engine="trl", trl_recomputes_skipped=trainer.recomputes_skipped, splits=task.splits,

@@ -173,6 +173,35 @@ def test_trl_run_through_the_config(tmp_path):
     assert all(r["updates"] == 2 and "mask_fraction" in r for r in rows[1:])
     assert not (folder / "trl_checkpoints").exists()
     assert run(cfg)["skipped"] is True  # a finished cell is never rerun
+    # the final policy is kept in Hugging Face format, and loads
+    from transformers import AutoModelForCausalLM
+    kept = AutoModelForCausalLM.from_pretrained(folder / "policy")
+    assert sum(p.numel() for p in kept.parameters()) > 0 and (folder / "policy" / "tokenizer_config.json").exists()
+
+
+def test_trl_checkpoints_can_live_elsewhere_and_weights_need_not_be_kept(tmp_path, monkeypatch):
+    """engine.checkpoint_dir (shared scratch): TRL writes its checkpoints under it, in a subfolder named as
+    the run folder, and they are removed at the verdict; engine.keep_weights=false keeps no policy."""
+    from harness.config import compose
+    from harness.engines import trl as lm_train
+    from harness.train import run
+
+    scratch, seen = tmp_path / "scratch", []
+    judge = lm_train.LMRun.judge
+
+    def watching(self, row):
+        seen.extend(p.relative_to(scratch) for p in scratch.glob("*/checkpoint-*"))
+        return judge(self, row)
+
+    monkeypatch.setattr(lm_train.LMRun, "judge", watching)
+    results = tmp_path / "results"
+    status = run(compose(["setting=lm_tiny", "method=grpo", f"results_root={results}", "logging=quiet",
+                          f"engine.checkpoint_dir={scratch}", "engine.keep_weights=false",
+                          "engine.checkpoint_every=2"]))
+    folder = next(results.iterdir())
+    assert status["state"] == "done" and seen and all(p.parts[0] == folder.name for p in seen)
+    assert not any(scratch.glob("*/checkpoint-*")) and not (folder / "trl_checkpoints").exists()
+    assert not (folder / "policy").exists()
 
 
 def test_mu_from_vllm_logprobs():
