@@ -54,7 +54,9 @@ VERL_CLIP_NAMES = {"grpo": "ε_low = clip_ratio_low, ε_high = clip_ratio_high",
 _CLIP_KEYS = ("clip_ratio", "clip_ratio_low", "clip_ratio_high", "clip_ratio_c")
 
 
-def _get(obj: Any, key: str, default=None):
+def config_get(obj: Any, key: str, default=None):
+    """``key`` of a verl config node — a dict, an OmegaConf node or verl dataclass (``.get``), or any
+    object (an attribute) — or ``default`` where it is absent."""
     if obj is None:
         return default
     if isinstance(obj, dict):
@@ -102,16 +104,16 @@ def totals_from_config(config, response_mask: torch.Tensor, loss_agg_mode: str) 
     loss_scale_factor) → per-rank denominators: data-parallel averaging then gives the global loss.
     As verl 0.9.1: local counts only on one rank (else an error), and a local response count leaves
     out responses with no valid token."""
-    info = _get(config, "global_batch_info") or {}
-    dp = _get(info, "dp_size", 1) or 1
-    tokens, sequences = _get(info, "batch_num_tokens"), _get(info, "global_batch_size")
+    info = config_get(config, "global_batch_info") or {}
+    dp = config_get(info, "dp_size", 1) or 1
+    tokens, sequences = config_get(info, "batch_num_tokens"), config_get(info, "global_batch_size")
     needed = _GLOBAL_COUNT.get(loss_agg_mode)
-    if dp > 1 and needed and _get(info, needed) is None:
+    if dp > 1 and needed and config_get(info, needed) is None:
         raise MethodConfigError(f"{loss_agg_mode} with dp_size={dp} needs the global {needed} in "
                                 "config.global_batch_info (local counts would weight ranks unequally)")
     if sequences is None:
         sequences = float((response_mask.sum(-1) > 0).sum())
-    horizon = _get(info, "loss_scale_factor") or response_mask.shape[-1]
+    horizon = config_get(info, "loss_scale_factor") or response_mask.shape[-1]
     return LossTotals(num_sequences=sequences / dp, num_tokens=None if tokens is None else tokens / dp,
                       horizon=int(horizon))
 
@@ -143,7 +145,7 @@ def verl_policy_loss(name: str, **params):
                                               **{**params, "aggregation": aggregation})
         scale = 1.0
         if loss_agg_mode == "token-sum":
-            totals, scale = LossTotals(num_tokens=1.0), _get(_get(config, "global_batch_info") or {}, "dp_size", 1) or 1
+            totals, scale = LossTotals(num_tokens=1.0), config_get(config_get(config, "global_batch_info") or {}, "dp_size", 1) or 1
         else:
             totals = totals_from_config(config, response_mask, loss_agg_mode)
         batch = PolicyBatch(logp=log_prob, rollout_logp=old_log_prob.detach(), advantages=advantages,
@@ -171,12 +173,12 @@ def _refuse_verl_corrections(name: str, config, rollout_is_weights) -> None:
         raise MethodConfigError(f"{name}: verl passed rollout_is_weights (algorithm.rollout_correction.rollout_is is "
                                 "set, without bypass mode); the registry anchors on μ itself — set "
                                 "algorithm.rollout_correction.bypass_mode=true and rollout_is=null")
-    correction = _get(_get(config, "policy_loss"), "rollout_correction")
+    correction = config_get(config_get(config, "policy_loss"), "rollout_correction")
     # the legacy trainer's bypass mode copies algorithm.rollout_correction here (bypass_mode true); the
     # actor's own default (bypass_mode false, rollout_is "sequence") is read by nothing in the v1 trainer
-    if not _get(correction, "bypass_mode", False):
+    if not config_get(correction, "bypass_mode", False):
         return
-    active = [k for k in ("rollout_is", "rollout_rs") if _get(correction, k) is not None]
+    active = [k for k in ("rollout_is", "rollout_rs") if config_get(correction, k) is not None]
     if active:
         raise MethodConfigError(f"{name}: algorithm.rollout_correction.{'/'.join(active)} is set; in bypass mode "
                                 "the registry loss replaces verl's correction and would ignore it — set it to null")
@@ -201,7 +203,7 @@ def _warn_if_config_disagrees(name: str, method, config) -> None:
     registered ones, say so (verl's values are not used; pass them to verl_policy_loss to use them)."""
     if name not in VERL_CLIP_NAMES or config is None:
         return
-    given = {k: _get(config, k) for k in ("clip_ratio", "clip_ratio_low", "clip_ratio_high")}
+    given = {k: config_get(config, k) for k in ("clip_ratio", "clip_ratio_low", "clip_ratio_high")}
     given = {k: v for k, v in given.items() if isinstance(v, (int, float))}
     if not given:
         return

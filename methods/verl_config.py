@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .verl import config_get
+
 ACTOR = "actor_rollout_ref.actor"
 CORRECTION = "algorithm.rollout_correction"
 
@@ -26,15 +28,7 @@ CORRECTION = "algorithm.rollout_correction"
 def _get(cfg: Any, dotted: str, default=None):
     node = cfg
     for key in dotted.split("."):
-        if node is None:
-            return default
-        if isinstance(node, dict) or hasattr(node, "get"):
-            try:
-                node = node.get(key, None)
-                continue
-            except TypeError:
-                pass
-        node = getattr(node, key, None)
+        node = config_get(node, key)
     return default if node is None else node
 
 

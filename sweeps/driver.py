@@ -83,8 +83,6 @@ def slurm_notes(slurm: dict) -> list[str]:
     if slurm.get("setup"):
         notes.append("# setup, run before each job: " + " && ".join(slurm["setup"]))
     else:
-        import sys
-
         notes.append(f"# slurm.setup is empty: jobs run {sys.executable} as it is on this machine; on a cluster "
                      "add e.g. slurm.setup='[\"module load cuda\", \"source /abs/path/venv/bin/activate\"]'")
     env = {k: v for k, v in (slurm.get("env") or {}).items() if v is not None}

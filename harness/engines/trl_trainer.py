@@ -62,22 +62,22 @@ IGNORED_TRL_OPTIONS = {
     "delta": (None, "two-sided clipping belongs to TRL's loss"),
 }
 
-# sampling options that make μ a truncated or reshaped softmax: the rollout's log-probs would then not be
-# the full softmax at the rollout temperature that every registry method's ratio divides by
-BIASED_SAMPLING_OPTIONS = {"top_p": 1.0, "top_k": 0, "min_p": None, "repetition_penalty": 1.0}
-_BIASED_SAMPLING_VALUES = {"top_k": (0, None, -1), "min_p": (None, 0.0), "top_p": (1.0, None),
-                           "repetition_penalty": (1.0, None), "presence_penalty": (0.0, None),
-                           "frequency_penalty": (0.0, None)}
+# sampling options that make μ a truncated or reshaped softmax, with the values that leave it the full
+# softmax at the rollout temperature (what every registry method's ratio divides by)
+UNBIASED_SAMPLING = {"top_p": (1.0, None), "top_k": (0, None, -1), "min_p": (None, 0.0),
+                     "repetition_penalty": (1.0, None), "presence_penalty": (0.0, None),
+                     "frequency_penalty": (0.0, None)}
+_GRPO_SAMPLING_OPTIONS = ("top_p", "top_k", "min_p", "repetition_penalty")  # GRPOConfig's; the rest: vLLM's
 
 
 def biased_sampling_options(args) -> list[str]:
     """The GRPOConfig options (and ``generation_kwargs`` keys, which reach vLLM and ``generate``) that
     would sample from another distribution than μ = softmax(logits / temperature)."""
-    found = [f"{k}={getattr(args, k)!r}" for k in BIASED_SAMPLING_OPTIONS
-             if getattr(args, k, None) not in _BIASED_SAMPLING_VALUES[k]]
+    found = [f"{k}={getattr(args, k)!r}" for k in _GRPO_SAMPLING_OPTIONS
+             if getattr(args, k, None) not in UNBIASED_SAMPLING[k]]
     extra = getattr(args, "generation_kwargs", None) or {}
     found += [f"generation_kwargs[{k!r}]={v!r}" for k, v in extra.items()
-              if k in _BIASED_SAMPLING_VALUES and v not in _BIASED_SAMPLING_VALUES[k]]
+              if k in UNBIASED_SAMPLING and v not in UNBIASED_SAMPLING[k]]
     return found
 
 
