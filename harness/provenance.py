@@ -1,5 +1,5 @@
 """Where a result came from: the code commit, whether tracked code differed from it, the versions of
-the packages that decide the numbers, and the CPU. Recorded in every run's status and every sweep
+the packages that decide the numbers, the CPU and the GPU. Recorded in every run's status and every sweep
 manifest, so that a result can be traced to the code and environment that produced it."""
 
 from __future__ import annotations
@@ -51,9 +51,17 @@ def cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=1)
+def gpu() -> str | None:
+    """The first CUDA device's name, or None where there is none."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def environment() -> dict:
     return {"python": platform.python_version(), **{p: _version(p) for p in NUMERIC_PACKAGES},
-            "cpu": cpu(), "platform": sys.platform}
+            "cpu": cpu(), "gpu": gpu(), "platform": sys.platform}
 
 
 def provenance() -> dict:

@@ -152,9 +152,12 @@ class TrlEngine:
     vllm: Vllm = knob(Vllm(), "vLLM generation", in_every_id=True)
     checkpoint_dir: Optional[str] = knob(None, "folder for TRL's checkpoints while a run trains (e.g. shared "
                                                "scratch; each run in a subfolder named as its run folder); null = "
-                                               "inside the run folder. Removed at the verdict")
+                                               "inside the run folder. Removed at the verdict", in_id=False)
     keep_weights: bool = knob(True, "at the verdict, keep the final policy in Hugging Face format in the run "
-                                    "folder's policy/ (else no weights are kept)")
+                                    "folder's policy/", in_id=False)
+    keep_best_weights: bool = knob(True, "keep the policy of the matched-window best step (the best validation "
+                                         "headline within [0, T_stop]) in Hugging Face format in the run folder's "
+                                         "policy_best/, rewritten each time the best improves", in_id=False)
     kv_cache_gb: float = knob(24.0, "the built-in sampler's KV-cache budget per process: a rollout batch is "
                                     "generated in chunks of rows that fit it", finite(positive))
 

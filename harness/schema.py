@@ -8,7 +8,8 @@ wrong types and out-of-range values are one ``ConfigError`` naming the field and
 ``id_view(obj)`` is what a run id hashes: a knob stays out of the id while it sits at its declared
 default, so a key added later never renames a run made before it. The knobs of the first id scheme
 (``in_every_id=True``) are hashed at every value: leaving them out now would rename every run made
-since, so a new knob must never set it.
+since, so a new knob must never set it. A knob that says only where a run keeps its files
+(``in_id=False``: checkpoint folders, which weights to keep) is never hashed: moving them keeps the run.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ class ConfigError(ValueError):
 
 
 _ALWAYS = object()  # marker: hashed at every value
+_NEVER = object()  # marker: never hashed (where files go, not what is computed)
 
 
-def knob(default, doc: str, check=None, *, in_every_id: bool = False, omitted_at=MISSING, engine: str = ""):
+def knob(default, doc: str, check=None, *, in_every_id: bool = False, omitted_at=MISSING, engine: str = "",
+         in_id: bool = True):
     """A config field. ``check(value)`` returns what is allowed when ``value`` is out of range, else
     None. The run id leaves the key out at ``omitted_at`` (default: the default value); with
     ``in_every_id`` it is hashed at every value. A knob only ``engine`` reads is hashed at every value on
-    that engine (as in the first id scheme) and refused away from its default on the others."""
+    that engine (as in the first id scheme) and refused away from its default on the others. With
+    ``in_id=False`` it is never hashed."""
+    if not in_id:
+        omitted_at = _NEVER
     meta = {"doc": doc, "check": check, "engine": engine,
             "omitted_at": _ALWAYS if in_every_id else (default if omitted_at is MISSING else omitted_at)}
     if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
@@ -132,6 +138,8 @@ def id_view(obj, engine: str = "") -> dict:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         omitted_at = f.metadata.get("omitted_at", _ALWAYS)
+        if omitted_at is _NEVER:
+            continue
         if f.metadata.get("engine") and f.metadata["engine"] == engine:
             omitted_at = _ALWAYS
         if dataclasses.is_dataclass(value):

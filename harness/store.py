@@ -18,6 +18,10 @@ A run folder:
                               within [0, T_stop], for the held-out test score; removed when the run ends
     RUN_DIR/trl_checkpoints/  engine=trl: TRL's checkpoints while running (or engine.checkpoint_dir/RUN_NAME/)
     RUN_DIR/policy/           engine=trl: the final policy in Hugging Face format (engine.keep_weights)
+    RUN_DIR/policy_best/      engine=trl: the matched-window best step's policy (engine.keep_best_weights),
+                              with best_step.json saying which step it is
+    RUN_DIR/policy_best.anchor/  while running: the best policy as of the last checkpoint, while
+                              policy_best/ holds a later step (what a resume from that checkpoint needs)
     RUN_DIR/launch/           multi-GPU cells: the accelerate config and the cell's config for each node
 
 Every write of status and checkpoint is atomic (temp file + rename), so a kill never leaves a
@@ -31,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable, Optional
@@ -38,6 +43,7 @@ from typing import Iterable, Optional
 from .locks import FileLock, LockHeld
 
 FINISHED = ("done", "collapsed")
+BEST_POLICY_MARKER = "best_step.json"
 METRICS, DIAGNOSTICS, STATUS, CONFIG = "metrics.jsonl", "diagnostics.jsonl", "status.json", "config.yaml"
 OWNER = ".owner"  # the lock of a run folder (harness.locks)
 
@@ -135,6 +141,10 @@ def atomic_torch_save(path: Path, obj) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     _atomic_write(Path(path), buffer.getvalue())
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -243,6 +253,56 @@ class RunStore:
     def policy_dir(self) -> Path:
         """engine=trl: the final policy in Hugging Face format, kept at the verdict (``engine.keep_weights``)."""
         return self.dir / "policy"
+
+    @property
+    def best_policy_dir(self) -> Path:
+        """engine=trl: the policy of the matched-window best step so far (``engine.keep_best_weights``)."""
+        return self.dir / "policy_best"
+
+    @property
+    def anchor_policy_dir(self) -> Path:
+        """The best policy as of the last checkpoint, kept while ``best_policy_dir`` holds a later step:
+        a resume from that checkpoint recomputes the later rows, and may not find that best again."""
+        return self.dir / "policy_best.anchor"
+
+    def best_policy_step(self, folder: Optional[Path] = None) -> Optional[int]:
+        """The step whose weights ``folder`` (default ``best_policy_dir``) holds, or None (none kept, or
+        its marker is unreadable)."""
+        try:
+            marker = (folder or self.best_policy_dir) / BEST_POLICY_MARKER
+            return int(json.loads(marker.read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def replace_best_policy(self, written: Path, step: int, checkpointed: int) -> None:
+        """Make ``written`` (weights just saved) the best policy, marked with ``step``. A best of a step
+        at or before the last checkpoint (``checkpointed``) becomes the anchor; a later one is dropped.
+        The marker is written before the renames, so no folder claims a step it does not hold."""
+        _atomic_write(written / BEST_POLICY_MARKER, json.dumps({"step": step}).encode())
+        current = self.best_policy_step()
+        if current is not None and current <= checkpointed:
+            _rmtree(self.anchor_policy_dir)
+            self.best_policy_dir.rename(self.anchor_policy_dir)
+        _rmtree(self.best_policy_dir)
+        written.rename(self.best_policy_dir)
+
+    def checkpointed_best_policy(self, step: int) -> None:
+        """A checkpoint at ``step`` was written: a best policy at or before it needs no anchor any more."""
+        current = self.best_policy_step()
+        if current is not None and current <= step:
+            _rmtree(self.anchor_policy_dir)
+
+    def resume_best_policy(self, start: int, keep: bool) -> None:
+        """A run (re)starts after step ``start``: a best policy of a later step is dropped (its rows are
+        recomputed) and the anchor, the best as of that checkpoint, takes its place."""
+        _rmtree(self.dir / "policy_best.partial")
+        current = self.best_policy_step()
+        if not keep or current is None or current > start:
+            _rmtree(self.best_policy_dir)
+            anchor = self.best_policy_step(self.anchor_policy_dir)
+            if keep and anchor is not None and anchor <= start:
+                self.anchor_policy_dir.rename(self.best_policy_dir)
+        _rmtree(self.anchor_policy_dir)
 
     @property
     def launch_files(self) -> tuple[Path, Path]:

@@ -49,8 +49,8 @@ class TaskReward:
 def evaluate(model, tok, task, splits: dict, ev, max_new: int, seed: int) -> dict:
     """Avg@k accuracy per split (``splits``: name → problems, the task's validation then test splits)
     and the validation splits' mean (the headline; the best step is chosen on it) and the test
-    splits' mean ``test_headline``, reported at the chosen step only. Big models keep no per-step
-    weights, so the test splits are scored at every eval step; nothing reads them to choose a step.
+    splits' mean ``test_headline``, reported at the chosen step only. The test splits are scored at
+    every eval step (big models keep no weights per step to score later); nothing reads them to choose a step.
     The sampling of each (split, batch) is seeded by the run's ``seed`` only, so every step and every
     method at a seed is evaluated under the same random numbers."""
     val, test = list(task.validation_splits), list(task.test_splits)
@@ -110,7 +110,9 @@ def _callback_class():
 
         def on_train_begin(self, args, state, control, **kwargs):
             if self.run.record.start == 0:  # step 0: the starting policy, every rank taking part (see LMRun.evaluate)
-                self.run.record.record({"step": 0, **self.run.evaluate(0)})
+                row = {"step": 0, **self.run.evaluate(0)}
+                self.run.record.record(row)
+                self.run.keep_if_best(row)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "train_runtime" in logs or state.global_step % self.run.updates:
@@ -121,12 +123,16 @@ def _callback_class():
                    "updates": self.run.updates, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
             verdict = self.run.judge(row)
             self.run.record.record(row)
+            self.run.keep_if_best(row)
             if verdict:
                 self.run.record.verdict = verdict
                 control.should_training_stop = True
 
         def on_save(self, args, state, control, **kwargs):
-            self.run.record.running(state.global_step // self.run.updates, engine="trl")
+            step = self.run.checkpointed = state.global_step // self.run.updates
+            self.run.record.running(step, engine="trl")
+            if self.run.accelerator_main:
+                self.run.record.store.checkpointed_best_policy(step)
 
     return StoreCallback
 
@@ -155,6 +161,7 @@ class LMRun:
     def __init__(self, spec, record: RunRecord):
         self.spec, self.record = spec, record
         self.updates = spec.rl.updates_per_iter
+        self.checkpointed = 0  # the RL step of the last checkpoint (a resume starts there)
         self.accelerator_main = True
         self.model = self.tok = self.task = self.splits = self.trainer = None
 
@@ -171,6 +178,39 @@ class LMRun:
         if self.trainer is not None and self.trainer.accelerator.num_processes > 1:
             verdict = broadcast_object_list([verdict], from_process=0)[0]
         return verdict
+
+    def keep_if_best(self, row: dict) -> None:
+        """After an eval row is recorded: if it is the matched-window best so far, save the policy as
+        ``policy_best/`` (``engine.keep_best_weights``). Rank 0 decides for every rank; every rank
+        takes part in the save (under ZeRO-3 the weights are gathered)."""
+        if not self.spec.engine.keep_best_weights or "headline" not in row:
+            return
+        best = self.record.best()
+        is_best = best is not None and best["step"] == row["step"]
+        t = self.trainer
+        if t.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+            is_best = broadcast_object_list([is_best], from_process=0)[0]
+        if not is_best:
+            return
+        store = self.record.store
+        written = store.dir / "policy_best.partial"
+        t.save_model(str(written))
+        if self.accelerator_main:
+            store.replace_best_policy(written, row["step"], self.checkpointed)
+
+    def kept_weights(self, final: bool) -> dict:
+        """What the verdict records of the weights kept: the final policy's folder, and the best step's
+        folder only when it holds that step (else None, with the reason)."""
+        store, best = self.record.store, self.record.best()
+        kept = {"final": store.policy_dir.name if final else None, "best": None}
+        if self.spec.engine.keep_best_weights and best is not None:
+            held = store.best_policy_step()
+            if held == best["step"]:
+                kept["best"] = {"dir": store.best_policy_dir.name, "step": held}
+            else:
+                kept["best_missing"] = f"policy_best/ holds step {held}, not the best step {best['step']}"
+        return kept
 
     def evaluate(self, step: int) -> dict:
         """The ranks share the evaluation — each samples its chunks of every split with the full policy
@@ -219,8 +259,11 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
 
     from transformers.trainer_utils import get_last_checkpoint
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    run.record.begin(int(Path(last).name.split("-")[-1]) // run.updates if last else 0, engine="trl",
-                     splits=task.splits)
+    start = int(Path(last).name.split("-")[-1]) // run.updates if last else 0
+    run.record.begin(start, engine="trl", splits=task.splits)
+    run.checkpointed = start
+    if run.accelerator_main:  # weights of a step after the resume point belong to rows that are recomputed
+        store.resume_best_policy(start, keep=eng.keep_best_weights)
     try:
         trainer.train(resume_from_checkpoint=last)  # step 0 is evaluated in on_train_begin
         if eng.keep_weights:  # every rank: under ZeRO-3 the weights are gathered; the main process writes
@@ -228,7 +271,9 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     finally:
         task.close()
     status = run.record.finish(engine="trl", trl_recomputes_skipped=trainer.recomputes_skipped, splits=task.splits,
-                               held_out=held_out_of_row(run.record.best(), task.test_splits))
+                               held_out=held_out_of_row(run.record.best(), task.test_splits),
+                               weights=run.kept_weights(eng.keep_weights))
     if run.accelerator_main:
         shutil.rmtree(output_dir, ignore_errors=True)  # results stay small: no checkpoints after the verdict
+        shutil.rmtree(store.anchor_policy_dir, ignore_errors=True)
     return status

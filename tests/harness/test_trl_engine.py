@@ -177,6 +177,42 @@ def test_trl_run_through_the_config(tmp_path):
     from transformers import AutoModelForCausalLM
     kept = AutoModelForCausalLM.from_pretrained(folder / "policy")
     assert sum(p.numel() for p in kept.parameters()) > 0 and (folder / "policy" / "tokenizer_config.json").exists()
+    # and the matched-window best step's policy, marked with its step
+    best = json.loads((folder / "policy_best" / "best_step.json").read_text())["step"]
+    assert best == status["best_step"] and status["weights"] == {"final": "policy",
+                                                                 "best": {"dir": "policy_best", "step": best}}
+    assert (folder / "policy_best" / "tokenizer_config.json").exists()
+    assert not list(folder.glob("policy_best.*"))  # no partial or old folder left behind
+
+
+def test_best_policy_holds_the_best_steps_weights(tmp_path, monkeypatch):
+    """policy_best/ is the policy as it was at the matched-window best step: an eval row made to be the
+    best at step 2 (and never bettered) leaves exactly the weights the policy had when it was scored,
+    not step 0's or the final step's."""
+    from harness.config import compose
+    from harness.engines import trl as lm_train
+    from harness.train import run
+
+    evaluate, at_step = lm_train.LMRun.evaluate, {}
+
+    def scripted(self, step):
+        row = evaluate(self, step)
+        with torch.no_grad():  # the tiny model may not move in a few steps; every eval step's weights must differ
+            next(self.trainer.model.parameters()).add_(0.01)
+        at_step[step] = {k: v.detach().clone() for k, v in self.trainer.model.state_dict().items()}
+        return {**row, "headline": 1.0 if step == 2 else 0.1}
+
+    monkeypatch.setattr(lm_train.LMRun, "evaluate", scripted)
+    status = run(compose(["setting=lm_tiny", "method=grpo", f"results_root={tmp_path}", "logging=quiet",
+                          "engine.keep_weights=false"]))
+    folder = next(tmp_path.iterdir())
+    assert status["best_step"] == 2 and status["weights"]["best"]["step"] == 2 and status["weights"]["final"] is None
+    assert not (folder / "policy").exists()
+    from transformers import AutoModelForCausalLM
+    kept = AutoModelForCausalLM.from_pretrained(folder / "policy_best").state_dict()
+    for name, value in kept.items():
+        torch.testing.assert_close(value, at_step[2][name], atol=0, rtol=0)
+    assert any(not torch.equal(at_step[s][n], at_step[2][n]) for n in kept for s in (0, 4))  # not another step's
 
 
 def test_trl_checkpoints_can_live_elsewhere_and_weights_need_not_be_kept(tmp_path, monkeypatch):
@@ -197,11 +233,15 @@ def test_trl_checkpoints_can_live_elsewhere_and_weights_need_not_be_kept(tmp_pat
     results = tmp_path / "results"
     status = run(compose(["setting=lm_tiny", "method=grpo", f"results_root={results}", "logging=quiet",
                           f"engine.checkpoint_dir={scratch}", "engine.keep_weights=false",
-                          "engine.checkpoint_every=2"]))
+                          "engine.keep_best_weights=false", "engine.checkpoint_every=2"]))
     folder = next(results.iterdir())
     assert status["state"] == "done" and seen and all(p.parts[0] == folder.name for p in seen)
     assert not any(scratch.glob("*/checkpoint-*")) and not (folder / "trl_checkpoints").exists()
-    assert not (folder / "policy").exists()
+    assert not (folder / "policy").exists() and not (folder / "policy_best").exists()
+    assert status["weights"] == {"final": None, "best": None}
+    # where files go is not part of the run: the same cell without those keys has the same id
+    from harness.config import resolve
+    assert resolve(compose(["setting=lm_tiny", "method=grpo", f"results_root={results}"])).run_dir.name == folder.name
 
 
 def test_mu_from_vllm_logprobs():
@@ -244,6 +284,7 @@ def test_trl_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert (folder / "trl_checkpoints" / "checkpoint-4").is_dir()  # RL step 2 = 4 optimiser steps
     status = run(cfg)
     assert status["state"] == "done" and status["resumed_from"] == [2]
+    assert status["weights"]["best"] == {"dir": "policy_best", "step": status["best_step"]}
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
 
@@ -281,3 +322,48 @@ def test_fused_loss_refuses_a_model_whose_logits_are_not_its_output_layer(tmp_pa
     trainer.model.lm_head.register_forward_hook(lambda _m, _i, out: 1.5 * out)  # a logit scale, as some models have
     with pytest.raises(RuntimeError, match="engine.fused_loss"):
         trainer.train()
+
+
+def test_a_resume_keeps_the_best_policy_as_of_its_checkpoint(tmp_path, monkeypatch):
+    """Checkpoints every 2 steps, evaluation every step. Step 3 is the best (its weights replace step 2's),
+    then a crash at step 4: the rerun resumes from step 2 and, recomputed, step 3 is not the best any more
+    (as on a GPU, where a recomputation need not be bitwise). The best is step 2, and policy_best/ holds
+    step 2's weights, kept as the anchor while step 3's were the best."""
+    from harness.config import compose
+    from harness.engines import trl as lm_train
+    from harness.train import run
+
+    evaluate, judge, at_step, passes = lm_train.LMRun.evaluate, lm_train.LMRun.judge, {}, []
+
+    def scripted(self, step):
+        row = evaluate(self, step)
+        with torch.no_grad():  # every evaluation's weights differ
+            next(self.trainer.model.parameters()).add_(0.01)
+        at_step[step] = {k: v.detach().clone() for k, v in self.trainer.model.state_dict().items()}
+        headline = {0: 0.1, 1: 0.2, 2: 0.5, 3: 0.9 if not passes else 0.3, 4: 0.2}[step]
+        return {**row, "headline": headline}
+
+    def crash_once(self, row):
+        if row["step"] == 4 and not passes:
+            passes.append(True)
+            assert json.loads((self.record.store.dir / "policy_best" / "best_step.json").read_text())["step"] == 3
+            assert json.loads((self.record.store.dir / "policy_best.anchor" / "best_step.json").read_text())["step"] == 2
+            raise RuntimeError("simulated crash")
+        return judge(self, row)
+
+    monkeypatch.setattr(lm_train.LMRun, "evaluate", scripted)
+    monkeypatch.setattr(lm_train.LMRun, "judge", crash_once)
+    cfg = compose(["setting=lm_tiny", "method=grpo", f"results_root={tmp_path}", "logging=quiet", "eval.every=1",
+                   "engine.keep_weights=false"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    step_2 = at_step[2]
+    status = run(cfg)
+    folder = next(tmp_path.iterdir())
+    assert status["resumed_from"] == [2] and status["best_step"] == 2
+    assert status["weights"]["best"] == {"dir": "policy_best", "step": 2}
+    from transformers import AutoModelForCausalLM
+    kept = AutoModelForCausalLM.from_pretrained(folder / "policy_best").state_dict()
+    for name, value in kept.items():
+        torch.testing.assert_close(value, step_2[name], atol=0, rtol=0)
+    assert not list(folder.glob("policy_best.*"))
