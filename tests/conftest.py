@@ -1,4 +1,21 @@
 import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--trh-device", default="cpu",
+                     help="the device the device-aware tests run on (cpu, cuda, cuda:1, ...): the fused-loss, "
+                          "registry-on-device, bf16-numerics and KV-cache tests (scripts/device_check.sh)")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The device of the device-aware tests (``--trh-device``; cpu by default). Their inputs are made on
+    the CPU from seeded generators and moved there, so every device sees the same numbers."""
+    chosen = torch.device(request.config.getoption("--trh-device"))
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"--trh-device {chosen}: CUDA is not available")
+    return chosen
 
 
 @pytest.fixture(autouse=True)

@@ -190,7 +190,7 @@ def _update(spec: RunSpec, step: int, model, optimizer, method, roll, adv, group
     """One optimiser step with the registry loss on the responses of ``groups``, anchored on μ.
     Returns its metrics and the per-position records of Fig. 2's diagnostics."""
     n = spec.rl.samples_per_prompt
-    rows = (groups[:, None] * n + torch.arange(n)).reshape(-1)
+    rows = (groups[:, None] * n + torch.arange(n)).reshape(-1).to(roll.response_ids.device)
     resp, mask, topk_ids = roll.response_ids[rows], roll.response_mask[rows], roll.rollout_topk_ids[rows]
     if spec.engine.share_prompt_prefix:  # minibatches hold whole groups: one prompt pass each
         hidden = shared_prefix_hidden(model, roll.prompt_ids[rows], resp, n)

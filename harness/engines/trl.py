@@ -8,6 +8,8 @@ scored by the task's reward; the headline is the unweighted mean over the valida
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 from pathlib import Path
@@ -225,10 +227,20 @@ class LMRun:
                             seed=self.spec.seed)
 
 
+def train_dataset(rows: list[dict]):
+    """The training rows as a ``datasets.Dataset`` fingerprinted by the rows' own hash. ``Dataset.from_list``
+    fingerprints a table by pickling it with dill, which fails on Python 3.12 with pyarrow 26 (a
+    ``PicklingError`` on pyarrow's ``MonthDayNano``; found by the device check's rehearsal)."""
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Dataset(InMemoryTable.from_pylist(rows), fingerprint=fingerprint)
+
+
 def train(spec, store: RunStore, main: bool = True) -> dict:
     """Train one run with TRL to its verdict; resumes from the last TRL checkpoint in the run folder.
     Ranks other than 0 (``main=False``) train alongside and never write to the run folder."""
-    from datasets import Dataset
 
     eng = spec.engine
     if eng.threads:
@@ -242,7 +254,7 @@ def train(spec, store: RunStore, main: bool = True) -> dict:
     train_problems = task.train_set(spec.rl.prompts_per_iter * spec.steps, seed=derive_seed("trl_train_problems", spec.seed))
     run.splits = {name: task.problems(name, spec.eval.problems_per_split)
                   for name in task.validation_splits + task.test_splits}
-    dataset = Dataset.from_list([{"prompt": task.messages(p), "problem_index": i} for i, p in enumerate(train_problems)])
+    dataset = train_dataset([{"prompt": task.messages(p), "problem_index": i} for i, p in enumerate(train_problems)])
 
     method = get_method(spec.method_name, horizon=spec.rl.max_response_tokens, **spec.method_params)
     top_k = getattr(method.params, "top_k", 1) or 1

@@ -375,6 +375,15 @@ def grpo_args(spec, output_dir: str, cuda: bool):
         max_steps=spec.steps * updates, logging_steps=updates, save_steps=eng.checkpoint_every * updates,
         save_total_limit=1, report_to="none", disable_tqdm=not spec.logging.progress,
         bf16=eng.bf16 and cuda, use_cpu=not cuda,
-        activation_checkpointing=eng.gradient_checkpointing, remove_unused_columns=False,
-        log_completions=False, dataloader_num_workers=0,
+        remove_unused_columns=False, log_completions=False, dataloader_num_workers=0,
+        **{checkpointing_keyword(GRPOConfig): eng.gradient_checkpointing},
     )
+
+
+def checkpointing_keyword(config_class) -> str:
+    """transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (5.24 has the new
+    name; 5.17, the newest vLLM 0.31 allows, and 5.10 the old one): whichever the installed one takes."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"

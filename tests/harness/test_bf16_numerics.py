@@ -1,4 +1,5 @@
-"""π and μ in the same numerics under bf16 mixed precision (accelerate's autocast, on CPU): on an
+"""π and μ in the same numerics under bf16 mixed precision (accelerate's autocast; on the CPU, or on
+``--trh-device``): on an
 on-policy batch the ratio π/μ is 1 up to bf16's rounding on both the logits path and the fused
 hidden-state path; the fused path computed in fp32 against a bf16 μ is the fake off-policy gap."""
 
@@ -19,12 +20,13 @@ def spread(logp, mu, mask):
 
 
 @pytest.mark.parametrize("hidden", [32, 128])
-def test_on_policy_ratio_is_one_up_to_bf16_rounding_on_both_paths(hidden):
+def test_on_policy_ratio_is_one_up_to_bf16_rounding_on_both_paths(hidden, device):
     tok = CharTokenizer(ALPHABET)
-    accelerator = Accelerator(mixed_precision="bf16", cpu=True)
+    accelerator = Accelerator(mixed_precision="bf16", cpu=device.type == "cpu")
     model = accelerator.prepare(build_model(ModelSize(hidden, 2, 2 * hidden, 2, 1), tok.vocab_size, 64, seed=0))
-    prompts = torch.tensor([[tok.bos_id] + tok.encode("12+34=")] * 16)
-    roll = sample(model, prompts, 24, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), record_top_k=1)
+    prompts = torch.tensor([[tok.bos_id] + tok.encode("12+34=")] * 16).to(accelerator.device)
+    roll = sample(model, prompts, 24, tok.eos_id, tok.pad_id, torch.Generator(accelerator.device).manual_seed(0),
+                  record_top_k=1)
     ids, mask, mu = roll.response_ids, roll.response_mask, roll.rollout_logp
     with torch.no_grad():
         out = model(input_ids=torch.cat([prompts, ids], 1), output_hidden_states=True)
@@ -41,17 +43,17 @@ def test_on_policy_ratio_is_one_up_to_bf16_rounding_on_both_paths(hidden):
     assert float((fused - on_logits)[mask].abs().max()) <= 1e-5
     assert float((fp32 - on_logits)[mask].abs().max()) > 1e-4
 
-def test_the_fused_product_in_bf16_equals_the_bf16_logits_in_value_and_gradient():
+def test_the_fused_product_in_bf16_equals_the_bf16_logits_in_value_and_gradient(device):
     g = torch.Generator().manual_seed(0)
-    h = torch.randn(3, 5, 16, generator=g, requires_grad=True)
-    w = torch.randn(40, 16, generator=g).mul(0.3).requires_grad_(True)
-    ids = torch.randint(0, 40, (3, 5), generator=g)
+    h = torch.randn(3, 5, 16, generator=g).to(device).requires_grad_(True)
+    w = torch.randn(40, 16, generator=g).mul(0.3).to(device).requires_grad_(True)
+    ids = torch.randint(0, 40, (3, 5), generator=g).to(device)
     fused, _ = policy_logprobs_from_hidden(h, w, ids, None, tiles=(4, 16), matmul_dtype=torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         logits = F.linear(h, w)
     reference, _ = policy_logprobs_from_logits(logits.float(), ids, None)
     torch.testing.assert_close(fused, reference, rtol=0, atol=1e-6)
-    upstream = torch.randn(3, 5, generator=g)
+    upstream = torch.randn(3, 5, generator=g).to(device)
     got = torch.autograd.grad((fused * upstream).sum(), (h, w))
     want = torch.autograd.grad((reference * upstream).sum(), (h, w))
     for a, b in zip(got, want):

@@ -367,3 +367,29 @@ def test_a_resume_keeps_the_best_policy_as_of_its_checkpoint(tmp_path, monkeypat
     for name, value in kept.items():
         torch.testing.assert_close(value, step_2[name], atol=0, rtol=0)
     assert not list(folder.glob("policy_best.*"))
+
+
+def test_the_checkpointing_keyword_follows_the_installed_transformers():
+    """transformers 5.24 names it activation_checkpointing, 5.17 (the newest vLLM 0.31 allows) gradient_checkpointing."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from harness.engines.trl_trainer import checkpointing_keyword
+
+    old = dataclasses.make_dataclass("Old", [("gradient_checkpointing", bool, False)])
+    new = dataclasses.make_dataclass("New", [("activation_checkpointing", bool, False)])
+    assert checkpointing_keyword(old) == "gradient_checkpointing"
+    assert checkpointing_keyword(new) == "activation_checkpointing"
+    assert checkpointing_keyword(GRPOConfig) in {f.name for f in dataclasses.fields(GRPOConfig)}
+
+
+def test_the_training_dataset_is_from_lists_without_its_pickled_fingerprint():
+    from datasets import Dataset
+
+    from harness.engines.trl import train_dataset
+
+    rows = [{"prompt": [{"role": "user", "content": f"{i}+1="}], "problem_index": i} for i in range(5)]
+    ours, reference = train_dataset(rows), Dataset.from_list(rows)
+    assert ours.features == reference.features and ours.to_list() == reference.to_list()
+    assert ours._fingerprint == train_dataset([dict(r) for r in rows])._fingerprint != train_dataset(rows[:4])._fingerprint

@@ -61,9 +61,10 @@ class TinyLM(torch.nn.Module):
         return torch.tanh(self.embed[ids] @ self.mix)
 
 
-def _rollout(model, seed: int = 1):
+def _rollout(model, seed: int = 1, device=torch.device("cpu")):
     """μ: ``model``'s distribution with noisy logits (an inference engine); sampled ids, μ's top-K, a
-    ragged mask. Then ``model`` takes a step away from μ, so masks and clips bind on some tokens."""
+    ragged mask. Then ``model`` takes a step away from μ, so masks and clips bind on some tokens.
+    Made on the CPU (``model`` too, there), then the model and the tensors go to ``device``."""
     g = torch.Generator().manual_seed(seed)
     inputs = torch.randint(0, V, (B, T), generator=g)
     with torch.no_grad():
@@ -75,8 +76,10 @@ def _rollout(model, seed: int = 1):
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, 7:] = False
     mask[2, 3:] = False
-    return dict(inputs=inputs, ids=ids, rollout_logp=mu.gather(-1, ids[..., None]).squeeze(-1), top_ids=top.indices,
+    model.to(device)
+    roll = dict(inputs=inputs, ids=ids, rollout_logp=mu.gather(-1, ids[..., None]).squeeze(-1), top_ids=top.indices,
                 top_logp=top.values, mask=mask, adv=torch.randn(B, generator=g))
+    return {k: v.to(device) for k, v in roll.items()}
 
 
 def _loss_and_grads(model, roll, method, fused: bool, temperature=1.0, mask_rows=False):
@@ -103,10 +106,10 @@ def _relative(a, b):
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied+bias"])
 @pytest.mark.parametrize("name,divergence", CASES)
-def test_fused_gradient_equals_unfused_for_every_method(name, divergence, tied):
+def test_fused_gradient_equals_unfused_for_every_method(name, divergence, tied, device):
     method = _method(name, divergence)
     model = TinyLM(tied)
-    roll = _rollout(model)
+    roll = _rollout(model, device=device)
     ref, ref_grads = _loss_and_grads(model, roll, method, fused=False)
     out, grads = _loss_and_grads(model, roll, method, fused=True)
     assert torch.allclose(out.loss, ref.loss, rtol=1e-5, atol=1e-7)
@@ -115,13 +118,13 @@ def test_fused_gradient_equals_unfused_for_every_method(name, divergence, tied):
         assert _relative(got, want) < 1e-5
 
 
-def test_the_cases_bind():
+def test_the_cases_bind(device):
     """The gradient comparisons above are not vacuous: every rule but plain PG-IS keeps some valid
     tokens and drops, clips or down-weights others in at least one of the two batches."""
     bound = set()
     for tied in (True, False):
         model = TinyLM(tied)
-        roll = _rollout(model)
+        roll = _rollout(model, device=device)
         for name, divergence in CASES:
             out, _ = _loss_and_grads(model, roll, _method(name, divergence), fused=True)
             valid = roll["mask"]
@@ -136,9 +139,9 @@ def test_the_cases_bind():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_values_entropy_and_masked_rows(temperature):
+def test_values_entropy_and_masked_rows(temperature, device):
     model = TinyLM(tied=False)
-    roll = _rollout(model)
+    roll = _rollout(model, device=device)
     hidden = model.hidden(roll["inputs"])
     weight, bias = model.head()
     logits = F.linear(hidden, weight, bias)
@@ -157,16 +160,16 @@ def test_values_entropy_and_masked_rows(temperature):
                                             tiles=TILES, response_mask=roll["mask"])
     assert torch.allclose(masked[roll["mask"]], logp[roll["mask"]], atol=1e-6)
     assert bool((masked[~roll["mask"]] == 0).all())
-    upstream = torch.randn(B, T) * roll["mask"]
+    upstream = torch.randn(B, T).to(device) * roll["mask"]
     want = torch.autograd.grad((logp * upstream).sum(), [hidden, weight, bias], retain_graph=True)
     got = torch.autograd.grad((masked * upstream).sum(), [hidden, weight, bias])
     for a, b in zip(got, want):
         assert _relative(a, b) < 1e-5
 
 
-def test_method_gradients_with_masked_rows_match():
+def test_method_gradients_with_masked_rows_match(device):
     model = TinyLM(tied=True)
-    roll = _rollout(model)
+    roll = _rollout(model, device=device)
     method = _method("cppo")
     _, want = _loss_and_grads(model, roll, method, fused=False)
     _, got = _loss_and_grads(model, roll, method, fused=True, mask_rows=True)
@@ -174,11 +177,11 @@ def test_method_gradients_with_masked_rows_match():
         assert _relative(a, b) < 1e-5
 
 
-def test_bf16_weights_give_fp32_logprobs_and_grads_in_their_dtype():
+def test_bf16_weights_give_fp32_logprobs_and_grads_in_their_dtype(device):
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 5, H, generator=g).to(torch.bfloat16).requires_grad_(True)
-    weight = torch.randn(V, H, generator=g).to(torch.bfloat16).requires_grad_(True)
-    ids = torch.randint(0, V, (2, 5), generator=g)
+    hidden = torch.randn(2, 5, H, generator=g).to(device, torch.bfloat16).requires_grad_(True)
+    weight = torch.randn(V, H, generator=g).to(device, torch.bfloat16).requires_grad_(True)
+    ids = torch.randint(0, V, (2, 5), generator=g).to(device)
     logp, _ = policy_logprobs_from_hidden(hidden, weight, ids, tiles=TILES)
     ref, _ = policy_logprobs_from_logits(F.linear(hidden, weight), ids)
     assert logp.dtype == torch.float32
@@ -187,11 +190,11 @@ def test_bf16_weights_give_fp32_logprobs_and_grads_in_their_dtype():
     assert hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
 
 
-def test_frozen_output_layer_gets_no_gradient():
+def test_frozen_output_layer_gets_no_gradient(device):
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 5, H, generator=g, requires_grad=True)
-    weight = torch.randn(V, H, generator=g)  # e.g. a frozen head under LoRA
-    ids = torch.randint(0, V, (2, 5), generator=g)
+    hidden = torch.randn(2, 5, H, generator=g).to(device).requires_grad_(True)
+    weight = torch.randn(V, H, generator=g).to(device)  # e.g. a frozen head under LoRA
+    ids = torch.randint(0, V, (2, 5), generator=g).to(device)
     logp, _ = policy_logprobs_from_hidden(hidden, weight, ids, tiles=TILES)
     (grad,) = torch.autograd.grad(logp.sum(), hidden)
     (ref,) = torch.autograd.grad(policy_logprobs_from_logits(F.linear(hidden, weight), ids)[0].sum(), hidden)
