@@ -29,6 +29,14 @@ def seed_scores(cells: pd.DataFrame, row: str, setting: str, score: str, row_key
     return {int(s): float(v) for s, v in zip(sub["seed"], sub[score])}
 
 
+def never_left_warm_start(cells: pd.DataFrame, row: str, setting: str, row_key: str = "label") -> bool:
+    """Whether every finished seed of (row, setting) chose step 0 — the starting policy — as its best:
+    the method never improved on the warm start within the window, so its score is the warm start's."""
+    sub = cells[(cells[row_key] == row) & (cells["setting"] == setting) & cells["state"].isin(FINISHED)]
+    steps = pd.to_numeric(sub["best_step"], errors="coerce").dropna()
+    return bool(len(steps)) and bool((steps == 0).all())
+
+
 def _paired_rows(cells, pairs, score, row_key, effect, interval) -> list[dict]:
     out, family = [], max(1, len(pairs))
     for setting, ref, other in pairs:
@@ -37,7 +45,10 @@ def _paired_rows(cells, pairs, score, row_key, effect, interval) -> list[dict]:
             continue
         cmp = S.paired_comparison(a, b, interval=interval, bounds=(-1.0, 1.0))
         n = len(cmp.seeds)
-        note = []
+        note = [f"{row} never left the warm start" for row in (ref, other)
+                if never_left_warm_start(cells, row, setting, row_key)]
+        if n and all(a[s] == b[s] for s in cmp.seeds):
+            note.append("identical scores in every seed: the difference is exactly 0, not an estimate")
         if n < 2:
             note.append("fewer than 2 shared seeds")
         elif S.smallest_p(n) > S.ALPHA:

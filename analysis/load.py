@@ -12,6 +12,7 @@ import pandas as pd
 from harness.store import RunStore, manifest_path, read_manifest, run_folders, sweep_manifests
 
 from .cells import cell_row
+from .grouping import signature, split_pooled_labels
 
 
 @dataclass
@@ -79,7 +80,7 @@ def load_results(root) -> Results:
     cells = pd.DataFrame(rows)
     if cells.empty:
         raise FileNotFoundError(f"{root} holds no sweep (a trh sweep output) and no run folder (a trh train output)")
-    return Results(root=root, cells=cells, sweeps=sweeps)
+    return Results(root=root, cells=split_pooled_labels(cells), sweeps=sweeps)
 
 
 def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
@@ -105,7 +106,8 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
         elif status and status.get("state") == "running" and not busy:
             score["verdict"] = "interrupted"
     variant = " ".join([cell["method"], *sorted(cell.get("overrides") or [])])  # one colour per variant
+    config = store.read_config() or {}
     return {"sweep": sweep, "feeds": feeds, "setting": cell["setting"], "label": cell["label"],
             "method": cell["method"], "variant": variant, "seed": cell["seed"], "id": cell["id"],
-            "run_dir": str(run_dir),
-            "eval_samples": ((store.read_config() or {}).get("eval") or {}).get("samples"), **score}
+            "run_dir": str(run_dir), "eval_samples": (config.get("eval") or {}).get("samples"),
+            "signature": signature(config), **score}

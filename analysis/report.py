@@ -86,7 +86,11 @@ def _protocols(cells: pd.DataFrame) -> list[str]:
     return ["best_headline"] + (["heldout_headline"] if held is not None and held.notna().any() else [])
 
 
-def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | None = None) -> dict:
+STYLES = ("tested", "paper")
+
+
+def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | None = None,
+                 style: str = "tested") -> dict:
     written, notes = {}, []
     name = _main_sweep(results)
     tuning_sweeps = [n for n, m in results.sweeps.items() if tuning.is_tuning(m)]
@@ -107,6 +111,9 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
 
     written["table1"], cmp = _table1(cells, settings, rows, ref, protocols, names, name, results.avg_label, out,
                                      formats)
+    if style == "paper":
+        written["table1_paper"] = _table1_paper(cells, settings, rows, protocols, names, name, results.avg_label,
+                                                out, formats)
     if not cmp.empty:
         written["comparisons"] = _write(out, "comparisons", formats, _comparisons_markdown(cmp, names, ref),
                                         None, cmp)
@@ -136,8 +143,15 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
     for extra in _other_sweeps(results, name):
         files, sweep_comparisons[extra] = _sweep_tables(results, extra, out, formats)
         written.update(files)
-    if any(s in T.paper()["settings"] for s in settings):
-        plain = cells[cells["label"] == cells["method"]]  # the methods' own arms, not variants of them
+    for label, group in results.cells[results.cells["pooled_from"].notna()].groupby("pooled_from", sort=False):
+        parts = sorted(set(group["label"]))
+        notes.append(f"{label}: cells of {len(parts)} configurations under one label, reported apart as "
+                     f"{', '.join(parts)} (never averaged together)")
+    plain = cells[cells["label"] == cells["method"]]  # the methods' own arms, not variants of them
+    if plain.empty:
+        notes.append("paper vs ours: no label here is a method's own arm (every label is a variant or a split "
+                     "configuration)")
+    elif any(s in T.paper()["settings"] for s in settings):
         versus = T.paper_vs_ours(T.table1(plain, settings, rows, row_key="method"), row_key="method")
         written["paper_vs_ours"] = _write(out, "paper_vs_ours", formats, _versus_markdown(versus, results.avg_label),
                                           None, versus)
@@ -162,13 +176,15 @@ def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out,
         few = long[(long["scored"] == 1)]
         warn = (f"\nNo interval for {len(few)} entries with a single seed: one run says nothing about seed "
                 "noise.\n" if len(few) else "")
+        if long["warm_start"].fillna(0).astype(int).any():
+            warn += "\n" + T.WARM_START_NOTE + "\n"
         md.append(f"### {C.SCORES[score]} ({avg_label}, %)\n\n" + T.to_markdown(frame) + warn
                   + ("\nBold: " + ", ".join(f"{names.get(r, r)} in {s}" for r, s in sorted(bold)) + ".\n" if bold else
                      "\nNothing is bold: in no column does the top entry beat every other entry in a Holm-corrected "
                      "paired permutation test.\n"))
         frame = T.pivot(long, settings, rows, markup="tex").rename(index=names)
         frame.index.name = "method"
-        tex.append(T.to_latex(frame, f"{C.SCORES[score]}: mean over seeds [95\\% interval] ({sweep}); bold only where "
+        tex.append(T.to_latex(frame, f"{C.SCORES[score]}: mean over seeds [95 % interval] ({sweep}); bold only where "
                                      "a corrected paired test supports the lead.", f"tab:table1_{score}"))
     caption = (f"Table 1 ({sweep}) — mean over seeds with its 95 % interval (Student-t below "
                f"{S.BOOTSTRAP_MIN_SEEDS} seeds, BCa bootstrap from there); `collapse (step N)` marks collapsed seeds, "
@@ -176,6 +192,30 @@ def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out,
     paths = _write(out, stem, formats, caption + "\n".join(md), "\n".join(tex),
                    pd.concat(longs).drop(columns=["text"]))
     return paths, (pd.concat(compared) if any(not c.empty for c in compared) else pd.DataFrame())
+
+
+def _table1_paper(cells, settings, rows, protocols, names, sweep, avg_label, out, formats) -> list[Path]:
+    """Table 1 in the paper's layout: the mean alone, the highest of each column bold and the second
+    underlined. Descriptive — no test stands behind a mark; table1.md holds the tested view."""
+    paper_columns = T.paper()["settings"]
+    compared = [f"{s} with the paper's {paper_columns[s]}" for s in settings if s in paper_columns]
+    note = (f"Table 1 ({sweep}) in the paper's layout — mean over seeds ({avg_label}, %); **bold** the highest mean "
+            "of a column, <u>underlined</u> the second (an entry with a collapsed seed is not ranked). Descriptive: "
+            "no test stands behind these marks; table1.md bolds only what a Holm-corrected paired test supports."
+            + (f" Compared with the paper's columns: {'; '.join(compared)}." if compared else "") + "\n\n")
+    md, tex = [], []
+    for score in protocols:
+        long = T.table1(cells, settings, rows, score=score)
+        values, warm = T.paper_style_values(long, settings, rows), T.never_left_warm_start(long)
+        shown = T.paper_layout(values, "md", warm_start=warm).rename(index=names)
+        shown.index.name = "method"
+        md.append(f"### {C.SCORES[score]}\n\n" + T.to_markdown(shown)
+                  + ("\n† never left the warm start: its best step was 0 in every seed.\n" if warm else ""))
+        shown = T.paper_layout(values, "tex", warm_start=warm).rename(index=names)
+        shown.index.name = "method"
+        tex.append(T.to_latex(shown, f"{C.SCORES[score]} ({sweep}): mean over seeds; bold the highest, underlined "
+                                     "the second mean of a column (descriptive, no test).", f"tab:table1_paper_{score}"))
+    return _write(out, "table1_paper", formats, note + "\n".join(md), "\n".join(tex))
 
 
 def _display_names(rows) -> dict:
@@ -394,7 +434,9 @@ def write_figures(results, out: Path, formats=("png",), comparisons: pd.DataFram
 
 
 def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("png",), reference=None,
-                 table1: str | None = None) -> dict:
+                 table1: str | None = None, style: str = "tested") -> dict:
+    if style not in STYLES:
+        raise ValueError(f"--style must be one of {list(STYLES)}, got {style!r}")
     results = load_results(root)
     results.main_sweep = choose_table1(results, table1)
     out = Path(out) if out else Path(root) / "report"
@@ -402,7 +444,7 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
     bad = [f for f in table_formats if f not in TABLE_FORMATS] + [f for f in figure_formats if f not in FIGURE_FORMATS]
     if bad:
         raise ValueError(f"unknown format(s) {bad}; tables: {list(TABLE_FORMATS)}, figures: {list(FIGURE_FORMATS)}")
-    tables = write_tables(results, out, table_formats, reference)
+    tables = write_tables(results, out, table_formats, reference, style)
     figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"],
                           tables.get("sweep_comparisons")) if figure_formats
             else {"written": {}, "notes": []})

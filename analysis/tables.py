@@ -51,7 +51,9 @@ def aggregate(cells: pd.DataFrame, row_key: str = "label", score: str = "best_he
                     "collapsed": int((group["state"] == "collapsed").sum()), "collapse": _collapse_note(group),
                     "failed": int((group["state"] == "failed").sum()),
                     "unfinished": int((~group["state"].isin((*FINISHED, "failed"))).sum()),
-                    "best_step_median": scored["best_step"].median() if len(scored) else None})
+                    "best_step_median": scored["best_step"].median() if len(scored) else None,
+                    # seeds whose best step is 0: the score is the starting policy's, the method never improved on it
+                    "warm_start": int((pd.to_numeric(scored["best_step"], errors="coerce") == 0).sum())})
     return pd.DataFrame(out)
 
 
@@ -91,7 +93,16 @@ def _cell_text(r: dict, scale: float) -> str:
     missing = r["seeds"] - r["finished"]
     if missing and r["collapsed"] != r["seeds"]:
         text += f" ({r['finished']}/{r['seeds']} seeds)"
+    if r.get("warm_start"):
+        text += (f", {WARM_START}" if r["warm_start"] == r["finished"]
+                 else f", {WARM_START} in {r['warm_start']}/{r['finished']}")
     return text
+
+
+WARM_START = "never left the warm start"
+WARM_START_NOTE = (f"`{WARM_START}`: the best validation step within [0, T_stop] was step 0 — the starting policy — "
+                   "in every finished seed (or in k/n of them), so the entry is the warm start's score, not the "
+                   "method's improvement on it.")
 
 
 def pivot(long: pd.DataFrame, settings: list[str], rows: list[str], row_key: str = "label",
@@ -104,8 +115,7 @@ def pivot(long: pd.DataFrame, settings: list[str], rows: list[str], row_key: str
             text = text.replace("|", "\\|")
             return f"**{text}**" if r["bold"] else text
         if markup == "tex":
-            text = text.replace("±", "$\\pm$").replace("&", "\\&").replace("%", "\\%")
-            return f"\\textbf{{{text}}}" if r["bold"] else text
+            return TexCell(f"\\textbf{{{tex_text(text)}}}" if r["bold"] else tex_text(text))
         return text
     frame = long.assign(shown=long.apply(mark, axis=1)).pivot(index=row_key, columns="setting", values="shown")
     frame = frame.reindex(index=[r for r in rows if r in frame.index], columns=[s for s in settings if s in frame.columns])
@@ -236,21 +246,98 @@ def to_markdown(frame: pd.DataFrame, index: bool = True) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def paper_marks(values: pd.DataFrame) -> pd.DataFrame:
+    """The paper's convention on a methods × columns frame of numbers (a text entry such as 'collapse (step
+    N)' is not ranked): "bold" for the highest number of each column, "underline" for the second, else "".
+    Descriptive: it says which mean is largest, not that a test supports it."""
+    marks = pd.DataFrame("", index=values.index, columns=values.columns)
+    for column in values.columns:
+        numbers = pd.to_numeric(values[column], errors="coerce").dropna().sort_values(ascending=False)
+        for mark, row in zip(("bold", "underline"), numbers.index):
+            marks.loc[row, column] = mark
+    return marks
+
+
+def paper_layout(values: pd.DataFrame, markup: str, digits: int = 1, warm_start: frozenset = frozenset()) -> pd.DataFrame:
+    """``values`` rendered as the paper prints Table 1: the number alone, best bold, second underlined;
+    an entry in ``warm_start`` ((row, column) pairs) gets a dagger: it never left the warm start."""
+    marks = paper_marks(values)
+
+    def show(value, mark, flagged):
+        text = f"{value:.{digits}f}" if isinstance(value, (int, float)) and not pd.isna(value) else str(value)
+        text += "†" if flagged else ""
+        if markup == "tex":
+            text = tex_text(text).replace("†", "$^\\dagger$")
+            return TexCell({"bold": f"\\textbf{{{text}}}", "underline": f"\\underline{{{text}}}"}.get(mark, text))
+        return {"bold": f"**{text}**", "underline": f"<u>{text}</u>"}.get(mark, text)
+    return pd.DataFrame({c: [show(v, m, (r, c) in warm_start) for r, v, m in zip(values.index, values[c], marks[c])]
+                         for c in values.columns}, index=values.index)
+
+
+def paper_style_values(long: pd.DataFrame, settings: list[str], rows: list[str], scale: float = 100.0) -> pd.DataFrame:
+    """Our Table 1 as the paper's numbers: the mean over seeds, or the collapse note where every seed
+    collapsed; an entry with a collapsed seed is shown but, as in ``rank_column``, not ranked."""
+    frame = pd.DataFrame(index=rows, columns=settings, dtype=object)
+    for r in long.to_dict("records"):
+        if r["mean"] is None or pd.isna(r["mean"]):
+            value = r["text"]
+        elif r["collapsed"]:
+            value = (r["collapse"] if r["collapsed"] == r["seeds"]
+                     else f"{r['mean'] * scale:.1f}, {r['collapse']} in {r['collapsed']}/{r['seeds']}")
+        else:
+            value = r["mean"] * scale
+        frame.loc[r["label"], r["setting"]] = value
+    return frame.dropna(how="all").fillna("missing")
+
+
+def never_left_warm_start(long: pd.DataFrame) -> frozenset:
+    """(label, setting) entries whose every finished seed chose step 0 as its best."""
+    return frozenset((r["label"], r["setting"]) for r in long.to_dict("records")
+                     if r.get("warm_start") and r["warm_start"] == r["finished"])
+
+
+class TexCell(str):
+    """Text already rendered as LaTeX (``to_latex`` leaves it as it is)."""
+
+
+# what pdflatex cannot read as it stands: LaTeX's special characters, and the Unicode the tables use
+_TEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
+                "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}"}
+_TEX_UNICODE = {"±": "$\\pm$", "δ": "$\\delta$", "ε": "$\\varepsilon$", "μ": "$\\mu$", "π": "$\\pi$",
+                "τ": "$\\tau$", "ρ": "$\\rho$", "λ": "$\\lambda$", "β": "$\\beta$", "×": "$\\times$",
+                "≤": "$\\le$", "≥": "$\\ge$", "≈": "$\\approx$", "−": "$-$", "→": "$\\to$", "—": "---",
+                "–": "--", "⁻": "$^{-}$", "¹": "$^{1}$", "²": "$^{2}$", "³": "$^{3}$", "⁴": "$^{4}$",
+                "·": "$\\cdot$", "…": "\\ldots{}", "’": "'", "“": "``", "”": "''", "Δ": "$\\Delta$"}
+
+
+def tex_text(text) -> str:
+    """Plain text as pdflatex-safe LaTeX: special characters escaped, Greek letters and symbols as math,
+    any other non-ASCII character shown as "?" (pdflatex would stop on it)."""
+    out = []
+    for ch in str(text):
+        if ch in _TEX_SPECIAL:
+            out.append(_TEX_SPECIAL[ch])
+        elif ch in _TEX_UNICODE:
+            out.append(_TEX_UNICODE[ch])
+        elif ord(ch) > 127:
+            out.append("?")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def to_latex(frame: pd.DataFrame, caption: str, label: str, index: bool = True) -> str:
-    """A booktabs table (needs \\usepackage{booktabs})."""
+    """A booktabs table (needs \\usepackage{booktabs}) that pdflatex compiles: the caption, the headers
+    and every cell go through ``tex_text`` except cells rendered already (``TexCell``)."""
     frame = frame.reset_index() if index else frame
     spec = "l" * len(frame.columns)
-    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{caption}}}", f"\\label{{{label}}}",
+    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{tex_text(caption)}}}", f"\\label{{{label}}}",
              f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-             " & ".join(_tex_escape(str(c)) for c in frame.columns) + " \\\\", "\\midrule"]
+             " & ".join(tex_text(c) for c in frame.columns) + " \\\\", "\\midrule"]
     for row in frame.itertuples(index=False):
-        lines.append(" & ".join(_fmt(v) if isinstance(v, str) and "\\" in v else _tex_escape(_fmt(v)) for v in row) + " \\\\")
+        lines.append(" & ".join(v if isinstance(v, TexCell) else tex_text(_fmt(v)) for v in row) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
-
-
-def _tex_escape(text: str) -> str:
-    return text.replace("_", "\\_").replace("&", "\\&").replace("%", "\\%").replace("±", "$\\pm$")
 
 
 def _fmt(value) -> str:

@@ -261,7 +261,7 @@ def cmd_report(args) -> int:
     split = lambda text: [x for x in text.split(",") if x]  # noqa: E731
     try:
         result = build_report(args.results_dir, args.out, split(args.format), split(args.figures), args.reference,
-                              args.table1)
+                              args.table1, args.style)
     except (FileNotFoundError, ValueError) as err:
         print(f"trh report: {err}", file=sys.stderr)
         return 2
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--reference", default=None, help="the row every comparison is against (default cppo)")
     rp.add_argument("--table1", default=None,
                     help="the sweep Table 1 comes from (default paper_main, else demo, else the most finished)")
+    rp.add_argument("--style", default="tested", choices=["tested", "paper"],
+                    help="paper: also Table 1 in the paper's layout (table1_paper.*: best bold, second underlined, "
+                         "descriptive) beside the tested view")
     rp.set_defaults(func=cmd_report)
     return parser
 

@@ -1,0 +1,83 @@
+"""Cells are grouped by what they are. Every table, comparison and figure averages a label's cells over
+seeds; that is only right when the label's cells share one configuration. A label whose cells differ in
+anything but the seed (a ``trh train`` run beside a grid, two invocations with other thresholds, a
+search's trials) is split into one label per configuration, named by the parameters that differ:
+
+    cppo  →  cppo [delta_b=0.01, w_min=0.8]  and  cppo [delta_b=0.02, w_min=0.8]
+
+A configuration is what the run id hashes (``harness.config.id_dict``), seed aside, so knobs that only
+say where files go never split a label; a config the harness cannot type (another version's, a
+hand-written one) is compared as recorded, ``logging`` and the seed aside.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+UNTYPED_IGNORED = ("seed", "logging", "results_root", "run_dir")
+
+
+def signature(config: dict | None) -> str | None:
+    """A cell's configuration, seed aside, as a canonical JSON string (None: the cell has no config yet)."""
+    if not config:
+        return None
+    try:
+        from harness.config import id_dict
+
+        view = id_dict(config)
+    except Exception:  # noqa: BLE001 - an untyped config is still compared, as recorded
+        view = {k: v for k, v in config.items() if k not in UNTYPED_IGNORED}
+    view.pop("seed", None)
+    return json.dumps(_flat(view), sort_keys=True, default=str)
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (tree or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def split_pooled_labels(cells: pd.DataFrame) -> pd.DataFrame:
+    """Give each configuration within a (sweep, setting, label) its own label, naming the parameters that
+    differ; cells without a config yet (missing, not started) keep the label. ``pooled_from`` records the
+    original label of a split one."""
+    cells = cells.copy()
+    cells["pooled_from"] = None
+    if "signature" not in cells:
+        return cells
+    for _, group in cells.groupby(["sweep", "setting", "label"], sort=False):
+        configs = {s: json.loads(s) for s in group["signature"].dropna().unique()}
+        if len(configs) < 2:
+            continue
+        differing = sorted({k for c in configs.values() for k in c
+                            if len({json.dumps(other.get(k), default=str) for other in configs.values()}) > 1})
+        names = _short_names(differing)
+        for sig, config in configs.items():
+            rows = group.index[group["signature"] == sig]
+            label = group["label"].iloc[0]
+            detail = ", ".join(f"{names[k]}={_value(config.get(k))}" for k in differing)
+            cells.loc[rows, "pooled_from"] = label
+            cells.loc[rows, "label"] = f"{label} [{detail}]"
+            cells.loc[rows, "variant"] = f"{label} [{detail}]"
+    return cells
+
+
+def _short_names(keys: list[str]) -> dict:
+    """The last component of each dotted key, or the whole key where two would read alike."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (short if last.count(short) == 1 else k) for k, short in zip(keys, last)}
+
+
+def _value(value) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

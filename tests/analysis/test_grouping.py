@@ -1,0 +1,82 @@
+"""Cells are grouped by what they are: a label whose cells differ in anything but the seed is split into
+one label per configuration, never averaged (analysis/grouping.py)."""
+
+import json
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from analysis.grouping import signature
+from analysis.load import load_results
+from analysis.report import build_report
+from harness.config import compose, resolve
+
+
+def _run(root, name, config: dict, headlines):
+    """A finished plain run folder (as trh train leaves it) with eval rows every 10 steps."""
+    folder = root / "runs" / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    rows = [{"step": 10 * i, "headline": h, "val_a": h, "val_b": h, "val_c": h} for i, h in enumerate(headlines)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "status.json").write_text(json.dumps({"state": "done", "config_hash": name.rsplit("-", 1)[-1],
+                                                    "step": rows[-1]["step"]}))
+
+
+def _config(seed, delta, **extra):
+    return {"setting": {"name": "base_s", "t_stop": 40, "delta": 0.15}, "seed": seed,
+            "method": {"name": "cppo", "delta": delta}, "logging": {"progress": seed == 0}, **extra}
+
+
+def test_two_configurations_of_one_method_are_two_labels_never_one_mean(tmp_path):
+    root = tmp_path / "results"
+    for seed, (low, high) in enumerate([(0.2, 0.6), (0.3, 0.7)]):
+        _run(root, f"base_s-cppo-s{seed}-a{seed}", _config(seed, 0.1), [0.1, low])
+        _run(root, f"base_s-cppo-s{seed}-b{seed}", _config(seed, 0.2), [0.1, high])
+    cells = load_results(root).cells
+    assert set(cells["label"]) == {"cppo [delta=0.1]", "cppo [delta=0.2]"}
+    assert set(cells["pooled_from"]) == {"cppo"}
+    means = cells.groupby("label")["best_headline"].mean()
+    assert means["cppo [delta=0.1]"] == pytest.approx(0.25) and means["cppo [delta=0.2]"] == pytest.approx(0.65)
+    build_report(root, tmp_path / "report", table_formats=("md", "csv"))
+    table = pd.read_csv(tmp_path / "report" / "table1.csv")
+    assert len(table) == 2 and not table.to_string().count("45.0")  # 45 = the pooled mean, never shown
+
+
+def test_the_seed_and_logging_never_split_a_label(tmp_path):
+    root = tmp_path / "results"
+    for seed in range(3):
+        _run(root, f"base_s-cppo-s{seed}-c{seed}", _config(seed, 0.1), [0.1, 0.5])
+    cells = load_results(root).cells
+    assert set(cells["label"]) == {"cppo"} and cells["pooled_from"].isna().all()
+
+
+def test_typed_configs_compare_what_the_run_id_hashes():
+    """Where files go (engine.checkpoint_dir, keep_weights) is not the configuration; a threshold is."""
+    base = resolve(compose(["setting=lm_tiny", "method=cppo", "seed=1"])).resolved
+    moved = resolve(compose(["setting=lm_tiny", "method=cppo", "seed=2", "engine.checkpoint_dir=/scratch",
+                             "engine.keep_weights=false"])).resolved
+    other = resolve(compose(["setting=lm_tiny", "method=cppo", "seed=1", "method.delta_b=0.05"])).resolved
+    assert signature(base) == signature(moved) != signature(other)
+    assert signature(None) is None
+
+
+def test_warm_start_entries_and_identical_scores_are_flagged(tmp_path):
+    """A method whose best step is 0 in every seed never left the warm start: its table entry and every
+    comparison with it say so; two arms with the same score in every seed compare as exactly equal."""
+    root = tmp_path / "results"
+    curves = {"cppo": [[0.3, 0.5], [0.3, 0.6], [0.3, 0.4]], "trm_max": [[0.3, 0.2], [0.3, 0.1], [0.3, 0.3]],
+              "dppo": [[0.3, 0.5], [0.3, 0.6], [0.3, 0.4]]}
+    for method, runs in curves.items():
+        for seed, headlines in enumerate(runs):
+            config = {**_config(seed, 0.1), "method": {"name": method}}
+            _run(root, f"base_s-{method}-s{seed}-{method}{seed}", config, headlines)
+    build_report(root, tmp_path / "report", table_formats=("md", "csv"))
+    table = (tmp_path / "report" / "table1.md").read_text()
+    trm_row = next(line for line in table.splitlines() if line.startswith("| TRM-Max"))
+    assert "never left the warm start" in trm_row and "the best validation step within [0, T_stop] was step 0" in table
+    assert "never left" not in next(line for line in table.splitlines() if line.startswith("| CPPO"))
+    cmp = pd.read_csv(tmp_path / "report" / "comparisons.csv").set_index("other")
+    assert "trm_max never left the warm start" in cmp.loc["trm_max", "note"]
+    assert "identical scores in every seed" in cmp.loc["dppo", "note"] and cmp.loc["dppo", "diff"] == 0
