@@ -26,23 +26,76 @@ EXTRA_COLORS = ["#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"
                 "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7969c"]
 BAND = "band: 95 % CI of the mean over seeds"
 LINESTYLES = ["-", "--", "-.", ":"]
-MARKERS = ["o", "s", "^", "D", "v", "P"]
+# one marker per variant, in order of appearance: as many as there are colours before any repeats
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "H", "8", "1", "2", "3", "4", "+"]
 
 
-def colour_map(cells: pd.DataFrame) -> dict:
-    """label → colour, one colour per variant (method + overrides) across every sweep of ``cells``: a
-    method without overrides gets the paper's colour, every other variant its own spare colour."""
-    paper_colours = {m["color"] for m in paper()["methods"].values() if "color" in m}
-    spare = iter([c for c in EXTRA_COLORS if c not in paper_colours] + EXTRA_COLORS * 4)
-    by_variant, colours = {}, {}
+def _variants(cells: pd.DataFrame) -> list[tuple[str, str, str]]:
     variants = cells["variant"] if "variant" in cells else cells["method"]
-    for label, method, variant in zip(cells["label"], cells["method"], variants):
+    return list(zip(cells["label"], cells["method"], variants))
+
+
+def _spare_colour(taken: set) -> str:
+    """A colour for a variant that is not a method's own arm: from the spare list, then matplotlib's
+    qualitative palettes, then hues a golden angle apart — never a colour already taken."""
+    import colorsys
+
+    from matplotlib.colors import to_hex
+
+    from matplotlib.colors import to_rgb
+
+    def far(colour: str, distance: float) -> bool:  # not a near-copy of a taken colour (a second blue for CPPO)
+        rgb = np.array(to_rgb(colour))
+        return all(np.linalg.norm(rgb - np.array(to_rgb(t))) >= distance for t in taken)
+
+    palettes = [to_hex(c) for name in ("tab20", "tab20b", "tab20c", "Set1", "Dark2")
+                for c in plt.get_cmap(name).colors]
+    for distance in (0.25, 0.12):
+        for colour in dict.fromkeys(EXTRA_COLORS + palettes):
+            if colour not in taken and far(colour, distance):
+                return colour
+    k = len(taken)
+    while True:
+        k += 1
+        colour = to_hex(colorsys.hsv_to_rgb((k * 0.6180339887) % 1.0, 0.55 + 0.4 * (k % 2), 0.5 + 0.4 * (k % 3) / 2))
+        if colour not in taken:
+            return colour
+
+
+def colour_map(cells: pd.DataFrame, main_sweep: str | None = None) -> dict:
+    """label → colour, one colour per variant (method + overrides) across every sweep of ``cells``: a
+    method's own arm — the first variant, the main sweep's first, that has no overrides or is labelled by
+    the method's name (a tuned arm) — gets the paper's colour, every other variant a colour no other
+    variant has."""
+    if main_sweep is not None and "sweep" in cells:
+        cells = pd.concat([cells[cells["sweep"] == main_sweep], cells[cells["sweep"] != main_sweep]])
+    paper_colours = {m["color"] for m in paper()["methods"].values() if "color" in m}
+    by_variant, colours = {}, {}
+    own_arms = {}
+    for label, method, variant in _variants(cells):
+        if variant == method or label in (method, display_name(method)):
+            own_arms.setdefault(method, variant)
+    for label, method, variant in _variants(cells):
         if variant not in by_variant:
-            plain = variant == method
-            by_variant[variant] = paper()["methods"].get(method, {}).get("color") if plain else None
-            by_variant[variant] = by_variant[variant] or next(spare)
+            own = paper()["methods"].get(method, {}).get("color") if own_arms.get(method) == variant else None
+            by_variant[variant] = own or _spare_colour(paper_colours | set(by_variant.values()))
         colours.setdefault(label, by_variant[variant])
     return colours
+
+
+def report_colours(results: Results) -> dict:
+    """The colours of every figure of one report: the main (Table 1) sweep's arms get the paper's colours."""
+    return colour_map(results.cells, results.main_sweep)
+
+
+def marker_map(cells: pd.DataFrame) -> dict:
+    """label → marker, one marker per variant in order of appearance (distinct up to len(MARKERS) variants),
+    so that two variants differ in colour and in marker (readable in grey print)."""
+    by_variant, markers = {}, {}
+    for label, _, variant in _variants(cells):
+        by_variant.setdefault(variant, MARKERS[len(by_variant) % len(MARKERS)])
+        markers.setdefault(label, by_variant[variant])
+    return markers
 
 
 def _legend_name(label: str, method: str) -> str:
@@ -77,6 +130,7 @@ ACCURACIES = ("headline", "train_reward")  # and every validation split the runs
 def plot_curves(ax, results: Results, cells: pd.DataFrame, key: str, colours: dict, smooth: int = 1,
                 scale: float = 1.0, labels=None):
     labels = labels or list(dict.fromkeys(cells["label"]))
+    markers = marker_map(results.cells)  # every figure of a report: one marker per variant
     for i, label in enumerate(labels):
         group = cells[cells["label"] == label]
         curve = seed_curves(results, group, key, smooth)
@@ -86,10 +140,11 @@ def plot_curves(ax, results: Results, cells: pd.DataFrame, key: str, colours: di
         if key in ACCURACIES or key in _validation_splits(cells) or key.endswith("_share"):  # means of [0, 1] values
             low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
         colour = colours.get(label)
-        # line style and marker vary within a panel, so that lines that coincide stay visible
+        # the variant's own marker (about eight along the line); the line style varies within a panel, so
+        # that lines that coincide stay visible
         ax.plot(steps, mean * scale, color=colour, lw=1.6, ls=LINESTYLES[i % len(LINESTYLES)],
-                label=_legend_name(label, group["method"].iloc[0]),
-                marker=MARKERS[i % len(MARKERS)] if len(steps) <= 12 else None, ms=4, mfc="none", zorder=3 + i)
+                label=_legend_name(label, group["method"].iloc[0]), marker=markers.get(label, "o"),
+                markevery=max(1, len(steps) // 8), ms=4, mfc="none", zorder=3 + i)
         if len(group) > 1:
             ax.fill_between(steps, low * scale, high * scale, color=colour, alpha=0.12, lw=0)
     ax.grid(alpha=0.3)
@@ -118,20 +173,33 @@ def fig_validation(results: Results, sweep: str, settings: list[str], out: Path,
     settings = [s for s in settings if s in set(cells["setting"])]
     if not settings:
         return []
-    colours = colour_map(results.cells)
+    colours = report_colours(results)
     fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.6), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         sub = cells[cells["setting"] == setting]
         plot_curves(ax, results, sub, "headline", colours, scale=100)
         _t_stop_line(ax, sub)
-        ax.set_title(f"{setting} ({paper()['settings'].get(setting, '—')})", fontsize=10)
+        ax.set_title(setting, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(f"validation headline ({results.avg_label}, %)", fontsize=8)
     fig.suptitle(f"{title}; {BAND}", fontsize=11)
-    fig.tight_layout()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _compared_note(fig, settings)
+    handles = {}
+    for ax in axes[0]:  # every label of every panel, once
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)
     return _save(fig, out, stem, formats)
+
+
+def _compared_note(fig, settings) -> None:
+    """The paper columns these settings are compared with, as a note under the figure: a title says only
+    what was run."""
+    columns = [f"{s} with the paper's {paper()['settings'][s]}" for s in settings if s in paper()["settings"]]
+    if columns:
+        fig.text(0.5, 0.005, "compared with: " + "; ".join(columns), ha="center", va="bottom", fontsize=7, color="0.35")
 
 
 def fig_panels(results: Results, panels: list[tuple[str, str]], out: Path, stem: str, title: str,
@@ -143,7 +211,7 @@ def fig_panels(results: Results, panels: list[tuple[str, str]], out: Path, stem:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
     for ax, (sweep, panel_title) in zip(axes[0], panels):
         cells = results.sweep_cells(sweep)
-        plot_curves(ax, results, cells, "headline", colour_map(results.cells), scale=100)
+        plot_curves(ax, results, cells, "headline", report_colours(results), scale=100)
         _t_stop_line(ax, cells)
         ax.set_title(f"{panel_title} — {cells['setting'].iloc[0]}", fontsize=10)
         ax.set_xlabel("step")
@@ -162,13 +230,15 @@ def fig_warmup(results: Results, sweep: str, settings: list[str], out: Path, for
     if not settings:
         return []
     fig, axes = plt.subplots(2, len(settings), figsize=(4.2 * len(settings), 5.6), squeeze=False, sharex="col")
-    colour = paper()["methods"]["cppo"]["color"]
+    colours = report_colours(results)
     for col, setting in enumerate(settings):
         sub = cells[cells["setting"] == setting]
         for row, (key, ylabel) in enumerate([("delta_b_mean", "mean effective δ_b"),
                                              ("budget_mask_share", "budget-mask share")]):
             ax = axes[row][col]
-            plot_curves(ax, results, sub, key, {label: colour for label in sub["label"]}, smooth=3)
+            plot_curves(ax, results, sub, key, colours, smooth=3)
+            if sub["label"].nunique() > 1:
+                ax.legend(fontsize=7)
             ax.set_ylabel(ylabel, fontsize=9)
             if row == 0:
                 ax.set_title(setting, fontsize=10)
@@ -199,7 +269,7 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
     cells = cells[cells["setting"] == setting]
     if cells.empty:
         return []
-    colours = colour_map(results.cells)
+    colours = report_colours(results)
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.2))
     samples = int(cells["eval_samples"].dropna().iloc[0]) if cells["eval_samples"].notna().any() else "k"
     panels = [(s, f"{s} Avg@{samples}, %", 100, 1) for s in _validation_splits(cells)[:3]] + GRID_PANELS
@@ -216,9 +286,8 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
                 drift.plot(curve[0], curve[1], color=colours.get(label), ls="--", lw=1)
         drift.set_title(drift.get_title() + "\n(dashed: engine mismatch at the first update)", fontsize=9)
     _legend_below(fig, axes[1][0], ncol=7)
-    column = paper()["settings"].get(setting)
-    fig.suptitle(f"{setting} ({sweep}; " + (f"stands in for Qwen3-{column}" if column else "no paper column")
-                 + f"); {BAND}", fontsize=11)
+    fig.suptitle(f"{setting} ({sweep}); {BAND}", fontsize=11)
+    _compared_note(fig, [setting])
     return _save(fig, out, stem, formats)
 
 
@@ -239,7 +308,7 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
     cells = results.sweep_cells(sweep)
     if cells.empty:
         return []
-    colours = colour_map(results.cells)
+    colours = report_colours(results)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for label, group in cells.groupby("label", sort=False):
         rows = [r for run_dir in group["run_dir"]
@@ -289,7 +358,7 @@ def fig_forest(cmp: pd.DataFrame, names: dict, out: Path, avg_label: str, format
     protocols = list(dict.fromkeys(cmp["score"]))
     n = cmp.groupby("score").size().max()
     fig, axes = plt.subplots(1, len(protocols), figsize=(6.4 * len(protocols), 0.32 * n + 1.6), squeeze=False,
-                             sharey=True)
+                             sharey=True, sharex=True)
     colours = {"better": "#1f77b4", "worse": "#d62728", "no detectable difference": "0.45"}
     for ax, score in zip(axes[0], protocols):
         group = cmp[cmp["score"] == score].reset_index(drop=True)

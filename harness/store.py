@@ -113,8 +113,11 @@ def sweep_manifests(results_root) -> dict:
 
 
 def run_folders(results_root) -> list[Path]:
-    """Every run folder (one holding a config) under ``ROOT/runs`` or directly under ``ROOT``."""
+    """Every run folder (one holding a config) under ``ROOT/runs`` or directly under ``ROOT``; ``ROOT`` alone
+    when it is a run folder."""
     root = Path(results_root)
+    if (root / CONFIG).is_file():  # a run folder itself (trh report RUN_FOLDER)
+        return [root]
     configs = sorted(runs_dir(root).glob(f"*/{CONFIG}")) + sorted(root.glob(f"*/{CONFIG}"))
     return [c.parent for c in configs if ".damaged-" not in c.parent.name]  # (moved aside by trh sweep --repair)
 

@@ -80,3 +80,36 @@ def test_warm_start_entries_and_identical_scores_are_flagged(tmp_path):
     cmp = pd.read_csv(tmp_path / "report" / "comparisons.csv").set_index("other")
     assert "trm_max never left the warm start" in cmp.loc["trm_max", "note"]
     assert "identical scores in every seed" in cmp.loc["dppo", "note"] and cmp.loc["dppo", "diff"] == 0
+
+
+def test_thirteen_variants_differ_in_colour_and_in_marker(tmp_path):
+    """On the figures' own artists: every variant has a colour and a marker no other variant has."""
+    import matplotlib.pyplot as plt
+
+    from analysis.figures import plot_curves, colour_map
+
+    root = tmp_path / "results"
+    for i in range(13):
+        for seed in range(2):
+            _run(root, f"base_s-cppo-s{seed}-v{i}s{seed}", _config(seed, 0.01 * (i + 1)), [0.1, 0.2 + 0.01 * i])
+    _run(root, "base_s-dppo-s0-d0", {**_config(0, 0.1), "method": {"name": "dppo"}}, [0.1, 0.3])
+    results = load_results(root)
+    fig, ax = plt.subplots()
+    plot_curves(ax, results, results.cells, "headline", colour_map(results.cells))
+    lines = [line for line in ax.get_lines() if line.get_label() and not line.get_label().startswith("_")]
+    assert len(lines) == 14
+    assert len({line.get_color() for line in lines}) == 14 and len({line.get_marker() for line in lines}) == 14
+    assert next(line for line in lines if line.get_label() == "DPPO").get_color() == "#d62728"  # the paper's
+    plt.close(fig)
+
+
+def test_report_of_one_run_folder(tmp_path, capsys):
+    """trh report RUN_FOLDER (a trh train output): its scores and its curves."""
+    from sweeps.cli import main
+
+    root = tmp_path / "results"
+    _run(root, "base_s-cppo-s0-one", _config(0, 0.1), [0.1, 0.4, 0.3])
+    folder = root / "runs" / "base_s-cppo-s0-one"
+    assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 0
+    assert "40.0" in (tmp_path / "report" / "table1.md").read_text()
+    assert (tmp_path / "report" / "fig4_validation_curves.png").exists()
