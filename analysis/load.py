@@ -110,4 +110,6 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
     return {"sweep": sweep, "feeds": feeds, "setting": cell["setting"], "label": cell["label"],
             "method": cell["method"], "variant": variant, "seed": cell["seed"], "id": cell["id"],
             "run_dir": str(run_dir), "eval_samples": (config.get("eval") or {}).get("samples"),
-            "signature": signature(config), **score}
+            "signature": signature(config),
+            "search_trials": ", ".join(f"{t.get('search')}#{t.get('trial')}" for t in store.search_trials()) or None,
+            **score}

@@ -448,9 +448,17 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
     figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"],
                           tables.get("sweep_comparisons")) if figure_formats
             else {"written": {}, "notes": []})
-    index = _index(results, tables, figs, out) + _theory(results.root, out)
+    index = _index(results, tables, figs, out) + _searches(results.root, out, figure_formats) + _theory(results.root, out)
     (out / "report.md").write_text(index)
     return {"out": out, "tables": tables, "figures": figs, "cells": results.cells, "index": index}
+
+
+def _searches(root: Path, out: Path, figure_formats) -> str:
+    """Each ``trh search`` of this results root: its trials, figures and best trial (analysis.searches)."""
+    from .searches import search_folders, write_search
+
+    sections = [write_search(folder, out, figure_formats or ("png",))[1] for folder in search_folders(Path(root))]
+    return ("\n## Searches (trh search; search_<name>.md)\n\n" + "\n\n".join(sections) + "\n") if sections else ""
 
 
 def _theory(root: Path, out: Path) -> str:

@@ -202,6 +202,8 @@ def survival(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key:
 def provenance(cells: pd.DataFrame) -> pd.DataFrame:
     keep = ["sweep", "setting", "label", "method", "seed", "id", "steps_run", "t_stop", "verdict", "best_step",
             "best_headline", "heldout_headline", "step0_headline", "run_dir"]
+    if "search_trials" in cells and cells["search_trials"].notna().any():  # which search trial made each cell
+        keep.insert(6, "search_trials")
     return cells[keep].rename(columns={"id": "config_hash"}).reset_index(drop=True)
 
 

@@ -23,6 +23,7 @@ A run folder:
     RUN_DIR/policy_best.anchor/  while running: the best policy as of the last checkpoint, while
                               policy_best/ holds a later step (what a resume from that checkpoint needs)
     RUN_DIR/launch/           multi-GPU cells: the accelerate config and the cell's config for each node
+    RUN_DIR/search_trials.json  the (search, trial) pairs that use this run, when a search made it
 
 Every write of status and checkpoint is atomic (temp file + rename), so a kill never leaves a
 half-written file, and a folder is finished only when its status says so.
@@ -44,6 +45,7 @@ from .locks import FileLock, LockHeld
 
 FINISHED = ("done", "collapsed")
 BEST_POLICY_MARKER = "best_step.json"
+SEARCH_LINKS = "search_trials.json"
 METRICS, DIAGNOSTICS, STATUS, CONFIG = "metrics.jsonl", "diagnostics.jsonl", "status.json", "config.yaml"
 OWNER = ".owner"  # the lock of a run folder (harness.locks)
 
@@ -256,6 +258,21 @@ class RunStore:
     def policy_dir(self) -> Path:
         """engine=trl: the final policy in Hugging Face format, kept at the verdict (``engine.keep_weights``)."""
         return self.dir / "policy"
+
+    def add_search_trial(self, search: str, trial: int) -> None:
+        """Record that a search's trial uses this run (a cell can serve several trials of equal parameters)."""
+        links = self.search_trials()
+        if {"search": search, "trial": trial} not in links:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.dir / SEARCH_LINKS, json.dumps(links + [{"search": search, "trial": trial}]).encode())
+
+    def search_trials(self) -> list[dict]:
+        """The (search, trial) pairs that use this run ([] for a run no search made)."""
+        try:
+            links = json.loads((self.dir / SEARCH_LINKS).read_text())
+            return [link for link in links if isinstance(link, dict)] if isinstance(links, list) else []
+        except (OSError, ValueError):
+            return []
 
     @property
     def best_policy_dir(self) -> Path:

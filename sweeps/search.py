@@ -230,6 +230,8 @@ def search(name: str, trials: int, overrides=(), storage: str | None = None, exe
         trial.set_user_attr("driver", owner)
         cells = _cells_for(spec, _suggest(trial, spec.space), hydra_overrides, root, threads)
         trial.set_user_attr("cells", [str(c.run_dir) for c in cells])
+        for cell in cells:  # and each cell names its trial
+            RunStore(cell.run_dir).add_search_trial(spec.name, trial.number)
         active.append(_Trial(trial, cells))
         _start(runner, active[-1])
 

@@ -39,11 +39,22 @@ def test_search_reports_prunes_and_writes_results(tmp_path):
     assert len(curves) == 3, curves
     csv = (tmp_path / "searches" / "search_smoke" / "trials.csv").read_text().splitlines()
     assert len(csv) == 4 and "params_method.delta_b" in csv[0]
-    # params land in the cells' configs
+    # params land in the cells' configs, and each cell names its trial
     for t in trials:
         name = t.user_attrs["cells"][0].rsplit("/", 1)[1]
         config = (tmp_path / "runs" / name / "config.yaml").read_text()
         assert f"delta_b: {t.params['method.delta_b']}" in config
+        assert RunStore(tmp_path / "runs" / name).search_trials() == [{"search": "search_smoke", "trial": t.number}]
+    # trh report: the search's trials, history, importances, contour and slice; its cells apart, by configuration
+    from analysis.report import build_report
+
+    report = build_report(tmp_path, tmp_path / "report")
+    for kind in ("history", "importance", "contour", "slice"):
+        assert (tmp_path / "report" / f"search_search_smoke_{kind}.png").stat().st_size > 10_000, kind
+    section = (tmp_path / "report" / "search_search_smoke.md").read_text()
+    assert f"Best: trial {best['number']}" in section and "optimistic" in section
+    assert "## Searches" in report["index"] and report["cells"]["label"].nunique() == 3
+    assert "search_smoke#" in (tmp_path / "report" / "provenance.md").read_text()
 
 
 def test_killed_search_resumes_with_finished_trials_intact(tmp_path):
