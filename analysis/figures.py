@@ -237,7 +237,7 @@ def fig_warmup(results: Results, sweep: str, settings: list[str], out: Path, for
                                              ("budget_mask_share", "budget-mask share")]):
             ax = axes[row][col]
             plot_curves(ax, results, sub, key, colours, smooth=3)
-            if sub["label"].nunique() > 1:
+            if len(ax.get_legend_handles_labels()[1]) > 1:
                 ax.legend(fontsize=7)
             ax.set_ylabel(ylabel, fontsize=9)
             if row == 0:

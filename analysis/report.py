@@ -448,9 +448,23 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
     figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"],
                           tables.get("sweep_comparisons")) if figure_formats
             else {"written": {}, "notes": []})
-    index = _index(results, tables, figs, out) + _searches(results.root, out, figure_formats) + _theory(results.root, out)
+    index = (_index(results, tables, figs, out) + _factorials(results, out, figure_formats)
+             + _searches(results.root, out, figure_formats) + _theory(results.root, out))
     (out / "report.md").write_text(index)
     return {"out": out, "tables": tables, "figures": figs, "cells": results.cells, "index": index}
+
+
+def _factorials(results, out: Path, figure_formats) -> str:
+    """The factorial view of every grid (non-tuning sweeps) that varies one or two parameters of a method."""
+    from .factorial import find_factorials, write_factorial
+
+    tuning_sweeps = {n for n, m in results.sweeps.items() if tuning.is_tuning(m)}
+    found, notes = find_factorials(results.cells[~results.cells["sweep"].isin(tuning_sweeps)])
+    sections = [write_factorial(f, out, figure_formats or ("png",))[1] for f in found]
+    if not sections and not notes:
+        return ""
+    return ("\n## Factorial views (factorial_<sweep>_<setting>_<method>.md, heatmap or line figure)\n\n"
+            + "\n\n".join(sections) + "".join(f"\n- {n}" for n in notes) + "\n")
 
 
 def _searches(root: Path, out: Path, figure_formats) -> str:

@@ -113,3 +113,24 @@ def test_report_of_one_run_folder(tmp_path, capsys):
     assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 0
     assert "40.0" in (tmp_path / "report" / "table1.md").read_text()
     assert (tmp_path / "report" / "fig4_validation_curves.png").exists()
+
+
+def test_a_two_by_two_grid_gets_a_pivot_a_heatmap_and_main_effects(tmp_path):
+    """δ × δ_b at two levels each, two seeds: delta adds 10 points, delta_b 20, the seed 4; the model
+    with the seed as a block recovers both effects exactly (no noise beyond the seed)."""
+    root = tmp_path / "results"
+    for seed in range(2):
+        for delta in (0.1, 0.2):
+            for delta_b in (0.01, 0.02):
+                score = 0.3 + (delta == 0.2) * 0.1 + (delta_b == 0.02) * 0.2 + 0.04 * seed
+                config = {**_config(seed, delta), "method": {"name": "cppo", "delta": delta, "delta_b": delta_b}}
+                _run(root, f"base_s-cppo-s{seed}-g{delta}{delta_b}{seed}".replace(".", ""), config, [0.2, score])
+    report = build_report(root, tmp_path / "report", table_formats=("md",), figure_formats=())
+    out = tmp_path / "report"
+    md = (out / "factorial_runs_base_s_cppo.md").read_text()
+    assert "method.delta × method.delta_b" in md and "## Factorial views" in report["index"]
+    assert "| 0.2 | 42.0 [16.6, 67.4] | 62.0 [36.6, 87.4] |" in md  # row delta=0.2: delta_b 0.01, 0.02
+    effects = pd.read_csv(out / "factorial_runs_base_s_cppo_effects.csv").set_index("parameter")
+    assert effects.loc["method.delta", "effect"] == pytest.approx(10.0)
+    assert effects.loc["method.delta_b", "effect"] == pytest.approx(20.0)
+    assert (out / "factorial_runs_base_s_cppo_heatmap.png").stat().st_size > 5_000
