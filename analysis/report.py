@@ -451,7 +451,10 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
     index = (_index(results, tables, figs, out) + _factorials(results, out, figure_formats)
              + _searches(results.root, out, figure_formats) + _theory(results.root, out))
     (out / "report.md").write_text(index)
-    return {"out": out, "tables": tables, "figures": figs, "cells": results.cells, "index": index}
+    from .html import write_html
+
+    page = write_html(out, f"Report of {results.root}")
+    return {"out": out, "tables": tables, "figures": figs, "cells": results.cells, "index": index, "html": page}
 
 
 def _factorials(results, out: Path, figure_formats) -> str:
