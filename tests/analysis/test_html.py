@@ -1,15 +1,14 @@
 """report.html: one self-contained page, rendered by a real headless browser (CI installs Debian's
 chromium; TRH_REQUIRE_CHROMIUM=1 makes a missing browser a failure instead of a skip)."""
 
-import os
 import re
-import shutil
 import subprocess
 
 import matplotlib.image
 import pytest
 
 from analysis.report import build_report
+from tests.tools import required_tool
 
 from .test_grouping import _config, _run
 
@@ -35,17 +34,9 @@ def test_the_page_holds_every_table_and_figure_and_nothing_outside(tmp_path):
     assert "<table>" in text and "Table 1" in text
 
 
-def _chromium():
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("TRH_REQUIRE_CHROMIUM"):
-            pytest.fail("TRH_REQUIRE_CHROMIUM is set but chromium is not installed")
-        pytest.skip("chromium not installed (Debian: apt-get install chromium)")
-    return found
-
-
 def test_headless_chromium_renders_the_page(tmp_path):
-    browser = _chromium()
+    browser = required_tool("chromium", "chromium-browser", env="TRH_REQUIRE_CHROMIUM",
+                            install="Debian: apt-get install chromium")
     page = _report(tmp_path)
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)

@@ -1,7 +1,6 @@
 """The report's .tex tables compile with pdflatex (CI installs Debian's texlive; TRH_REQUIRE_LATEX=1 makes a
 missing pdflatex a failure instead of a skip)."""
 
-import os
 import shutil
 import subprocess
 
@@ -9,6 +8,7 @@ import pytest
 
 from analysis.report import build_report
 from analysis.tables import tex_text
+from tests.tools import required_tool
 
 DOCUMENT = r"""\documentclass{article}
 \usepackage[T1]{fontenc}
@@ -26,17 +26,9 @@ def test_tex_text_escapes_specials_and_writes_greek_as_math():
     assert tex_text("日") == "?"
 
 
-def _pdflatex():
-    found = shutil.which("pdflatex")
-    if found is None:
-        if os.environ.get("TRH_REQUIRE_LATEX"):
-            pytest.fail("TRH_REQUIRE_LATEX is set but pdflatex is not installed")
-        pytest.skip("pdflatex not installed (Debian: texlive-latex-base texlive-latex-recommended)")
-    return found
-
-
 def test_every_table_of_the_committed_study_compiles(tmp_path):
-    pdflatex = _pdflatex()
+    pdflatex = required_tool("pdflatex", env="TRH_REQUIRE_LATEX",
+                             install="Debian: texlive-latex-base texlive-latex-recommended")
     out = tmp_path / "report"
     build_report("results/embedded", out, table_formats=("tex",), figure_formats=())
     tables = sorted(out.glob("*.tex"))
