@@ -17,6 +17,7 @@ import json
 import pandas as pd
 
 UNTYPED_IGNORED = ("seed", "logging", "results_root", "run_dir")
+SEED_LIKE = ("imported.source",)  # an imported run's log file differs per seed as the seed does
 
 
 def signature(config: dict | None) -> str | None:
@@ -30,7 +31,8 @@ def signature(config: dict | None) -> str | None:
     except Exception:  # noqa: BLE001 - an untyped config is still compared, as recorded
         view = {k: v for k, v in config.items() if k not in UNTYPED_IGNORED}
     view.pop("seed", None)
-    return json.dumps(_flat(view), sort_keys=True, default=str)
+    flat = {k: v for k, v in _flat(view).items() if k not in SEED_LIKE}
+    return json.dumps(flat, sort_keys=True, default=str)
 
 
 def _flat(tree, prefix: str = "") -> dict:

@@ -112,4 +112,5 @@ def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:
             "run_dir": str(run_dir), "eval_samples": (config.get("eval") or {}).get("samples"),
             "signature": signature(config),
             "search_trials": ", ".join(f"{t.get('search')}#{t.get('trial')}" for t in store.search_trials()) or None,
+            "imported": ((status or {}).get("imported") or {}).get("format"),  # trh import: the log's format
             **score}

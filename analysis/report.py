@@ -103,6 +103,8 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
     cells = results.sweep_cells(name) if name in results.sweeps else results.cells
     settings, rows = _ordered_settings(cells), _ordered_rows(cells)
     names = _display_names(rows)
+    imported = set(cells.loc[cells["imported"].notna(), "label"]) if "imported" in cells else set()
+    names = {r: (f"{n} (imported)" if r in imported else n) for r, n in names.items()}  # trh import's runs
     ref = _reference(rows, reference)
     protocols = _protocols(cells)
     if len(protocols) == 1:

@@ -202,8 +202,9 @@ def survival(cells: pd.DataFrame, settings: list[str], rows: list[str], row_key:
 def provenance(cells: pd.DataFrame) -> pd.DataFrame:
     keep = ["sweep", "setting", "label", "method", "seed", "id", "steps_run", "t_stop", "verdict", "best_step",
             "best_headline", "heldout_headline", "step0_headline", "run_dir"]
-    if "search_trials" in cells and cells["search_trials"].notna().any():  # which search trial made each cell
-        keep.insert(6, "search_trials")
+    for extra in ("search_trials", "imported"):  # which search trial made each cell; which were imported
+        if extra in cells and cells[extra].notna().any():
+            keep.insert(6, extra)
     return cells[keep].rename(columns={"id": "config_hash"}).reset_index(drop=True)
 
 

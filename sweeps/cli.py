@@ -96,6 +96,7 @@ def cmd_train(args) -> int:
         return 2
     print(f"run folder: {status['run_dir']}")
     print(summary_line(status))
+    print(f"its curves, scores and report.html: trh report {status['run_dir']}")
     return 0 if status["state"] in FINISHED else 1
 
 
@@ -270,6 +271,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from analysis.importer import MappingError, import_runs
+
+    try:
+        manifest = import_runs(args.mapping, args.results)
+    except MappingError as err:
+        print(f"trh import: {err}", file=sys.stderr)
+        return 2
+    print(f"imported {len(manifest['cells'])} run(s) as sweep {manifest['sweep']!r} into {args.results}; "
+          f"next: trh report {args.results}")
+    return 0
+
+
 def cmd_theory(args) -> int:
     from harness.store import theory_dir
     from theory.run import TOLERANCE, adversarial_table, checks_table, run
@@ -372,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--instances", type=int, default=1000, help="random instances per statement")
     th.add_argument("--seed", type=int, default=0)
     th.set_defaults(func=cmd_theory)
+    ip = sub.add_parser("import", help="runs trained elsewhere (verl, TRL, wandb, CSV/JSONL logs) into the results store",
+                        description="e.g. trh import my_verl_runs.yaml && trh report (the mapping's format: "
+                                    "docs/import.md)")
+    ip.add_argument("mapping", help="a YAML mapping: setting, t_stop, validation (and test) metrics, runs")
+    ip.add_argument("--results", default="results", help="results root to import into (default results)")
+    ip.set_defaults(func=cmd_import)
     rp = sub.add_parser("report", help="tables and figures from a results folder (never trains)",
                         description="e.g. trh report results; trh report results/embedded --figures png,pdf")
     rp.add_argument("results_dir", nargs="?", default="results", help="a results root or one sweep folder")

@@ -1,0 +1,153 @@
+"""trh import: runs trained elsewhere become run folders the whole report reads (analysis/importer.py)."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.importer import MappingError, import_runs, read_log
+from analysis.report import build_report
+from sweeps.cli import main
+
+from .test_grouping import _config, _run
+
+# per seed: the validation score at steps 0, 10, 20, 30 (the best within t_stop=20 is step 10 or 20)
+CURVES = {"cppo": [[0.30, 0.50, 0.55, 0.9], [0.30, 0.60, 0.40, 0.9], [0.30, 0.45, 0.52, 0.9]],
+          "grpo": [[0.30, 0.40, 0.35, 0.9], [0.30, 0.38, 0.44, 0.9], [0.30, 0.30, 0.41, 0.9]]}
+
+
+def _verl_log(path, curve):
+    """verl's file logger (verl/utils/tracking.py, FileLogger.log in verl 0.9.1): one line per logger call,
+    {"step": N, "data": {...}}; validation at step 0 and every 10 steps, training metrics every step."""
+    lines = []
+    for step in range(31):
+        lines.append({"step": step, "data": {"actor/pg_loss": 0.1 * step, "critic/score/mean": 0.2}})
+        if step % 10 == 0:
+            score = curve[step // 10]
+            lines.append({"step": step, "data": {"val-core/aime/acc/mean@16": 100 * score,
+                                                 "val-core/math500/acc/mean@1": 100 * score - 5}})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def _mapping(tmp_path, fmt, runs, **extra):
+    mapping = {"name": f"imported_{fmt}", "format": fmt, "setting": "base_s", "t_stop": 20,
+               "validation": {"aime": "val-core/aime/acc/mean@16"}, "test": {"math500": "val-core/math500/acc/mean@1"},
+               "scale": 0.01, "runs": runs, **extra}
+    path = tmp_path / f"{fmt}.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def test_verl_logs_become_table1_and_comparisons(tmp_path, capsys):
+    runs = []
+    for method, curves in CURVES.items():
+        for seed, curve in enumerate(curves):
+            _verl_log(tmp_path / f"{method}{seed}.jsonl", curve)
+            runs.append({"path": f"{method}{seed}.jsonl", "method": method, "seed": seed})
+    results = tmp_path / "results"
+    assert main(["import", str(_mapping(tmp_path, "verl", runs)), "--results", str(results)]) == 0
+    assert "imported 6 run(s)" in capsys.readouterr().out
+    report = build_report(results, tmp_path / "report", table_formats=("md", "csv"), figure_formats=())
+    table = pd.read_csv(tmp_path / "report" / "table1.csv")
+    means = table[table["protocol"] == "best_headline"].set_index("label")["mean"]
+    assert means["cppo"] == pytest.approx((0.55 + 0.60 + 0.52) / 3)  # the best of steps 0–20, never step 30
+    held = table[table["protocol"] == "heldout_headline"].set_index("label")["mean"]
+    assert held["cppo"] == pytest.approx((0.50 + 0.55 + 0.47) / 3)  # the test split at each run's chosen step
+    assert not pd.read_csv(tmp_path / "report" / "comparisons.csv").empty
+    assert "CPPO (imported)" in (tmp_path / "report" / "table1.md").read_text()
+    assert "imported" in report["cells"] and set(report["cells"]["imported"]) == {"verl"}
+    # importing again rewrites the same folders: nothing doubles
+    assert main(["import", str(_mapping(tmp_path, "verl", runs)), "--results", str(results)]) == 0
+    assert len(list((results / "runs").iterdir())) == 6
+
+
+def test_trl_trainer_state_as_transformers_writes_it(tmp_path):
+    """A trainer_state.json written by transformers' own TrainerState, evaluation metrics in log_history."""
+    from transformers import TrainerState
+
+    state = TrainerState(log_history=[{"step": 0, "eval_aime": 0.3, "eval_heldout": 0.2},
+                                      {"step": 5, "loss": 0.7}, {"step": 10, "eval_aime": 0.6, "eval_heldout": 0.5},
+                                      {"step": 20, "eval_aime": 0.5, "eval_heldout": 0.7}])
+    state.save_to_json(str(tmp_path / "trainer_state.json"))
+    TrainerState(log_history=[{"step": 0, "eval_aime": 0.3, "eval_heldout": 0.2},
+                              {"step": 10, "eval_aime": 0.4, "eval_heldout": 0.3}]).save_to_json(str(tmp_path / "g.json"))
+    mapping = _mapping(tmp_path, "trl", [{"path": "trainer_state.json", "method": "cppo", "seed": 0},
+                                         {"path": "g.json", "method": "grpo", "seed": 0}],
+                       validation={"aime": "eval_aime"}, test={"heldout": "eval_heldout"}, scale=1.0)
+    manifest = import_runs(mapping, tmp_path / "results")
+    status = json.loads((tmp_path / "results" / manifest["cells"][0]["run_dir"] / "status.json").read_text())
+    assert status["best_step"] == 10 and status["held_out"]["test_headline"] == 0.5 and status["state"] == "done"
+    build_report(tmp_path / "results", tmp_path / "report", table_formats=("csv",), figure_formats=())
+    table = pd.read_csv(tmp_path / "report" / "table1.csv")
+    assert set(table["label"]) == {"cppo", "grpo"} and (tmp_path / "report" / "comparisons.csv").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_imported_run_and_a_native_run_give_the_same_tables(tmp_path, fmt):
+    """A native results folder, its metrics exported as plain JSONL or CSV and imported with the same
+    splits and window: Table 1 and the comparisons have the same numbers."""
+    native = tmp_path / "native"
+    runs = []
+    for method, curves in CURVES.items():
+        for seed, curve in enumerate(curves):
+            name = f"base_s-{method}-s{seed}-{method}{seed}"
+            _run(native, name, {**_config(seed, 0.1), "method": {"name": method},
+                                "setting": {"name": "base_s", "t_stop": 20}}, curve)
+            rows = [json.loads(line) for line in (native / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+            if fmt == "jsonl":
+                (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            else:
+                pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
+            runs.append({"path": f"{name}.{fmt}", "method": method, "seed": seed})
+    mapping = _mapping(tmp_path, fmt, runs, validation={s: s for s in ("val_a", "val_b", "val_c")}, test={},
+                       scale=1.0)
+    import_runs(mapping, tmp_path / "imported")
+    tables = {}
+    for name in ("native", "imported"):
+        build_report(tmp_path / name, tmp_path / f"report_{name}", table_formats=("csv",), figure_formats=())
+        tables[name] = [pd.read_csv(tmp_path / f"report_{name}" / f"{t}.csv") for t in ("table1", "comparisons")]
+    for ours, theirs in zip(tables["native"], tables["imported"]):
+        numbers = [c for c in ours.columns if ours[c].dtype.kind == "f"]
+        pd.testing.assert_frame_equal(ours[numbers], theirs[numbers])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"t_stop": -1}, "t_stop must be a step"), ({"format": "tensorboard"}, "format must be one of"),
+    ({"validation": {}}, "validation must name at least one split"),
+    ({"runs": [{"path": "nowhere.jsonl", "method": "cppo", "seed": 0}]}, "does not exist"),
+    ({"runs": [{"path": "verl.yaml", "method": "cppo", "seed": 0, "sede": 1}]}, "unknown key(s) ['sede']")])
+def test_bad_mappings_are_one_line_naming_the_field(tmp_path, change, message, capsys):
+    mapping = _mapping(tmp_path, "verl", [{"path": "verl.yaml", "method": "cppo", "seed": 0}])
+    data = {**yaml.safe_load(mapping.read_text()), **change}
+    mapping.write_text(yaml.safe_dump(data))
+    assert main(["import", str(mapping), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()  # nothing written before the mapping is whole
+
+
+def test_a_log_without_the_validation_metric_is_refused(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"step": 0, "data": {"loss": 1.0}}\n')
+    with pytest.raises(MappingError, match="no step logs every validation metric"):
+        import_runs(_mapping(tmp_path, "verl", [{"path": "log.jsonl", "method": "cppo", "seed": 0}]),
+                    tmp_path / "results")
+    with pytest.raises(MappingError, match="not a csv log|no record"):
+        read_log(tmp_path / "log.jsonl", "csv")
+
+
+def test_a_wandb_offline_run_as_wandb_writes_it(tmp_path, monkeypatch):
+    """An offline run made by wandb itself (wandb.init(mode='offline')), read from its run folder."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="p", name="cppo_s0")
+    for step, (val, test) in enumerate([(0.3, 0.2), (0.6, 0.5), (0.5, 0.7)]):
+        run.log({"eval/aime": val, "eval/heldout": test, "train/loss": 1.0 - step}, step=10 * step)
+    run.finish()
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    mapping = _mapping(tmp_path, "wandb", [{"path": str(folder.relative_to(tmp_path)), "method": "cppo", "seed": 0}],
+                       validation={"aime": "eval/aime"}, test={"heldout": "eval/heldout"}, scale=1.0)
+    manifest = import_runs(mapping, tmp_path / "results")
+    status = json.loads((tmp_path / "results" / manifest["cells"][0]["run_dir"] / "status.json").read_text())
+    assert status["best_step"] == 10 and status["best_headline"] == 0.6 and status["held_out"]["test_headline"] == 0.5
