@@ -39,7 +39,8 @@ def find_factorials(cells: pd.DataFrame) -> tuple[list[Factorial], list[str]]:
     found, notes = [], []
     if "signature" not in cells:
         return found, notes
-    done = cells[cells["state"].isin(FINISHED) & cells["signature"].notna()]
+    # one row per run: a run two labels share (two sweeps, or two names of one config) counts once
+    done = cells[cells["state"].isin(FINISHED) & cells["signature"].notna()].drop_duplicates(["sweep", "run_dir"])
     for (sweep, setting, method), group in done.groupby(["sweep", "setting", "method"], sort=False):
         configs = {s: json.loads(s) for s in group["signature"].unique()}
         if len(configs) < 2:
@@ -118,13 +119,14 @@ def main_effects(f: Factorial, score: str) -> tuple[pd.DataFrame | None, str]:
     """Type-II ANOVA of the score on the parameters with the seed as a block, and each level's effect
     against the parameter's first level with its 95 % interval; (None, why) where it cannot be fitted."""
     import statsmodels.formula.api as smf
+    from patsy import PatsyError
     from statsmodels.stats.anova import anova_lm
 
     frame = f.frame.copy()
     frame["y"] = 100 * pd.to_numeric(frame[score], errors="coerce")
     frame = frame.dropna(subset=["y"])
     names = {k: f"p{i}" for i, k in enumerate(f.parameters)}
-    levels = {k: [str(v) for v in _levels(f.frame[k])] for k in f.parameters}
+    levels = {k: [str(v) for v in _levels(frame[k])] for k in f.parameters}  # of the scored cells
     for key, name in names.items():
         frame[name] = frame[key].astype(str)
     # each parameter's effects against its first level in our order (not the alphabet's)
@@ -140,7 +142,7 @@ def main_effects(f: Factorial, score: str) -> tuple[pd.DataFrame | None, str]:
     try:
         model = smf.ols(formula, data=frame).fit()
         anova = anova_lm(model, typ=2)
-    except (ValueError, np.linalg.LinAlgError) as err:  # e.g. levels confounded with seeds in an unbalanced grid
+    except (ValueError, np.linalg.LinAlgError, PatsyError) as err:  # e.g. levels confounded with seeds
         return None, f"the model cannot be fitted on these cells ({err})"
     rows = []
     for key, term in term_of.items():

@@ -14,16 +14,20 @@ th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee;margin:.5em 0}det
 summary{cursor:pointer;font-weight:600}nav a{margin-right:1em}code{background:#f5f5f5;padding:0 .2em}"""
 
 
-def write_html(out: Path, title: str) -> Path:
-    """Render ``out``'s report.md, its other .md files and its .png figures into ``out/report.html``."""
+def write_html(out: Path, title: str, since: float = 0.0) -> Path:
+    """Render ``out``'s report.md, its other .md files and its .png figures into ``out/report.html``: those
+    written at or after ``since`` (a file an earlier report left in the folder is not this report's)."""
     import markdown
 
     def render(text: str) -> str:
         return markdown.markdown(text, extensions=["tables", "fenced_code"])
 
     index = (out / "report.md").read_text() if (out / "report.md").exists() else ""
-    tables = sorted(p for p in out.glob("*.md") if p.name != "report.md")
-    figures = sorted(out.glob("*.png"))
+    def fresh(paths):
+        return sorted(p for p in paths if p.stat().st_mtime >= since - 1)  # (coarse file-system clocks)
+
+    tables = fresh(p for p in out.glob("*.md") if p.name != "report.md")
+    figures = fresh(out.glob("*.png"))
     body = [f"<nav><a href='#summary'>summary</a><a href='#tables'>tables ({len(tables)})</a>"
             f"<a href='#figures'>figures ({len(figures)})</a></nav>",
             "<section id='summary'>", render(index), "</section>", "<section id='tables'><h2>Tables</h2>"]

@@ -37,6 +37,7 @@ from harness.store import (RunStore, atomic_write_text, best_within_window, conf
 
 FORMATS = ("verl", "trl", "wandb", "jsonl", "csv")
 RUN_KEYS = {"path", "method", "seed", "label", "format"}
+MAPPING_KEYS = {"name", "format", "setting", "t_stop", "validation", "test", "scale", "step", "runs"}
 
 
 class MappingError(ValueError):
@@ -53,10 +54,15 @@ def load_mapping(path: Path) -> dict:
         raise MappingError(f"{path}: cannot be read as YAML ({err})") from None
     if not isinstance(mapping, dict):
         raise MappingError(f"{path}: must be a mapping with setting, t_stop, validation and runs")
+    extra = set(mapping) - MAPPING_KEYS
+    if extra:
+        raise MappingError(f"{path}: unknown key(s) {sorted(extra)}; allowed: {sorted(MAPPING_KEYS)}")
     for key in ("setting", "t_stop", "validation", "runs"):
         if key not in mapping:
             raise MappingError(f"{path}: {key} is missing")
-    if not isinstance(mapping["t_stop"], int) or mapping["t_stop"] < 0:
+    if not isinstance(mapping.get("scale", 1.0), (int, float)) or isinstance(mapping.get("scale"), bool):
+        raise MappingError(f"{path}: scale must be a number (0.01 for metrics logged in percent), got {mapping['scale']!r}")
+    if not isinstance(mapping["t_stop"], int) or isinstance(mapping["t_stop"], bool) or mapping["t_stop"] < 0:
         raise MappingError(f"{path}: t_stop must be a step ≥ 0, got {mapping['t_stop']!r}")
     for key in ("validation", "test"):
         splits = mapping.get(key) or {}
@@ -78,11 +84,22 @@ def load_mapping(path: Path) -> dict:
             raise MappingError(f"{where}: format must be one of {list(FORMATS)}, got {fmt!r}")
         if not (path.parent / run["path"]).exists():
             raise MappingError(f"{where}: {path.parent / run['path']} does not exist")
+        if not isinstance(run["seed"], int) or isinstance(run["seed"], bool):
+            raise MappingError(f"{where}: seed must be an integer (seeds pair the methods' runs), got {run['seed']!r}")
+    seen = [(run.get("label", run["method"]), run["seed"]) for run in mapping["runs"]]
+    twice = sorted({f"{label} seed {seed}" for label, seed in seen if seen.count((label, seed)) > 1})
+    if twice:
+        raise MappingError(f"{path}: runs list {', '.join(twice)} more than once (one run per label and seed)")
     return mapping
 
 
-def read_log(path: Path, fmt: str, step_key: str = "step") -> dict[int, dict]:
-    """step → the metrics logged at that step (several records of one step merged)."""
+DEFAULT_STEP = {"verl": "step", "trl": "step", "wandb": "_step", "jsonl": "step", "csv": "step"}
+
+
+def read_log(path: Path, fmt: str, step_key: str | None = None) -> dict[int, dict]:
+    """step → the metrics logged at that step (several records of one step merged). ``step_key``: the
+    field holding the step (default per format; for a wandb run of a Hugging Face trainer, which logs
+    without a step, ``train/global_step``)."""
     records = []
     try:
         if fmt == "trl":
@@ -97,13 +114,17 @@ def read_log(path: Path, fmt: str, step_key: str = "step") -> dict[int, dict]:
         else:
             with open(path, newline="") as f:
                 records = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except Exception as err:  # noqa: BLE001 - JSON, CSV, protobuf: any failure means the file is not that format
         raise MappingError(f"{path}: not a {fmt} log ({type(err).__name__}: {err})") from None
-    key = {"verl": "step", "trl": "step", "wandb": "_step"}.get(fmt, step_key)
+    key = step_key or DEFAULT_STEP[fmt]
     steps: dict[int, dict] = {}
-    for record in records:
-        if record.get(key) is None:
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise MappingError(f"{path}: record {i + 1} is {type(record).__name__}, not an object of metrics")
+        if record.get(key) in (None, ""):
             continue
+        if not _finite(record[key]) or float(record[key]) != int(record[key]):
+            raise MappingError(f"{path}: record {i + 1}: the step {key!r} must be a whole number, got {record[key]!r}")
         steps.setdefault(int(record[key]), {}).update({k: v for k, v in record.items() if _finite(v)})
     if not steps:
         raise MappingError(f"{path}: no record has a {key!r} value")
@@ -175,6 +196,13 @@ def run_rows(steps: dict[int, dict], mapping: dict, source: Path) -> list[dict]:
         rows.append(row)
     if not any("headline" in r for r in rows):
         raise MappingError(f"{source}: no step logs every validation metric {sorted(validation.values())}")
+    if test and not any("test_headline" in r for r in rows):
+        raise MappingError(f"{source}: no evaluation step logs every test metric {sorted(test.values())}")
+    outside = [(r["step"], k, r[k]) for r in rows for k in (*validation, *test) if k in r and not 0 <= r[k] <= 1]
+    if outside:
+        step, key, value = outside[0]
+        raise MappingError(f"{source}: {key} is {value:g} at step {step} after scale {scale:g}; scores must be in "
+                           "[0, 1] (scale: 0.01 for metrics logged in percent)")
     return rows
 
 
@@ -184,10 +212,12 @@ def import_runs(mapping_path, results_root) -> dict:
     mapping = load_mapping(mapping_path)
     name = mapping.get("name") or mapping_path.stem
     splits = {"validation": list(mapping["validation"]), "test": list(mapping.get("test") or {})}
-    cells = []
+    parsed = []  # every log is read and checked before any folder is written
     for run in mapping["runs"]:
         fmt, source = run.get("format", mapping.get("format")), (mapping_path.parent / run["path"]).resolve()
-        rows = run_rows(read_log(source, fmt, mapping.get("step", "step")), mapping, source)
+        parsed.append((run, fmt, source, run_rows(read_log(source, fmt, mapping.get("step")), mapping, source)))
+    cells = []
+    for run, fmt, source, rows in parsed:
         config = {"setting": {"name": mapping["setting"], "t_stop": mapping["t_stop"]},
                   "method": {"name": run["method"]}, "seed": int(run["seed"]),
                   "imported": {"format": fmt, "source": str(source), "validation": mapping["validation"],
@@ -201,14 +231,22 @@ def import_runs(mapping_path, results_root) -> dict:
         best = best_within_window(rows, mapping["t_stop"])
         held = ({"step": best["step"], **{k: best[k] for k in (*splits["test"], "test_headline")}}
                 if best and "test_headline" in best else None)
-        store.write_status(state="done", step=rows[-1]["step"], config_hash=run_id, t_stop=mapping["t_stop"],
+        # a log whose evaluations stop before t_stop is not a finished run: the report counts it as
+        # interrupted (its seed left out, said), never as read over a shorter window than the others'
+        last_eval = max(r["step"] for r in rows if "headline" in r)
+        state = "done" if last_eval >= mapping["t_stop"] else "running"
+        store.write_status(state=state, step=rows[-1]["step"], config_hash=run_id, t_stop=mapping["t_stop"],
+                           reason="" if state == "done" else f"the log's last evaluation is at step {last_eval}, "
+                                                             f"before t_stop {mapping['t_stop']}",
                            best_headline=best["headline"] if best else None, best_step=best["step"] if best else None,
                            held_out=held, splits=splits, imported={"format": fmt, "source": str(source)},
                            run_dir=str(store.dir))
         cells.append({"id": run_id, "setting": mapping["setting"], "label": run.get("label", run["method"]),
                       "method": run["method"], "seed": int(run["seed"]), "t_stop": mapping["t_stop"],
                       "run_dir": str(Path("runs") / store.dir.name), "overrides": []})
-    manifest = {"sweep": name, "feeds": "imported runs", "imported_from": str(mapping_path.resolve()), "cells": cells}
+    manifest = {"sweep": name, "feeds": "imported runs", "imported_from": str(mapping_path.resolve()), "cells": cells,
+                "incomplete": [f"{c['label']} seed {c['seed']}" for c, (_, _, _, rows) in zip(cells, parsed)
+                               if max(r["step"] for r in rows if "headline" in r) < mapping["t_stop"]]}
     write_manifest(sweep_dir(results_root, name), manifest)
     atomic_write_text(sweep_dir(results_root, name) / "mapping.yaml", mapping_path.read_text())
     return manifest

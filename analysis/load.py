@@ -21,6 +21,7 @@ class Results:
     cells: pd.DataFrame          # one row per (sweep, cell): labels, verdict, matched-window score
     sweeps: dict                 # sweep name → manifest
     main_sweep: str | None = None  # the sweep Table 1 comes from (analysis.report.choose_table1)
+    unlisted: list = field(default_factory=list)  # run folders of no sweep (trh train runs beside sweeps)
     _curves: dict = field(default_factory=dict)
 
     @property
@@ -77,10 +78,14 @@ def load_results(root) -> Results:
                     "label": cfg["method"]["name"], "method": cfg["method"]["name"], "seed": cfg["seed"],
                     "t_stop": cfg["setting"]["t_stop"], "run_dir": str(folder.resolve())}
             rows.append(score_cell(base, cell, "runs", ""))
+    unlisted = []
+    if manifests:  # run folders no sweep names (trh train runs, trials of a search) are not in these tables
+        listed = {Path(r["run_dir"]).resolve() for r in rows}
+        unlisted = [f.name for f in run_folders(base) if f.resolve() not in listed and not RunStore(f).search_trials()]
     cells = pd.DataFrame(rows)
     if cells.empty:
         raise FileNotFoundError(f"{root} holds no sweep (a trh sweep output) and no run folder (a trh train output)")
-    return Results(root=root, cells=split_pooled_labels(cells), sweeps=sweeps)
+    return Results(root=root, cells=split_pooled_labels(cells), sweeps=sweeps, unlisted=unlisted)
 
 
 def score_cell(base: Path, cell: dict, sweep: str, feeds: str = "") -> dict:

@@ -14,7 +14,10 @@ from . import compare as C
 from . import figures as F
 from . import stats as S
 from . import tables as T
+from . import index as I
+from . import markdown as M
 from . import tuning
+from .index import TABLE1_RULE  # noqa: F401 - the rule choose_table1 follows, printed in report.md
 from .load import load_results
 
 TABLE_FORMATS = ("md", "tex", "csv")
@@ -26,8 +29,6 @@ FIG6 = [("sensitivity", "(a) sensitivity"), ("divergence_kl_tv", "(b) KL vs TV")
         ("divergence_binary_topk", "(c) Binary vs Top-K TV")]
 
 
-TABLE1_RULE = ("--table1, else drift_main, else paper_main, else demo, else the (non-tuning) sweep with the most "
-               "finished cells; every other sweep gets its own table_<sweep> (and comparisons_, binding_) files")
 
 
 def choose_table1(results, wanted: str | None = None) -> str | None:
@@ -102,10 +103,11 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
                 "reference": None, "names": {}}
     cells = results.sweep_cells(name) if name in results.sweeps else results.cells
     settings, rows = _ordered_settings(cells), _ordered_rows(cells)
-    names = _display_names(rows)
-    imported = set(cells.loc[cells["imported"].notna(), "label"]) if "imported" in cells else set()
-    names = {r: (f"{n} (imported)" if r in imported else n) for r, n in names.items()}  # trh import's runs
+    names = _display_names(rows, cells)
     ref = _reference(rows, reference)
+    if reference is None and ref != "cppo" and any(r.startswith("cppo [") for r in rows):
+        notes.append(f"comparisons: the reference is {ref}, since cppo's cells were split by configuration; "
+                     "name one with --reference")
     protocols = _protocols(cells)
     if len(protocols) == 1:
         notes.append("held-out view: no cell recorded test-split scores (runs from before the held-out test "
@@ -117,14 +119,14 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
         written["table1_paper"] = _table1_paper(cells, settings, rows, protocols, names, name, results.avg_label,
                                                 out, formats)
     if not cmp.empty:
-        written["comparisons"] = _write(out, "comparisons", formats, _comparisons_markdown(cmp, names, ref),
+        written["comparisons"] = _write(out, "comparisons", formats, M.comparisons_markdown(cmp, names, ref),
                                         None, cmp)
     agg = pd.concat([C.aggregate_across_settings(cells, settings, rows, ref, score) for score in protocols])
     if not agg.empty:
-        written["aggregate"] = _write(out, "aggregate", formats, _aggregate_markdown(agg, names, ref, settings),
+        written["aggregate"] = _write(out, "aggregate", formats, M.aggregate_markdown(agg, names, ref, settings),
                                       None, agg)
     noise = C.eval_noise(cells, settings, _measured_noise(results.root))
-    written["eval_noise"] = _write(out, "eval_noise", formats, _noise_markdown(noise), None, noise)
+    written["eval_noise"] = _write(out, "eval_noise", formats, M.noise_markdown(noise), None, noise)
 
     t4 = T.table4(cells, settings, rows)
     t4["label"] = t4["label"].map(lambda r: names.get(r, r))
@@ -140,7 +142,7 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
                                    T.to_latex(prov.drop(columns=["run_dir"]), "Cells.", "tab:provenance", index=False),
                                    prov)
     binding = T.binding(cells, settings, rows)
-    written["binding"] = _write(out, "binding", formats, _binding_markdown(binding, names, name), None, binding)
+    written["binding"] = _write(out, "binding", formats, M.binding_markdown(binding, names, name), None, binding)
     sweep_comparisons = {}
     for extra in _other_sweeps(results, name):
         files, sweep_comparisons[extra] = _sweep_tables(results, extra, out, formats)
@@ -149,18 +151,23 @@ def write_tables(results, out: Path, formats=TABLE_FORMATS, reference: str | Non
         parts = sorted(set(group["label"]))
         notes.append(f"{label}: cells of {len(parts)} configurations under one label, reported apart as "
                      f"{', '.join(parts)} (never averaged together)")
-    plain = cells[cells["label"] == cells["method"]]  # the methods' own arms, not variants of them
+    written.update(_paper_vs_ours(cells, settings, rows, results.avg_label, out, formats, notes))
+    return {"written": written, "notes": notes, "main_sweep": name, "comparisons": cmp, "reference": ref,
+            "names": names, "sweep_comparisons": sweep_comparisons}
+
+
+def _paper_vs_ours(cells, settings, rows, avg_label, out, formats, notes) -> dict:
+    """The paper's Table 1 beside the methods' own arms (not variants, not split configurations)."""
+    plain = cells[cells["label"] == cells["method"]]
     if plain.empty:
         notes.append("paper vs ours: no label here is a method's own arm (every label is a variant or a split "
                      "configuration)")
-    elif any(s in T.paper()["settings"] for s in settings):
-        versus = T.paper_vs_ours(T.table1(plain, settings, rows, row_key="method"), row_key="method")
-        written["paper_vs_ours"] = _write(out, "paper_vs_ours", formats, _versus_markdown(versus, results.avg_label),
-                                          None, versus)
-    else:
+        return {}
+    if not any(s in T.paper()["settings"] for s in settings):
         notes.append("paper vs ours: no setting of this results folder stands in for a paper column")
-    return {"written": written, "notes": notes, "main_sweep": name, "comparisons": cmp, "reference": ref,
-            "names": names, "sweep_comparisons": sweep_comparisons}
+        return {}
+    versus = T.paper_vs_ours(T.table1(plain, settings, rows, row_key="method"), row_key="method")
+    return {"paper_vs_ours": _write(out, "paper_vs_ours", formats, M.versus_markdown(versus, avg_label), None, versus)}
 
 
 def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out, formats, stem="table1"):
@@ -220,9 +227,12 @@ def _table1_paper(cells, settings, rows, protocols, names, sweep, avg_label, out
     return _write(out, "table1_paper", formats, note + "\n".join(md), "\n".join(tex))
 
 
-def _display_names(rows) -> dict:
-    """The paper's name of each registry method; a variant label stays as the spec wrote it."""
-    return {r: (T.display_name(r) if r in T.paper()["methods"] else r) for r in rows}
+def _display_names(rows, cells: pd.DataFrame) -> dict:
+    """The paper's name of each registry method; a variant label stays as the spec wrote it; a label of
+    runs trained elsewhere (trh import) is marked as imported."""
+    imported = set(cells.loc[cells["imported"].notna(), "label"]) if "imported" in cells else set()
+    names = {r: (T.display_name(r) if r in T.paper()["methods"] else r) for r in rows}
+    return {r: (f"{n} (imported)" if r in imported else n) for r, n in names.items()}
 
 
 def _other_sweeps(results, main: str | None) -> list[str]:
@@ -235,16 +245,16 @@ def _sweep_tables(results, sweep: str, out: Path, formats) -> tuple[dict, tuple]
     and (comparisons, display names) for the sweep's forest plot."""
     cells = results.sweep_cells(sweep)
     settings, rows = _ordered_settings(cells), _ordered_rows(cells)
-    names = _display_names(rows)
+    names = _display_names(rows, cells)
     ref = _reference(rows, None) if "cppo" in rows else rows[0]
     written = {}
     written[f"table_{sweep}"], cmp = _table1(cells, settings, rows, ref, _protocols(cells), names, sweep,
                                              results.avg_label, out, formats, stem=f"table_{sweep}")
     if not cmp.empty:
         written[f"comparisons_{sweep}"] = _write(out, f"comparisons_{sweep}", formats,
-                                                 _comparisons_markdown(cmp, names, ref), None, cmp)
+                                                 M.comparisons_markdown(cmp, names, ref), None, cmp)
     binding = T.binding(cells, settings, rows)
-    written[f"binding_{sweep}"] = _write(out, f"binding_{sweep}", formats, _binding_markdown(binding, names, sweep),
+    written[f"binding_{sweep}"] = _write(out, f"binding_{sweep}", formats, M.binding_markdown(binding, names, sweep),
                                          None, binding)
     if "survival" in str(results.sweeps[sweep].get("feeds", "")).lower():
         frame = T.survival(cells, settings, rows, reference=ref)
@@ -257,19 +267,10 @@ def _sweep_tables(results, sweep: str, out: Path, formats) -> tuple[dict, tuple]
             "finished seeds with its exact (Clopper-Pearson) 95 % interval; the collapse steps of the others; "
             f"two-sided Fisher exact p of each arm's survival against {names.get(ref, ref)}'s, Holm-adjusted over "
             "the table.\n\n"
-            + T.to_markdown(frame.assign(**{c: frame[c].map(lambda v: _cell(v, ".3g"))
+            + T.to_markdown(frame.assign(**{c: frame[c].map(lambda v: M.cell(v, ".3g"))
                                             for c in frame.columns if c.startswith("p ")}), index=False) + "\n",
             None, frame)
     return written, (cmp, names)
-
-
-def _binding_markdown(binding: pd.DataFrame, names: dict, sweep: str) -> str:
-    frame = binding.assign(label=binding["label"].map(lambda r: names.get(r, r)))
-    return (f"# How much each trust region bound ({sweep})\n\nPer arm, mean over its finished seeds of the per-run "
-            "mean over training steps in [1, T_stop]: tokens masked (%; TRM's rejected responses count by their "
-            "tokens), responses accepted (%, TRM), tokens whose IS weight hit the cap (%, CISPO/MinPRO); beside the "
-            "score (held-out test headline where recorded, else the best validation headline; %).\n\n"
-            + T.to_markdown(frame, index=False) + "\n")
 
 
 def _tuning_tables(results, sweep: str, out: Path, formats) -> list[Path]:
@@ -277,7 +278,7 @@ def _tuning_tables(results, sweep: str, out: Path, formats) -> list[Path]:
     table = tuning.tuning_table(cells)
     budget = tuning.budgets(cells)
     seeds = sorted(set(cells["seed"]))
-    shown = table.assign(**{c: table[c].map(lambda v: _cell(v, ".1f", 100))
+    shown = table.assign(**{c: table[c].map(lambda v: M.cell(v, ".1f", 100))
                             for c in ("score", "low", "high", "mask_fraction", "seq_acceptance", "cap_hit") if c in table},
                          chosen=table["chosen"].map(lambda v: "**chosen**" if v else "")).rename(
         columns={"score": "score %", "low": "95% low", "high": "95% high", **T.BINDING_COLUMNS})
@@ -297,95 +298,6 @@ def _tuning_tables(results, sweep: str, out: Path, formats) -> list[Path]:
 def _measured_noise(root) -> dict | None:
     path = Path(root) / "eval_noise.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _cell(v, spec: str, scale: float = 1.0) -> str:
-    """A table cell: ``scale · v`` in format ``spec``, or — where the value is missing."""
-    return "—" if pd.isna(v) else f"{scale * v:{spec}}"
-
-
-def _pts(v) -> str:
-    return _cell(v, "+.1f", 100)
-
-
-def _comparisons_markdown(cmp: pd.DataFrame, names: dict, ref: str) -> str:
-    lines = [f"# Paired comparisons against {names.get(ref, ref)}\n",
-             f"Per setting and protocol: {names.get(ref, ref)} − other, paired by seed (seed s of every method shares the "
-             "warm start, the training-problem stream and the evaluation noise), in points; 95 % interval of the mean "
-             "difference; two-sided paired permutation p (exact: all sign flips); Holm-adjusted over every comparison "
-             f"of the protocol's table; verdict at α = {S.ALPHA}; seeds a 2-point difference would need at 80 % power "
-             "at the level of Holm's first step (α / number of comparisons), from the observed SD of the "
-             "differences; and the smallest difference these seeds detect at that power and level ('detectable', "
-             "points; — where the permutation test cannot reach that level at all).\n"]
-    for score, group in cmp.groupby("score", sort=False):
-        table = pd.DataFrame({
-            "setting": group["setting"], "other": group["other"].map(lambda r: names.get(r, r)), "seeds": group["seeds"],
-            "diff": group["diff"].map(_pts),
-            "95% CI": [f"[{_pts(lo)}, {_pts(hi)}]" for lo, hi in zip(group["ci_low"], group["ci_high"])],
-            "p": group["p"].map(lambda v: f"{v:.3g}"), "p (Holm)": group["p_holm"].map(lambda v: f"{v:.3g}"),
-            "verdict": group["verdict"], "seeds for 2 pts": group["seeds_needed"],
-            "detectable": group["detectable"].map(lambda v: _cell(v, ".1f", 100)),
-            "note": group["note"]})
-        lines.append(f"\n## {C.SCORES[score]}\n")
-        lines.append(T.to_markdown(table, index=False))
-        counts = group["verdict"].value_counts()
-        lines.append("\n" + ", ".join(f"{n} {k}" for k, n in counts.items()) + f" (of {len(group)}).\n")
-    return "\n".join(lines)
-
-
-def _aggregate_markdown(agg: pd.DataFrame, names: dict, ref: str, settings: list[str]) -> str:
-    lines = [f"# Across settings ({', '.join(settings)})\n",
-             "Every (setting, seed) score of a method: mean and interquartile mean (IQM) with 95 % stratified-bootstrap "
-             "intervals (seeds resampled within each setting, percentile method, as rliable does), and the probability "
-             f"that a random seed of {names.get(ref, ref)} beats a random seed of the method in a random setting, "
-             f"P({names.get(ref, ref)} > X), ties ½. With few seeds per setting these intervals are optimistic.\n"]
-    for score, group in agg.groupby("score", sort=False):
-        table = pd.DataFrame({
-            "method": group["row"].map(lambda r: names.get(r, r)), "runs": group["runs"],
-            "mean": [C.interval_text(m, lo, hi) for m, lo, hi in zip(group["mean"], group["mean_low"], group["mean_high"])],
-            "IQM": [C.interval_text(m, lo, hi) for m, lo, hi in zip(group["iqm"], group["iqm_low"], group["iqm_high"])],
-            f"P({names.get(ref, ref)} > X)": [
-                "—" if pd.isna(p) else f"{p:.2f} [{lo:.2f}, {hi:.2f}]" for p, lo, hi in
-                zip(*(group[c] if c in group else [float("nan")] * len(group)
-                      for c in ("p_ref_better", "p_ref_better_low", "p_ref_better_high")))]})
-        lines.append(f"\n## {C.SCORES[score]}\n")
-        lines.append(T.to_markdown(table, index=False))
-    return "\n".join(lines)
-
-
-def _noise_markdown(noise: pd.DataFrame) -> str:
-    lines = ["# Evaluation noise\n",
-             "Step 0: every method and seed of a setting starts from the same warm-start model, so the spread of the "
-             "step-0 headline over seeds is evaluation noise alone (SD in points, 95 % chi-square interval). "
-             "Measured designs (`python scripts/eval_noise.py`): SD of one fixed model's headline and of the "
-             "difference of two fixed models (GRPO and CPPO after 30 RL steps) over evaluation seeds, as the study "
-             "compares them (same seed: same problems and noise), the seconds per evaluation, and the whole "
-             "evaluation's share of a run (validation at every eval step, the test splits once).\n"]
-    table = pd.DataFrame({
-        "setting": noise["setting"], "step-0 seeds": noise["step0_seeds"],
-        "step-0 SD": [C.interval_text(m, lo, hi) for m, lo, hi in
-                      zip(noise["step0_sd"], noise["step0_sd_low"], noise["step0_sd_high"])]})
-    if "design" in noise:
-        table["design (problems × samples)"] = noise["design"].fillna("—")
-        table["role"] = noise["role"].fillna("—")
-        table["SD one model"] = noise["sd_single"].map(lambda v: _cell(v, ".2f", 100))
-        table["SD difference"] = [C.interval_text(m, lo, hi, 100) if not pd.isna(m) else "—" for m, lo, hi in
-                                  zip(noise["sd_diff"], noise["sd_diff_low"], noise["sd_diff_high"])]
-        table["s per eval"] = noise["eval_s"].map(lambda v: _cell(v, ".2f"))
-        table["evaluation's share of a run"] = noise["plan_eval_share"].map(
-            lambda v: "—" if pd.isna(v) else f"{100 * v:.0f} %")
-    lines.append(T.to_markdown(table, index=False))
-    return "\n".join(lines)
-
-
-def _versus_markdown(frame: pd.DataFrame, avg_label: str = "Avg@k") -> str:
-    parts = [f"Paper Table 1 (AIME Avg@16, %) beside ours (headline {avg_label}, %), with each column's "
-             "ranking (1 = best; collapsed entries unranked). Kendall's τ compares the two rankings.\n"]
-    for (setting, column), group in frame.groupby(["setting", "paper_setting"], sort=False):
-        tau = group["kendall_tau"].iloc[0]
-        parts.append(f"\n### {column} ↔ {setting} (Kendall τ = {'—' if pd.isna(tau) else f'{tau:.2f}'})\n")
-        parts.append(T.to_markdown(group[["method", "paper", "paper_rank", "ours", "ours_rank"]], index=False))
-    return "".join(parts)
 
 
 def write_figures(results, out: Path, formats=("png",), comparisons: pd.DataFrame | None = None,
@@ -439,6 +351,9 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
                  table1: str | None = None, style: str = "tested") -> dict:
     if style not in STYLES:
         raise ValueError(f"--style must be one of {list(STYLES)}, got {style!r}")
+    import time
+
+    started = time.time()
     results = load_results(root)
     results.main_sweep = choose_table1(results, table1)
     out = Path(out) if out else Path(root) / "report"
@@ -450,83 +365,11 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
     figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"],
                           tables.get("sweep_comparisons")) if figure_formats
             else {"written": {}, "notes": []})
-    index = (_index(results, tables, figs, out) + _factorials(results, out, figure_formats)
-             + _searches(results.root, out, figure_formats) + _theory(results.root, out))
+    index = (I.index_markdown(results, tables, figs, out) + I.factorial_section(results, out, figure_formats)
+             + I.search_section(results.root, out, figure_formats) + I.theory_section(results.root, out))
     (out / "report.md").write_text(index)
     from .html import write_html
 
-    page = write_html(out, f"Report of {results.root}")
+    page = write_html(out, f"Report of {results.root}", since=started)
     return {"out": out, "tables": tables, "figures": figs, "cells": results.cells, "index": index, "html": page}
 
-
-def _factorials(results, out: Path, figure_formats) -> str:
-    """The factorial view of every grid (non-tuning sweeps) that varies one or two parameters of a method."""
-    from .factorial import find_factorials, write_factorial
-
-    tuning_sweeps = {n for n, m in results.sweeps.items() if tuning.is_tuning(m)}
-    found, notes = find_factorials(results.cells[~results.cells["sweep"].isin(tuning_sweeps)])
-    sections = [write_factorial(f, out, figure_formats or ("png",))[1] for f in found]
-    if not sections and not notes:
-        return ""
-    return ("\n## Factorial views (factorial_<sweep>_<setting>_<method>.md, heatmap or line figure)\n\n"
-            + "\n\n".join(sections) + "".join(f"\n- {n}" for n in notes) + "\n")
-
-
-def _searches(root: Path, out: Path, figure_formats) -> str:
-    """Each ``trh search`` of this results root: its trials, figures and best trial (analysis.searches)."""
-    from .searches import search_folders, write_search
-
-    sections = [write_search(folder, out, figure_formats or ("png",))[1] for folder in search_folders(Path(root))]
-    return ("\n## Searches (trh search; search_<name>.md)\n\n" + "\n\n".join(sections) + "\n") if sections else ""
-
-
-def _theory(root: Path, out: Path) -> str:
-    """``trh theory``'s exact check of the paper's bounds, when this results root holds one."""
-    import shutil
-
-    from harness.store import theory_dir
-
-    folder = theory_dir(root)
-    if not (folder / "checks.md").exists():
-        return ""
-    for name, copy in (("checks.md", "theory_checks.md"), ("theory_bounds.png", "theory_bounds.png")):
-        if (folder / name).exists():
-            shutil.copyfile(folder / name, out / copy)
-    return ("\n## Theory check (trh theory: the paper's bounds on enumerable toy models)\n\n"
-            + (out / "theory_checks.md").read_text())
-
-
-def _index(results, tables, figs, out: Path) -> str:
-    cells = results.cells
-    lines = [f"# Report of {results.root}\n", "## Cells\n"]
-    for sweep, group in cells.groupby("sweep", sort=False):
-        counts = group["verdict"].str.replace(r" \(step \d+\)", "", regex=True).value_counts()
-        lines.append(f"- **{sweep}**: {len(group)} cells — " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    unfinished = cells[~cells["state"].isin(FINISHED)]
-    if not unfinished.empty:
-        lines.append("\nNot finished (tables use the finished seeds and say how many):\n")
-        lines.append(T.to_markdown(unfinished[["sweep", "setting", "label", "seed", "id", "verdict", "steps_run"]],
-                                   index=False))
-    lines.append(f"\n## Table 1\n\nFrom sweep **{results.main_sweep}** (rule: {TABLE1_RULE}).\n")
-    table1 = out / "table1.md"
-    lines.append(table1.read_text() if table1.exists() else "(not written)\n")
-    cmp = tables.get("comparisons")
-    if cmp is not None and not cmp.empty:
-        lines.append(f"\n## Comparisons against {tables['reference']} (comparisons.md)\n")
-        for score, group in cmp.groupby("score", sort=False):
-            counts = group["verdict"].value_counts()
-            lines.append(f"- {C.SCORES[score]}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
-                         + f" of {len(group)} (Holm-corrected paired permutation tests)")
-        few = cmp[cmp["seeds"].map(S.smallest_p) > S.ALPHA]
-        if not few.empty:
-            lines.append(f"- Warning: {len(few)} comparisons have {sorted(set(few['seeds']))} shared seeds; a paired "
-                         f"permutation test needs ≥ 6 to reach p < {S.ALPHA} at all, so they cannot detect any "
-                         "difference (the 'seeds for 2 pts' column says how many would).")
-    lines.append("\n## Files\n")
-    for key, paths in {**tables["written"], **figs["written"]}.items():
-        lines.append(f"- {key}: " + ", ".join(p.name for p in paths))
-    notes = tables["notes"] + figs["notes"]
-    if notes:
-        lines.append("\n## Not built\n")
-        lines += [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"

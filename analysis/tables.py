@@ -270,7 +270,7 @@ def paper_layout(values: pd.DataFrame, markup: str, digits: int = 1, warm_start:
         text = f"{value:.{digits}f}" if isinstance(value, (int, float)) and not pd.isna(value) else str(value)
         text += "†" if flagged else ""
         if markup == "tex":
-            text = tex_text(text).replace("†", "$^\\dagger$")
+            text = tex_text(text)
             return TexCell({"bold": f"\\textbf{{{text}}}", "underline": f"\\underline{{{text}}}"}.get(mark, text))
         return {"bold": f"**{text}**", "underline": f"<u>{text}</u>"}.get(mark, text)
     return pd.DataFrame({c: [show(v, m, (r, c) in warm_start) for r, v, m in zip(values.index, values[c], marks[c])]
@@ -310,7 +310,8 @@ _TEX_UNICODE = {"±": "$\\pm$", "δ": "$\\delta$", "ε": "$\\varepsilon$", "μ":
                 "τ": "$\\tau$", "ρ": "$\\rho$", "λ": "$\\lambda$", "β": "$\\beta$", "×": "$\\times$",
                 "≤": "$\\le$", "≥": "$\\ge$", "≈": "$\\approx$", "−": "$-$", "→": "$\\to$", "—": "---",
                 "–": "--", "⁻": "$^{-}$", "¹": "$^{1}$", "²": "$^{2}$", "³": "$^{3}$", "⁴": "$^{4}$",
-                "·": "$\\cdot$", "…": "\\ldots{}", "’": "'", "“": "``", "”": "''", "Δ": "$\\Delta$"}
+                "·": "$\\cdot$", "…": "\\ldots{}", "’": "'", "“": "``", "”": "''", "Δ": "$\\Delta$",
+                "†": "$^\\dagger$"}
 
 
 def tex_text(text) -> str:

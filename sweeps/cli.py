@@ -281,6 +281,8 @@ def cmd_import(args) -> int:
         return 2
     print(f"imported {len(manifest['cells'])} run(s) as sweep {manifest['sweep']!r} into {args.results}; "
           f"next: trh report {args.results}")
+    for run in manifest["incomplete"]:
+        print(f"  {run}: its log's evaluations end before t_stop; reported as interrupted (left out of the means)")
     return 0
 
 

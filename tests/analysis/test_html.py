@@ -1,6 +1,7 @@
 """report.html: one self-contained page, rendered by a real headless browser (CI installs Debian's
 chromium; TRH_REQUIRE_CHROMIUM=1 makes a missing browser a failure instead of a skip)."""
 
+import os
 import re
 import subprocess
 
@@ -23,7 +24,13 @@ def _report(tmp_path):
 
 
 def test_the_page_holds_every_table_and_figure_and_nothing_outside(tmp_path):
+    stale = tmp_path / "report" / "table_from_an_earlier_report.md"
+    stale.parent.mkdir()
+    stale.write_text("old")
+    os.utime(stale, (1_000_000, 1_000_000))
     page = _report(tmp_path)
+    assert "table_from_an_earlier_report" not in page.read_text()  # what this report wrote, only
+    stale.unlink()
     text = page.read_text()
     figures = sorted(p.stem for p in page.parent.glob("*.png"))
     assert figures and all(f"alt='{stem}'" in text for stem in figures)

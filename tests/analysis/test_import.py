@@ -48,7 +48,9 @@ def test_verl_logs_become_table1_and_comparisons(tmp_path, capsys):
     results = tmp_path / "results"
     assert main(["import", str(_mapping(tmp_path, "verl", runs)), "--results", str(results)]) == 0
     assert "imported 6 run(s)" in capsys.readouterr().out
+    _run(results, "base_s-cppo-s9-loose", _config(9, 0.1), [0.1, 0.2])  # a trh train run beside the import
     report = build_report(results, tmp_path / "report", table_formats=("md", "csv"), figure_formats=())
+    assert "1 run folder(s) under runs/ belong to no sweep" in report["index"] and "base_s-cppo-s9-loose" in report["index"]
     table = pd.read_csv(tmp_path / "report" / "table1.csv")
     means = table[table["protocol"] == "best_headline"].set_index("label")["mean"]
     assert means["cppo"] == pytest.approx((0.55 + 0.60 + 0.52) / 3)  # the best of steps 0–20, never step 30
@@ -59,7 +61,7 @@ def test_verl_logs_become_table1_and_comparisons(tmp_path, capsys):
     assert "imported" in report["cells"] and set(report["cells"]["imported"]) == {"verl"}
     # importing again rewrites the same folders: nothing doubles
     assert main(["import", str(_mapping(tmp_path, "verl", runs)), "--results", str(results)]) == 0
-    assert len(list((results / "runs").iterdir())) == 6
+    assert len(list((results / "runs").iterdir())) == 7
 
 
 def test_trl_trainer_state_as_transformers_writes_it(tmp_path):
@@ -70,10 +72,12 @@ def test_trl_trainer_state_as_transformers_writes_it(tmp_path):
                                       {"step": 5, "loss": 0.7}, {"step": 10, "eval_aime": 0.6, "eval_heldout": 0.5},
                                       {"step": 20, "eval_aime": 0.5, "eval_heldout": 0.7}])
     state.save_to_json(str(tmp_path / "trainer_state.json"))
-    TrainerState(log_history=[{"step": 0, "eval_aime": 0.3, "eval_heldout": 0.2},
-                              {"step": 10, "eval_aime": 0.4, "eval_heldout": 0.3}]).save_to_json(str(tmp_path / "g.json"))
-    mapping = _mapping(tmp_path, "trl", [{"path": "trainer_state.json", "method": "cppo", "seed": 0},
-                                         {"path": "g.json", "method": "grpo", "seed": 0}],
+    runs = [{"path": "trainer_state.json", "method": "cppo", "seed": 0}]
+    for name, method, seed, best in [("c1", "cppo", 1, 0.7), ("g0", "grpo", 0, 0.4), ("g1", "grpo", 1, 0.45)]:
+        TrainerState(log_history=[{"step": 0, "eval_aime": 0.3, "eval_heldout": 0.2},
+                                  {"step": 20, "eval_aime": best, "eval_heldout": 0.3}]).save_to_json(str(tmp_path / name))
+        runs.append({"path": name, "method": method, "seed": seed})
+    mapping = _mapping(tmp_path, "trl", runs,
                        validation={"aime": "eval_aime"}, test={"heldout": "eval_heldout"}, scale=1.0)
     manifest = import_runs(mapping, tmp_path / "results")
     status = json.loads((tmp_path / "results" / manifest["cells"][0]["run_dir"] / "status.json").read_text())
@@ -116,7 +120,10 @@ def test_an_imported_run_and_a_native_run_give_the_same_tables(tmp_path, fmt):
     ({"t_stop": -1}, "t_stop must be a step"), ({"format": "tensorboard"}, "format must be one of"),
     ({"validation": {}}, "validation must name at least one split"),
     ({"runs": [{"path": "nowhere.jsonl", "method": "cppo", "seed": 0}]}, "does not exist"),
-    ({"runs": [{"path": "verl.yaml", "method": "cppo", "seed": 0, "sede": 1}]}, "unknown key(s) ['sede']")])
+    ({"runs": [{"path": "verl.yaml", "method": "cppo", "seed": 0, "sede": 1}]}, "unknown key(s) ['sede']"),
+    ({"scael": 0.01}, "unknown key(s) ['scael']"), ({"scale": "1%"}, "scale must be a number"),
+    ({"runs": [{"path": "verl.yaml", "method": "cppo", "seed": "s0"}]}, "seed must be an integer"),
+    ({"runs": [{"path": "verl.yaml", "method": "cppo", "seed": 0}] * 2}, "cppo seed 0 more than once")])
 def test_bad_mappings_are_one_line_naming_the_field(tmp_path, change, message, capsys):
     mapping = _mapping(tmp_path, "verl", [{"path": "verl.yaml", "method": "cppo", "seed": 0}])
     data = {**yaml.safe_load(mapping.read_text()), **change}
@@ -151,3 +158,54 @@ def test_a_wandb_offline_run_as_wandb_writes_it(tmp_path, monkeypatch):
     manifest = import_runs(mapping, tmp_path / "results")
     status = json.loads((tmp_path / "results" / manifest["cells"][0]["run_dir"] / "status.json").read_text())
     assert status["best_step"] == 10 and status["best_headline"] == 0.6 and status["held_out"]["test_headline"] == 0.5
+
+
+@pytest.mark.parametrize("lines,change,message", [
+    (['{"step": 0, "data": {"val-core/aime/acc/mean@16": 160.0, "val-core/math500/acc/mean@1": 50.0}}'], {},
+     "scores must be in [0, 1]"),
+    (['{"step": 0, "data": {"val-core/aime/acc/mean@16": 60.0}}'], {}, "no evaluation step logs every test metric"),
+    (['{"step": 0, "data": {"val-core/aime/acc/mean@16": 60.0}}', "1"], {}, "not a verl log"),
+    (['{"step": 0, "data": {"val-core/aime/acc/mean@16": 60.0}', ""], {}, "not a verl log"),
+    (['{"step": "x", "data": {"val-core/aime/acc/mean@16": 60.0}}'], {}, "must be a whole number")])
+def test_damaged_logs_are_one_line_and_nothing_is_written(tmp_path, lines, change, message, capsys):
+    _verl_log(tmp_path / "good.jsonl", CURVES["cppo"][0])
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    mapping = _mapping(tmp_path, "verl", [{"path": "good.jsonl", "method": "cppo", "seed": 0},
+                                          {"path": "bad.jsonl", "method": "grpo", "seed": 0}], **change)
+    assert main(["import", str(mapping), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "bad.jsonl" in err
+    assert not (tmp_path / "results").exists()  # the good log was not written either
+
+
+def test_a_log_that_stops_before_t_stop_is_interrupted_not_read_over_a_shorter_window(tmp_path, capsys):
+    for seed, curve in enumerate(CURVES["cppo"]):
+        _verl_log(tmp_path / f"c{seed}.jsonl", curve)
+    short = [json.loads(line) for line in (tmp_path / "c2.jsonl").read_text().splitlines()]
+    (tmp_path / "c2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short if r["step"] <= 10))
+    mapping = _mapping(tmp_path, "verl", [{"path": f"c{s}.jsonl", "method": "cppo", "seed": s} for s in range(3)])
+    assert main(["import", str(mapping), "--results", str(tmp_path / "results")]) == 0
+    assert "cppo seed 2: its log's evaluations end before t_stop" in capsys.readouterr().out
+    report = build_report(tmp_path / "results", tmp_path / "report", table_formats=("csv",), figure_formats=())
+    cells = report["cells"].set_index("seed")
+    assert cells.loc[2, "verdict"] == "interrupted" and cells.loc[0, "verdict"] == "done"
+    table = pd.read_csv(tmp_path / "report" / "table1.csv")
+    assert table.loc[table["protocol"] == "best_headline", "mean"].iloc[0] == pytest.approx((0.55 + 0.60) / 2)
+
+
+def test_the_mapping_step_names_the_wandb_step_of_a_hugging_face_trainer(tmp_path, monkeypatch):
+    """transformers' wandb callback logs without a step (so _step counts calls); the step is train/global_step."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="p", name="hf")
+    for global_step, val in [(0, 0.3), (10, 0.6), (20, 0.5)]:
+        run.log({"train/global_step": global_step, "eval/aime": val, "eval/heldout": val})
+    run.finish()
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    mapping = _mapping(tmp_path, "wandb", [{"path": str(folder.relative_to(tmp_path)), "method": "cppo", "seed": 0}],
+                       validation={"aime": "eval/aime"}, test={"heldout": "eval/heldout"}, scale=1.0,
+                       step="train/global_step")
+    manifest = import_runs(mapping, tmp_path / "results")
+    status = json.loads((tmp_path / "results" / manifest["cells"][0]["run_dir"] / "status.json").read_text())
+    assert status["best_step"] == 10 and status["state"] == "done"
