@@ -40,9 +40,7 @@ def _spare_colour(taken: set) -> str:
     qualitative palettes, then hues a golden angle apart — never a colour already taken."""
     import colorsys
 
-    from matplotlib.colors import to_hex
-
-    from matplotlib.colors import to_rgb
+    from matplotlib.colors import to_hex, to_rgb
 
     def far(colour: str, distance: float) -> bool:  # not a near-copy of a taken colour (a second blue for CPPO)
         rgb = np.array(to_rgb(colour))

@@ -54,20 +54,22 @@ def split_pooled_labels(cells: pd.DataFrame) -> pd.DataFrame:
     cells["pooled_from"] = None
     if "signature" not in cells:
         return cells
-    for _, group in cells.groupby(["sweep", "setting", "label"], sort=False):
-        configs = {s: json.loads(s) for s in group["signature"].dropna().unique()}
-        if len(configs) < 2:
-            continue
-        differing = sorted({k for c in configs.values() for k in c
-                            if len({json.dumps(other.get(k), default=str) for other in configs.values()}) > 1})
-        names = _short_names(differing)
-        for sig, config in configs.items():
-            rows = group.index[group["signature"] == sig]
-            label = group["label"].iloc[0]
-            detail = ", ".join(f"{names[k]}={_value(config.get(k))}" for k in differing)
-            cells.loc[rows, "pooled_from"] = label
-            cells.loc[rows, "label"] = f"{label} [{detail}]"
-            cells.loc[rows, "variant"] = f"{label} [{detail}]"
+    # the keys that tell a label's configurations apart, taken over all its settings, so that one
+    # configuration reads the same in every column of a table
+    differing: dict[tuple, set] = {}
+    for (sweep, _, label), group in cells.groupby(["sweep", "setting", "label"], sort=False):
+        configs = [json.loads(s) for s in group["signature"].dropna().unique()]
+        if len(configs) > 1:
+            differing.setdefault((sweep, label), set()).update(
+                k for c in configs for k in c if len({json.dumps(o.get(k), default=str) for o in configs}) > 1)
+    for (sweep, label), keys in differing.items():
+        keys, rows = sorted(keys), cells.index[(cells["sweep"] == sweep) & (cells["label"] == label)
+                                               & cells["signature"].notna()]
+        names = _short_names(keys)
+        for i in rows:
+            config = json.loads(cells.at[i, "signature"])
+            detail = f"{label} [{', '.join(f'{names[k]}={_value(config.get(k))}' for k in keys)}]"
+            cells.loc[i, ["pooled_from", "label", "variant"]] = [label, detail, detail]
     return cells
 
 

@@ -215,7 +215,7 @@ def _table1_paper(cells, settings, rows, protocols, names, sweep, avg_label, out
     md, tex = [], []
     for score in protocols:
         long = T.table1(cells, settings, rows, score=score)
-        values, warm = T.paper_style_values(long, settings, rows), T.never_left_warm_start(long)
+        values, warm = T.paper_style_values(long, settings, rows), T.warm_start_entries(long)
         shown = T.paper_layout(values, "md", warm_start=warm).rename(index=names)
         shown.index.name = "method"
         md.append(f"### {C.SCORES[score]}\n\n" + T.to_markdown(shown)

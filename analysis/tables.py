@@ -293,7 +293,7 @@ def paper_style_values(long: pd.DataFrame, settings: list[str], rows: list[str],
     return frame.dropna(how="all").fillna("missing")
 
 
-def never_left_warm_start(long: pd.DataFrame) -> frozenset:
+def warm_start_entries(long: pd.DataFrame) -> frozenset:
     """(label, setting) entries whose every finished seed chose step 0 as its best."""
     return frozenset((r["label"], r["setting"]) for r in long.to_dict("records")
                      if r.get("warm_start") and r["warm_start"] == r["finished"])

@@ -134,3 +134,17 @@ def test_a_two_by_two_grid_gets_a_pivot_a_heatmap_and_main_effects(tmp_path):
     assert effects.loc["method.delta", "effect"] == pytest.approx(10.0)
     assert effects.loc["method.delta_b", "effect"] == pytest.approx(20.0)
     assert (out / "factorial_runs_base_s_cppo_heatmap.png").stat().st_size > 5_000
+
+
+def test_a_split_configuration_reads_the_same_in_every_setting(tmp_path):
+    """cppo runs at two thresholds on base_s, at one of them on long_s: the long_s runs are named by the
+    same parameter, so each configuration is one row of Table 1 across the columns."""
+    root = tmp_path / "results"
+    for seed in range(2):
+        for setting, deltas in (("base_s", (0.1, 0.2)), ("long_s", (0.1,))):
+            for delta in deltas:
+                config = {**_config(seed, delta), "setting": {"name": setting, "t_stop": 40}}
+                _run(root, f"{setting}-cppo-s{seed}-{setting}{delta}{seed}".replace(".", ""), config, [0.1, 0.4])
+    cells = load_results(root).cells
+    assert set(cells["label"]) == {"cppo [delta=0.1]", "cppo [delta=0.2]"}
+    assert set(cells.loc[cells["setting"] == "long_s", "label"]) == {"cppo [delta=0.1]"}
