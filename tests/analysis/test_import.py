@@ -148,16 +148,23 @@ def test_a_wandb_offline_run_as_wandb_writes_it(tmp_path, monkeypatch):
     import wandb
 
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run = wandb.init(mode="offline", dir=str(tmp_path), project="p", name="cppo_s0")
-    for step, (val, test) in enumerate([(0.3, 0.2), (0.6, 0.5), (0.5, 0.7)]):
-        run.log({"eval/aime": val, "eval/heldout": test, "train/loss": 1.0 - step}, step=10 * step)
-    run.finish()
-    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
-    mapping = _mapping(tmp_path, "wandb", [{"path": str(folder.relative_to(tmp_path)), "method": "cppo", "seed": 0}],
-                       validation={"aime": "eval/aime"}, test={"heldout": "eval/heldout"}, scale=1.0)
+    runs = []
+    for method, seed, curve in [("cppo", 0, [(0.3, 0.2), (0.6, 0.5), (0.5, 0.7)]), ("cppo", 1, [(0.3, 0.2), (0.5, 0.4)]),
+                                ("grpo", 0, [(0.3, 0.2), (0.4, 0.3)]), ("grpo", 1, [(0.3, 0.2), (0.45, 0.3)])]:
+        run = wandb.init(mode="offline", dir=str(tmp_path / f"{method}{seed}"), project="p", name=f"{method}_s{seed}")
+        for step, (val, test) in enumerate(curve + [(0.1, 0.1)] * (3 - len(curve))):
+            run.log({"eval/aime": val, "eval/heldout": test, "train/loss": 1.0 - step}, step=10 * step)
+        run.finish()
+        (folder,) = (tmp_path / f"{method}{seed}" / "wandb").glob("offline-run-*")
+        runs.append({"path": str(folder.relative_to(tmp_path)), "method": method, "seed": seed})
+    mapping = _mapping(tmp_path, "wandb", runs, validation={"aime": "eval/aime"}, test={"heldout": "eval/heldout"},
+                       scale=1.0)
     manifest = import_runs(mapping, tmp_path / "results")
     status = json.loads((tmp_path / "results" / manifest["cells"][0]["run_dir"] / "status.json").read_text())
     assert status["best_step"] == 10 and status["best_headline"] == 0.6 and status["held_out"]["test_headline"] == 0.5
+    build_report(tmp_path / "results", tmp_path / "report", table_formats=("csv",), figure_formats=())
+    assert set(pd.read_csv(tmp_path / "report" / "table1.csv")["label"]) == {"cppo", "grpo"}
+    assert len(pd.read_csv(tmp_path / "report" / "comparisons.csv")) == 2  # grpo against cppo, both protocols
 
 
 @pytest.mark.parametrize("lines,change,message", [
