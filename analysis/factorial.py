@@ -72,15 +72,13 @@ def find_factorials(cells: pd.DataFrame) -> tuple[list[Factorial], list[str]]:
 
 def _default_of(method: str, key: str):
     """The registry's default of a method parameter (``method.divergence`` → ``topk_tv``), else 'default'."""
-    from methods import list_methods
+    from harness.config import method_defaults
 
-    name = key.removeprefix("method.")
-    for row in list_methods():
-        if row["name"] == method:
-            for param in row["params"]:
-                if param["name"] == name and param["default"] is not None:
-                    return param["default"]
-    return "default"
+    try:
+        value = method_defaults(method).get(key.removeprefix("method.")) if key.startswith("method.") else None
+    except StopIteration:  # not a registered method (an imported run's own name)
+        value = None
+    return "default" if value is None else value
 
 
 def _levels(values: pd.Series) -> list:

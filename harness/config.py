@@ -339,6 +339,11 @@ def _method_file_keys(name: str) -> tuple[str, ...]:
     return tuple(k for k in keys if k != "name") or ("aggregation",)
 
 
+def method_defaults(name: str) -> dict:
+    """A registered method's parameter defaults (what a configuration without the key runs at)."""
+    return dict(_registered_defaults(name))
+
+
 @functools.lru_cache(maxsize=None)  # the registry's defaults of one method, built once per process
 def _registered_defaults(name: str) -> dict:
     row = next(r for r in list_methods() if r["name"] == name)

@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("methods", "harness", "sweeps", "analysis", "theory")
 # what each package may import of ours (methods ← harness ← sweeps → results → analysis; theory ← methods)
 ALLOWED = {"methods": {"methods"}, "harness": {"methods", "harness"},
-           "analysis": {"analysis", "harness.store"}, "theory": {"methods", "theory"},
+           # analysis reads results through the store, and the run id's rule (what a configuration is) from the config
+           "analysis": {"analysis", "harness.store", "harness.config"}, "theory": {"methods", "theory"},
            "sweeps": {"methods", "harness", "analysis", "sweeps", "theory"}}
 RUN_FOLDER_FILES = ("metrics.jsonl", "diagnostics.jsonl", "status.json", "config.yaml", "checkpoint.pt",
                     "manifest.json", "summary.csv", "trl_checkpoints")
