@@ -17,7 +17,7 @@ import pandas as pd
 from harness.store import FINISHED
 
 from . import stats as S
-from .compare import SCORES
+from .compare import SCORES, warm_start_seeds
 from .tables import WARM_START, to_markdown
 
 TEST_NAME = ("linear model score ~ C(parameter …) + C(seed) (the seed a block: the comparisons are paired by "
@@ -104,8 +104,8 @@ def pivot_table(f: Factorial, score: str) -> pd.DataFrame:
             ci = S.mean_interval(values, bounds=(0.0, 1.0))
             text = "missing" if values.empty else (
                 f"{100 * values.mean():.1f}" + (f" [{100 * ci.low:.1f}, {100 * ci.high:.1f}]" if len(values) > 1 else ""))
-            steps = pd.to_numeric(frame.loc[sel, "best_step"], errors="coerce").dropna()
-            if len(steps) and (steps == 0).all():
+            steps = frame.loc[sel, "best_step"]  # (the frame holds finished cells only)
+            if len(steps) and warm_start_seeds(steps) == len(steps):
                 text += f", {WARM_START}"
             table.setdefault(str(va), {})[str(vb) if b else _short(score)] = text
     out = pd.DataFrame(table).T

@@ -20,7 +20,7 @@ from scipy import stats  # noqa: E402
 from .compare import SCORES  # noqa: E402
 from .load import Results  # noqa: E402
 from .stats import CONFIDENCE  # noqa: E402
-from .tables import display_name, paper  # noqa: E402
+from .tables import compared_with, display_name, paper  # noqa: E402
 
 EXTRA_COLORS = ["#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
                 "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7969c"]
@@ -195,7 +195,7 @@ def fig_validation(results: Results, sweep: str, settings: list[str], out: Path,
 def _compared_note(fig, settings) -> None:
     """The paper columns these settings are compared with, as a note under the figure: a title says only
     what was run."""
-    columns = [f"{s} with the paper's {paper()['settings'][s]}" for s in settings if s in paper()["settings"]]
+    columns = compared_with(settings)
     if columns:
         fig.text(0.5, 0.005, "compared with: " + "; ".join(columns), ha="center", va="bottom", fontsize=7, color="0.35")
 
@@ -207,9 +207,10 @@ def fig_panels(results: Results, panels: list[tuple[str, str]], out: Path, stem:
     if not panels:
         return []
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+    colours = report_colours(results)
     for ax, (sweep, panel_title) in zip(axes[0], panels):
         cells = results.sweep_cells(sweep)
-        plot_curves(ax, results, cells, "headline", report_colours(results), scale=100)
+        plot_curves(ax, results, cells, "headline", colours, scale=100)
         _t_stop_line(ax, cells)
         ax.set_title(f"{panel_title} — {cells['setting'].iloc[0]}", fontsize=10)
         ax.set_xlabel("step")

@@ -13,9 +13,6 @@ from . import stats as S
 from . import tables as T
 from . import tuning
 
-TABLE1_RULE = ("--table1, else drift_main, else paper_main, else demo, else the (non-tuning) sweep with the most "
-               "finished cells; every other sweep gets its own table_<sweep> (and comparisons_, binding_) files")
-
 
 def factorial_section(results, out: Path, figure_formats) -> str:
     """The factorial view of every grid (non-tuning sweeps) that varies one or two parameters of a method."""
@@ -54,7 +51,7 @@ def theory_section(root: Path, out: Path) -> str:
             + (out / "theory_checks.md").read_text())
 
 
-def index_markdown(results, tables, figs, out: Path) -> str:
+def index_markdown(results, tables, figs, out: Path, table1_rule: str) -> str:
     cells = results.cells
     lines = [f"# Report of {results.root}\n", "## Cells\n"]
     for sweep, group in cells.groupby("sweep", sort=False):
@@ -65,7 +62,7 @@ def index_markdown(results, tables, figs, out: Path) -> str:
         lines.append("\nNot finished (tables use the finished seeds and say how many):\n")
         lines.append(T.to_markdown(unfinished[["sweep", "setting", "label", "seed", "id", "verdict", "steps_run"]],
                                    index=False))
-    lines.append(f"\n## Table 1\n\nFrom sweep **{results.main_sweep}** (rule: {TABLE1_RULE}).\n")
+    lines.append(f"\n## Table 1\n\nFrom sweep **{results.main_sweep}** (rule: {table1_rule}).\n")
     table1 = out / "table1.md"
     lines.append(table1.read_text() if table1.exists() else "(not written)\n")
     cmp = tables.get("comparisons")

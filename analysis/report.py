@@ -17,7 +17,6 @@ from . import tables as T
 from . import index as I
 from . import markdown as M
 from . import tuning
-from .index import TABLE1_RULE  # noqa: F401 - the rule choose_table1 follows, printed in report.md
 from .load import load_results
 
 TABLE_FORMATS = ("md", "tex", "csv")
@@ -29,6 +28,8 @@ FIG6 = [("sensitivity", "(a) sensitivity"), ("divergence_kl_tv", "(b) KL vs TV")
         ("divergence_binary_topk", "(c) Binary vs Top-K TV")]
 
 
+TABLE1_RULE = ("--table1, else drift_main, else paper_main, else demo, else the (non-tuning) sweep with the most "
+               "finished cells; every other sweep gets its own table_<sweep> (and comparisons_, binding_) files")
 
 
 def choose_table1(results, wanted: str | None = None) -> str | None:
@@ -206,8 +207,7 @@ def _table1(cells, settings, rows, ref, protocols, names, sweep, avg_label, out,
 def _table1_paper(cells, settings, rows, protocols, names, sweep, avg_label, out, formats) -> list[Path]:
     """Table 1 in the paper's layout: the mean alone, the highest of each column bold and the second
     underlined. Descriptive — no test stands behind a mark; table1.md holds the tested view."""
-    paper_columns = T.paper()["settings"]
-    compared = [f"{s} with the paper's {paper_columns[s]}" for s in settings if s in paper_columns]
+    compared = T.compared_with(settings)
     note = (f"Table 1 ({sweep}) in the paper's layout — mean over seeds ({avg_label}, %); **bold** the highest mean "
             "of a column, <u>underlined</u> the second (an entry with a collapsed seed is not ranked). Descriptive: "
             "no test stands behind these marks; table1.md bolds only what a Holm-corrected paired test supports."
@@ -365,8 +365,8 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
     figs = (write_figures(results, out, figure_formats, tables["comparisons"], tables["names"],
                           tables.get("sweep_comparisons")) if figure_formats
             else {"written": {}, "notes": []})
-    index = (I.index_markdown(results, tables, figs, out) + I.factorial_section(results, out, figure_formats)
-             + I.search_section(results.root, out, figure_formats) + I.theory_section(results.root, out))
+    index = (I.index_markdown(results, tables, figs, out, TABLE1_RULE)
+             + I.factorial_section(results, out, figure_formats) + I.search_section(results.root, out, figure_formats) + I.theory_section(results.root, out))
     (out / "report.md").write_text(index)
     from .html import write_html
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.store import search_dir
+from harness.store import searches_root
 
 from . import stats as S
 from .tables import to_markdown
@@ -23,7 +23,7 @@ OPTIMISTIC = ("The best of N trials is an optimistic estimate of that configurat
 
 
 def search_folders(root: Path) -> list[Path]:
-    folder = search_dir(root, "x").parent
+    folder = searches_root(root)
     return sorted(p for p in folder.iterdir() if p.is_dir() and (p / "trials.csv").exists()) if folder.is_dir() else []
 
 

@@ -14,13 +14,18 @@ import yaml
 from harness.store import FINISHED
 
 from . import stats as S
-from .compare import interval_text
+from .compare import interval_text, warm_start_seeds
 
 
 
 @lru_cache(maxsize=1)
 def paper() -> dict:
     return yaml.safe_load((Path(__file__).parent / "paper.yaml").read_text())
+
+
+def compared_with(settings) -> list[str]:
+    """'SETTING with the paper's COLUMN' for each setting that stands in for a paper column."""
+    return [f"{s} with the paper's {paper()['settings'][s]}" for s in settings if s in paper()["settings"]]
 
 
 def display_name(method: str) -> str:
@@ -52,8 +57,7 @@ def aggregate(cells: pd.DataFrame, row_key: str = "label", score: str = "best_he
                     "failed": int((group["state"] == "failed").sum()),
                     "unfinished": int((~group["state"].isin((*FINISHED, "failed"))).sum()),
                     "best_step_median": scored["best_step"].median() if len(scored) else None,
-                    # seeds whose best step is 0: the score is the starting policy's, the method never improved on it
-                    "warm_start": int((pd.to_numeric(scored["best_step"], errors="coerce") == 0).sum())})
+                    "warm_start": warm_start_seeds(scored["best_step"])})
     return pd.DataFrame(out)
 
 

@@ -59,8 +59,13 @@ def sweep_dir(results_root, name: str) -> Path:
     return Path(results_root) / "sweeps" / name
 
 
+def searches_root(results_root) -> Path:
+    """Where the Optuna searches of a results root live, one folder each."""
+    return Path(results_root) / "searches"
+
+
 def search_dir(results_root, name: str) -> Path:
-    return Path(results_root) / "searches" / name
+    return searches_root(results_root) / name
 
 
 def theory_dir(results_root) -> Path:
@@ -280,6 +285,11 @@ class RunStore:
         return self.dir / "policy_best"
 
     @property
+    def partial_policy_dir(self) -> Path:
+        """Where the best policy is written before it replaces ``best_policy_dir`` (a kill leaves it partial)."""
+        return self.dir / "policy_best.partial"
+
+    @property
     def anchor_policy_dir(self) -> Path:
         """The best policy as of the last checkpoint, kept while ``best_policy_dir`` holds a later step:
         a resume from that checkpoint recomputes the later rows, and may not find that best again."""
@@ -315,7 +325,7 @@ class RunStore:
     def resume_best_policy(self, start: int, keep: bool) -> None:
         """A run (re)starts after step ``start``: a best policy of a later step is dropped (its rows are
         recomputed) and the anchor, the best as of that checkpoint, takes its place."""
-        _rmtree(self.dir / "policy_best.partial")
+        _rmtree(self.partial_policy_dir)
         current = self.best_policy_step()
         if not keep or current is None or current > start:
             _rmtree(self.best_policy_dir)

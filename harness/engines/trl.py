@@ -196,10 +196,9 @@ class LMRun:
         if not is_best:
             return
         store = self.record.store
-        written = store.dir / "policy_best.partial"
-        t.save_model(str(written))
+        t.save_model(str(store.partial_policy_dir))
         if self.accelerator_main:
-            store.replace_best_policy(written, row["step"], self.checkpointed)
+            store.replace_best_policy(store.partial_policy_dir, row["step"], self.checkpointed)
 
     def kept_weights(self, final: bool) -> dict:
         """What the verdict records of the weights kept: the final policy's folder, and the best step's
