@@ -12,7 +12,11 @@ def pytest_addoption(parser):
 def device(request) -> torch.device:
     """The device of the device-aware tests (``--trh-device``; cpu by default). Their inputs are made on
     the CPU from seeded generators and moved there, so every device sees the same numbers."""
-    chosen = torch.device(request.config.getoption("--trh-device"))
+    value = request.config.getoption("--trh-device")
+    try:
+        chosen = torch.device(value)
+    except RuntimeError:
+        pytest.fail(f"--trh-device {value!r} is not a torch device (e.g. cpu, cuda, cuda:1)", pytrace=False)
     if chosen.type == "cuda" and not torch.cuda.is_available():
         pytest.fail(f"--trh-device {chosen}: CUDA is not available")
     return chosen
