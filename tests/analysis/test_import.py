@@ -1,6 +1,10 @@
 """trh import: runs trained elsewhere become run folders the whole report reads (analysis/importer.py)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -143,20 +147,37 @@ def test_a_log_without_the_validation_metric_is_refused(tmp_path):
         read_log(tmp_path / "log.jsonl", "csv")
 
 
-def test_a_wandb_offline_run_as_wandb_writes_it(tmp_path, monkeypatch):
-    """An offline run made by wandb itself (wandb.init(mode='offline')), read from its run folder."""
-    import wandb
+WANDB_RUNS = """
+import json, sys, wandb
+for folder, name, rows, with_step in json.loads(sys.argv[1]):
+    run = wandb.init(mode="offline", dir=folder, project="p", name=name)
+    for step, row in rows:
+        run.log(row, step=step) if with_step else run.log(row)
+    run.finish()
+"""
 
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    runs = []
-    for method, seed, curve in [("cppo", 0, [(0.3, 0.2), (0.6, 0.5), (0.5, 0.7)]), ("cppo", 1, [(0.3, 0.2), (0.5, 0.4)]),
-                                ("grpo", 0, [(0.3, 0.2), (0.4, 0.3)]), ("grpo", 1, [(0.3, 0.2), (0.45, 0.3)])]:
-        run = wandb.init(mode="offline", dir=str(tmp_path / f"{method}{seed}"), project="p", name=f"{method}_s{seed}")
-        for step, (val, test) in enumerate(curve + [(0.1, 0.1)] * (3 - len(curve))):
-            run.log({"eval/aime": val, "eval/heldout": test, "train/loss": 1.0 - step}, step=10 * step)
-        run.finish()
-        (folder,) = (tmp_path / f"{method}{seed}" / "wandb").glob("offline-run-*")
-        runs.append({"path": str(folder.relative_to(tmp_path)), "method": method, "seed": seed})
+
+def _wandb_runs(tmp_path, runs: list) -> list[Path]:
+    """Offline runs made by wandb itself, in a process of their own (it exits only when wandb has written
+    its files, and no other test's wandb state reaches it): (subfolder, name, [(step, row)], log the step?)."""
+    specs = [(str(tmp_path / sub), name, rows, with_step) for sub, name, rows, with_step in runs]
+    done = subprocess.run([sys.executable, "-c", WANDB_RUNS, json.dumps(specs)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "WANDB_SILENT": "true"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [next((tmp_path / sub / "wandb").glob("offline-run-*")) for sub, *_ in runs]
+
+
+def test_a_wandb_offline_run_as_wandb_writes_it(tmp_path):
+    """An offline run made by wandb itself (wandb.init(mode='offline')), read from its run folder."""
+    arms = [("cppo", 0, [(0.3, 0.2), (0.6, 0.5), (0.5, 0.7)]), ("cppo", 1, [(0.3, 0.2), (0.5, 0.4)]),
+            ("grpo", 0, [(0.3, 0.2), (0.4, 0.3)]), ("grpo", 1, [(0.3, 0.2), (0.45, 0.3)])]
+    folders = _wandb_runs(tmp_path, [
+        (f"{method}{seed}", f"{method}_s{seed}",
+         [(10 * step, {"eval/aime": val, "eval/heldout": test, "train/loss": 1.0 - step})
+          for step, (val, test) in enumerate(curve + [(0.1, 0.1)] * (3 - len(curve)))], True)
+        for method, seed, curve in arms])
+    runs = [{"path": str(folder.relative_to(tmp_path)), "method": method, "seed": seed}
+            for folder, (method, seed, _) in zip(folders, arms)]
     mapping = _mapping(tmp_path, "wandb", runs, validation={"aime": "eval/aime"}, test={"heldout": "eval/heldout"},
                        scale=1.0)
     manifest = import_runs(mapping, tmp_path / "results")
@@ -200,16 +221,11 @@ def test_a_log_that_stops_before_t_stop_is_interrupted_not_read_over_a_shorter_w
     assert table.loc[table["protocol"] == "best_headline", "mean"].iloc[0] == pytest.approx((0.55 + 0.60) / 2)
 
 
-def test_the_mapping_step_names_the_wandb_step_of_a_hugging_face_trainer(tmp_path, monkeypatch):
+def test_the_mapping_step_names_the_wandb_step_of_a_hugging_face_trainer(tmp_path):
     """transformers' wandb callback logs without a step (so _step counts calls); the step is train/global_step."""
-    import wandb
-
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    run = wandb.init(mode="offline", dir=str(tmp_path), project="p", name="hf")
-    for global_step, val in [(0, 0.3), (10, 0.6), (20, 0.5)]:
-        run.log({"train/global_step": global_step, "eval/aime": val, "eval/heldout": val})
-    run.finish()
-    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    (folder,) = _wandb_runs(tmp_path, [("hf", "hf", [(None, {"train/global_step": global_step, "eval/aime": val,
+                                                             "eval/heldout": val})
+                                                     for global_step, val in [(0, 0.3), (10, 0.6), (20, 0.5)]], False)])
     mapping = _mapping(tmp_path, "wandb", [{"path": str(folder.relative_to(tmp_path)), "method": "cppo", "seed": 0}],
                        validation={"aime": "eval/aime"}, test={"heldout": "eval/heldout"}, scale=1.0,
                        step="train/global_step")
