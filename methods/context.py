@@ -21,6 +21,7 @@ class TokenContext:
     lengths: torch.Tensor        # [B] int64 T_i
     position: torch.Tensor       # [B, T] int64 1-based index among the response's tokens, 0 on padding
     sequence_ids: torch.Tensor   # [B] int64
+    rollout_logp: Optional[torch.Tensor] = None  # [B, T] fp32 log μ(y_t), 0 on padding
     divergence: Optional[torch.Tensor] = None  # [B, T] D_t, 0 on padding, when the method uses one
     extras: dict = field(default_factory=dict)
 
@@ -48,6 +49,7 @@ class TokenContext:
             lengths=valid.long().sum(-1),
             position=position,
             sequence_ids=seq_ids.long(),
+            rollout_logp=torch.where(valid, batch.rollout_logp.float(), zeros),
         )
 
     def fraction(self, selected: torch.Tensor, among: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -59,3 +61,16 @@ class TokenContext:
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         return self.fraction(values)
+
+    def rollout_prob(self) -> torch.Tensor:
+        """[B, T] μ(y_t), the sampled token's rollout probability (0 on padding)."""
+        if "rollout_prob" not in self.extras:
+            self.extras["rollout_prob"] = torch.where(self.valid, self.rollout_logp.exp(), torch.zeros_like(self.ratio))
+        return self.extras["rollout_prob"]
+
+    def sequence_log_ratio(self) -> torch.Tensor:
+        """[B] mean over each response's tokens of log ρ_t (0 for an empty response): the log of GSPO's
+        geometric-mean sequence ratio; computed once per call, whichever rule asks first."""
+        if "sequence_log_ratio" not in self.extras:
+            self.extras["sequence_log_ratio"] = self.log_ratio.sum(-1) / self.lengths.clamp_min(1)
+        return self.extras["sequence_log_ratio"]

@@ -45,6 +45,64 @@ def divergence_threshold_mask(ctx: TokenContext, params) -> MaskResult:
     return _keep(ctx, ctx.toward_mu | (ctx.divergence <= params.delta))
 
 
+def two_sided_divergence_mask(ctx: TokenContext, params) -> MaskResult:
+    """prime-rl's default loss (``default_loss_fn``): DPPO's mask with a threshold per advantage sign,
+    keep if toward μ or D_t ≤ (δ if A > 0 else δ_low)."""
+    low = params.delta if params.delta_low is None else params.delta_low
+    threshold = torch.where(ctx.advantages > 0, torch.full_like(ctx.ratio, params.delta), torch.full_like(ctx.ratio, low))
+    return _keep(ctx, ctx.toward_mu | (ctx.divergence <= threshold))
+
+
+def sequence_clip_mask(ctx: TokenContext, params) -> MaskResult:
+    """GSPO (arXiv 2507.18071 Eq. 5-7; TRL importance_sampling_level="sequence"): GRPO's clip applied to
+    the sequence ratio ρ_seq = exp(mean_t log ρ_t), so a response is kept or dropped whole."""
+    seq_ratio = ctx.sequence_log_ratio().exp()[:, None].expand_as(ctx.ratio)
+    a = ctx.advantages
+    keep = ((a * (seq_ratio - 1.0) <= 0) | ((a > 0) & (seq_ratio <= 1.0 + params.eps_high))
+            | ((a < 0) & (seq_ratio >= 1.0 - params.eps_low)))
+    result = _keep(ctx, keep)
+    result.metrics["seq_acceptance_rate"] = _accepted(ctx, result.mask)
+    result.details["sequence_ratio"] = seq_ratio
+    return result
+
+
+def opsm_mask(ctx: TokenContext, params) -> MaskResult:
+    """GRPO's clip times DeepSeek-V3.2's off-policy sequence mask (arXiv 2512.02556 Eq. 9; TRL
+    ``get_off_policy_mask``): a token is also dropped when A < 0 and its response's mean
+    log μ − log π (a k1 estimate of KL(μ‖π)) exceeds δ — TRL multiplies it into the loss in use."""
+    seq_kl = -ctx.sequence_log_ratio()
+    off_policy = (ctx.advantages < 0) & (seq_kl[:, None] > params.delta)
+    result = _keep(ctx, ppo_clip_mask(ctx, params).mask.bool() & ~off_policy)
+    has_tokens = ctx.lengths > 0
+    dropped = (off_policy & ctx.valid).any(-1)
+    result.metrics["seq_acceptance_rate"] = ((~dropped)[has_tokens].float().mean() if bool(has_tokens.any())
+                                             else torch.tensor(NAN))
+    result.details["sequence_kl"] = seq_kl
+    return result
+
+
+def sigmoid_gate(ctx: TokenContext, params) -> MaskResult:
+    """SAPO (arXiv 2511.20347; TRL loss_type="sapo"): the soft gate M_t = 4σ(x)(1 − σ(x)), x = τ(ρ_t − 1),
+    τ by the sign of A — the derivative of (4/τ)σ(τ(ρ−1)) over ρ, so −A·M·ρ·∇log π is TRL's gradient.
+    M = 1 at ρ = 1 and decays smoothly away from it in both directions (no toward-μ exemption)."""
+    tau = _by_sign(ctx, params.temperature_pos, params.temperature_neg, positive=ctx.advantages > 0)
+    s = torch.sigmoid(tau * (ctx.ratio - 1.0))
+    gate = torch.where(ctx.valid, 4.0 * s * (1.0 - s), torch.zeros_like(s))
+    ctx.extras["temperature"] = tau  # the ratio form's surrogate reads it
+    return MaskResult(mask=gate, details={"temperature": tau})
+
+
+def _by_sign(ctx: TokenContext, if_true: float, otherwise: float, positive: torch.Tensor) -> torch.Tensor:
+    return torch.where(positive, torch.full_like(ctx.ratio, if_true), torch.full_like(ctx.ratio, otherwise))
+
+
+def _accepted(ctx: TokenContext, mask: torch.Tensor) -> torch.Tensor:
+    """Share of non-empty responses whose tokens are all kept."""
+    has_tokens = ctx.lengths > 0
+    whole = ((mask > 0) | ~ctx.valid).all(-1)
+    return whole[has_tokens].float().mean() if bool(has_tokens.any()) else torch.tensor(NAN)
+
+
 def trm_sequence_mask(ctx: TokenContext, params) -> MaskResult:
     """TRM (arXiv 2512.23075): keep a whole response iff max_t D_t ≤ δ_max and/or
     (1/T_i) Σ_t D_t ≤ δ_avg. No toward-μ exemption; empty responses are accepted."""
@@ -84,15 +142,21 @@ def rowwise_quantile(values: torch.Tensor, valid: torch.Tensor, q: float) -> tor
 
 
 def position_weights(ctx: TokenContext, params, dtype=torch.float64) -> torch.Tensor:
-    """w_t = 1 − (1 − w_min)(t − 1)/max(T_i − 1, 1) per response (Eq. 9); 0 on padding.
+    """w_t = 1 − (1 − w_min)(t − 1)/max(T_i − 1, 1) per response (Eq. 9), or with T_i the padded length
+    (``position_span="padded"``); 0 on padding.
     'uniform' gives w ≡ 1; 'shuffled' permutes each response's weights, keyed by
     (shuffle_seed, sequence id) so the permutation is independent of micro-batching."""
     valid = ctx.valid
     if params.position_weights == "uniform":
         return valid.to(dtype)
     t = ctx.position.to(dtype)
-    span = (ctx.lengths - 1).clamp_min(1).to(dtype)[:, None]
-    w = 1.0 - (1.0 - params.w_min) * (t - 1.0) / span
+    if params.position_span == "padded":  # verl PR #6731: one span for every row, weights clamped to [w_min, 1]
+        padded = params.horizon if params.horizon is not None else valid.shape[-1]
+        span = torch.full_like(t[:, :1], max(padded - 1, 1))
+        w = 1.0 - (1.0 - params.w_min) * ((t - 1.0) / span).clamp(0.0, 1.0)
+    else:
+        span = (ctx.lengths - 1).clamp_min(1).to(dtype)[:, None]
+        w = 1.0 - (1.0 - params.w_min) * (t - 1.0) / span
     w = torch.where(valid, w, torch.zeros_like(w))
     if params.position_weights == "shuffled":
         for row in range(w.shape[0]):

@@ -52,12 +52,20 @@ class LossParams:
         return dataclasses.replace(self, **changes)
 
 
+LossForm = Literal["reinforce", "ratio"]
+
+
+def _loss_form(surrogate: str):
+    return _doc(f"reinforce: −A·M·sg(W)·logp; ratio: −A·{surrogate} with ρ differentiable (same gradient "
+                "where no cap binds; the value is the source's own surrogate)", "reinforce")
+
+
 @dataclass(frozen=True)
 class TruncatedParams(LossParams):
     """Methods whose importance weight is the truncated ratio W = min(ρ, C)."""
 
     truncation_cap: float = _doc("C in W = min(ρ, C); inf disables truncation", 20.0)
-    loss_form: Literal["reinforce", "ratio"] = _doc(
+    loss_form: LossForm = _doc(
         "reinforce: −A·M·sg(min(ρ,C))·logp (keeps a gradient of weight C above C); "
         "ratio: −A·M·min(ρ,C) with ρ differentiable (zero gradient above C)", "reinforce")
 
@@ -140,13 +148,96 @@ class TrmParams(DivergenceParams):
 
 
 @dataclass(frozen=True)
+class GspoParams(GrpoParams):
+    """GSPO (arXiv 2507.18071; TRL importance_sampling_level="sequence"): GRPO's clip on the sequence ratio
+    ρ_seq = exp(mean_t log ρ_t); eps_low/eps_high bound ρ_seq (GSPO's own scale is ~1e-4)."""
+
+
+@dataclass(frozen=True)
+class OpsmParams(GrpoParams):
+    delta: float = _doc("OPSM threshold δ: a response's A < 0 tokens are dropped when the mean over the "
+                        "response of log μ − log π exceeds δ (TRL off_policy_mask_threshold)", 0.5)
+
+    def _check(self):
+        super()._check()
+        _positive(self, "delta")
+
+
+@dataclass(frozen=True)
+class SapoParams(LossParams):
+    temperature_pos: float = _doc("τ of the sigmoid gate for A > 0 (TRL sapo_temperature_pos)", 1.0)
+    temperature_neg: float = _doc("τ of the sigmoid gate for A ≤ 0 (TRL sapo_temperature_neg)", 1.05)
+    loss_form: LossForm = _loss_form("(4/τ)·σ(τ(ρ−1)), TRL's form")
+
+    def _check(self):
+        super()._check()
+        _positive(self, "temperature_pos")
+        _positive(self, "temperature_neg")
+
+
+@dataclass(frozen=True)
+class VespoParams(LossParams):
+    """VESPO (TRL loss_type="vespo"): W = φ(w) = e^λ·w^k·e^(−λw) of the sequence ratio w, by the sign of A."""
+
+    k_pos: float = _doc("k of φ for A ≥ 0 (TRL vespo_k_pos)", 2.0)
+    lambda_pos: float = _doc("λ of φ for A ≥ 0 (TRL vespo_lambda_pos)", 3.0)
+    k_neg: float = _doc("k of φ for A < 0 (TRL vespo_k_neg)", 3.0)
+    lambda_neg: float = _doc("λ of φ for A < 0 (TRL vespo_lambda_neg)", 2.0)
+
+    def _check(self):
+        super()._check()
+        for name in ("k_pos", "lambda_pos", "k_neg", "lambda_neg"):
+            _positive(self, name)
+
+
+@dataclass(frozen=True)
+class DrpoParams(LossParams):
+    eps: float = _doc("ε of the μ-weighted quadratic |A|·μ·(ρ−1)²/(2ε) (UniRL drpo_epsilon; paper 12.5)", 12.5)
+    loss_form: LossForm = _loss_form("ρ + |A|/A·μ(ρ−1)²/(2ε) (UniRL's form)")
+
+    def _check(self):
+        super()._check()
+        _positive(self, "eps")
+
+
+@dataclass(frozen=True)
+class DroParams(LossParams):
+    beta: float = _doc("β of the penalty ½β(log π − log μ)² (verl dro_beta, which has no default)", 1.0)
+
+    def _check(self):
+        super()._check()
+        _positive(self, "beta")
+
+    @property
+    def penalty_coef(self) -> float:
+        return 0.5 * self.beta
+
+
+@dataclass(frozen=True)
+class PrimeDppoParams(DppoParams):
+    delta_low: Optional[float] = _doc(
+        "threshold for A < 0 tokens (prime-rl dppo_mask_low); None = delta (dppo_mask_high)", None)
+    tau: float = _doc("τ of the penalty τ·(log π − log μ)² on every valid token (prime-rl kl_tau); 0 = none", 1e-3)
+
+    def _check(self):
+        super()._check()
+        _positive(self, "delta_low", allow_none=True)
+        if not self.tau >= 0:
+            raise MethodConfigError(f"tau must be >= 0, got {self.tau!r}")
+
+    @property
+    def penalty_coef(self) -> float:
+        return self.tau
+
+
+@dataclass(frozen=True)
 class CppoParams(DppoParams):
     w_min: float = _doc("last-token position weight; w_t falls linearly from 1 to w_min", 0.8)
     budget: Literal["dynamic", "fixed"] = _doc(
         "prefix budget δ_b: 'dynamic' = clamp(P90 of the response's D, delta_b, delta_b_max), "
         "'fixed' = delta_b", "dynamic")
     delta_b: float = _doc("δ_b when fixed; its lower clamp δ_b_min when dynamic; inf = no budget", 0.02)
-    delta_b_max: Optional[float] = _doc("upper clamp of the dynamic δ_b; None = 2·delta_b", None)
+    delta_b_max: Optional[float] = _doc("upper clamp of the dynamic δ_b; None = delta_b_max_factor·delta_b", None)
     budget_quantile: float = _doc("quantile of D used by the dynamic δ_b", 0.9)
     position_weights: Literal["linear", "uniform", "shuffled"] = _doc(
         "w_t schedule: linear (Eq. 9), uniform (w ≡ 1, ablation), shuffled (Eq. 9 weights "
@@ -154,6 +245,11 @@ class CppoParams(DppoParams):
     prefix_budget: bool = _doc("apply the prefix constraint S_t ≤ δ + δ_b W_{t−1}", True)
     gate: Literal["hard", "soft"] = _doc("hard: M = 1[I_t]; soft: M = min(1, 1/x_t) (App. C)", "hard")
     shuffle_seed: int = _doc("seed of the shuffled-weights permutations", 0)
+    delta_b_max_factor: float = _doc("upper clamp of the dynamic δ_b as a multiple of delta_b (paper, UniRL: 2; "
+                                     "verl PR #6731: 5), used when delta_b_max is None", 2.0)
+    position_span: Literal["response", "padded"] = _doc(
+        "T of the position weights: each response's own length (paper, UniRL) or the padded response length, "
+        "the horizon H where set (verl PR #6731: max_response_length)", "response")
 
     def _check(self):
         super()._check()
@@ -168,10 +264,12 @@ class CppoParams(DppoParams):
             raise MethodConfigError(f"budget_quantile must be in [0, 1], got {self.budget_quantile!r}")
         if not 0 <= self.shuffle_seed < 2**32:
             raise MethodConfigError(f"shuffle_seed must be an integer in [0, 2**32), got {self.shuffle_seed!r}")
+        if not self.delta_b_max_factor >= 1.0:
+            raise MethodConfigError(f"delta_b_max_factor must be >= 1, got {self.delta_b_max_factor!r}")
 
     @property
     def delta_b_upper(self) -> float:
-        return 2.0 * self.delta_b if self.delta_b_max is None else self.delta_b_max
+        return self.delta_b_max_factor * self.delta_b if self.delta_b_max is None else self.delta_b_max
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """The registry: every method is data — (params, mask rule, weight rule) over one loss form.
 
-    ℓ_t = −A_t · M_t · sg(W_t) · logp_t          (REINFORCE form, docs/methods.md)
+    ℓ_t = −A_t · M_t · sg(W_t) · logp_t  [+ κ·(logp_t − log μ_t)²]     (REINFORCE form, docs/methods.md)
+
+``loss_form="ratio"`` replaces M·sg(W)·logp by the method's differentiable surrogate (min(ρ, C)·M by
+default; SAPO's sigmoid, GSPO's sequence ratio, DRPO's quadratic) — the same gradient, the source's value.
+The bracketed penalty (DRO, prime-rl) is the one term not proportional to A; its κ is ``params.penalty_coef``.
 
 A new method: its params class (if new) in ``params.py``, one mask rule in ``masks.py`` (or weight
 rule in ``weights.py``), one ``MethodSpec`` below, one closed-form test — nothing else (the
@@ -20,9 +24,9 @@ from .aggregation import aggregate
 from .batch import LossTotals, PolicyBatch
 from .context import TokenContext
 from .divergence import log_ratio, token_divergence
-from .params import (ClippedWeightParams, CppoParams, DivergenceParams, DppoParams, GrpoParams,
-                     LossParams, MethodConfigError, MinproParams, TrmParams, TruncatedParams,
-                     describe_fields)
+from .params import (ClippedWeightParams, CppoParams, DivergenceParams, DppoParams, DroParams, DrpoParams,
+                     GrpoParams, GspoParams, LossParams, MethodConfigError, MinproParams, OpsmParams,
+                     PrimeDppoParams, SapoParams, TrmParams, TruncatedParams, VespoParams, describe_fields)
 
 # Metric names are part of the interface (docs/methods.md, "Metrics"); NaN where a metric does not apply.
 METRIC_NAMES = (
@@ -63,6 +67,8 @@ class MethodSpec:
     weight_rule: Callable
     defaults: dict = field(default_factory=dict)
     reference: str = ""
+    surrogate: Optional[Callable] = None   # ratio form's M·s_t(log ρ); None: M·min(ρ, C)
+    fixed: tuple = ()                      # defaults that name the method (a preset's conventions): not overridable
 
 
 class Method:
@@ -100,12 +106,19 @@ class Method:
 
         # padding may hold NaN/inf log-probs: select before any arithmetic so no NaN reaches a gradient
         logp = torch.where(ctx.valid, batch.logp.float(), torch.zeros_like(ctx.ratio))
-        if getattr(self.params, "loss_form", "reinforce") == "ratio":
-            rollout_logp = torch.where(ctx.valid, batch.rollout_logp.float(), torch.zeros_like(ctx.ratio))
-            surrogate = log_ratio(logp, rollout_logp).exp().clamp(max=self.params.truncation_cap)
+        ratio_form = getattr(self.params, "loss_form", "reinforce") == "ratio"
+        if ratio_form and self.spec.surrogate is not None:
+            token_loss = -ctx.advantages * self.spec.surrogate(ctx, self.params, mask_out.mask,
+                                                               log_ratio(logp, ctx.rollout_logp))
         else:
-            surrogate = weight_out.weight * logp
-        token_loss = -ctx.advantages * mask_out.mask * surrogate
+            if ratio_form:
+                surrogate = log_ratio(logp, ctx.rollout_logp).exp().clamp(max=self.params.truncation_cap)
+            else:
+                surrogate = weight_out.weight * logp
+            token_loss = -ctx.advantages * mask_out.mask * surrogate
+        penalty_coef = getattr(self.params, "penalty_coef", 0.0)
+        if penalty_coef:  # on every valid token, masked or not, as DRO and prime-rl apply it
+            token_loss = token_loss + penalty_coef * (logp - ctx.rollout_logp).square()
         token_loss = torch.where(ctx.valid, token_loss, torch.zeros_like(token_loss))
         loss = aggregate(token_loss, ctx.valid, self.params.aggregation, self.params.horizon, totals)
 
@@ -164,12 +177,17 @@ def register(spec: MethodSpec) -> MethodSpec:
     unknown = set(spec.defaults) - {f for f in spec.params_cls.__dataclass_fields__}
     if unknown:
         raise ValueError(f"{spec.name}: defaults name unknown params {sorted(unknown)}")
+    if set(spec.fixed) - set(spec.params_cls.__dataclass_fields__):
+        raise ValueError(f"{spec.name}: fixed names unknown params {sorted(set(spec.fixed) - set(spec.params_cls.__dataclass_fields__))}")
     spec.params_cls(**spec.defaults)  # the registered defaults themselves must validate
     _REGISTRY[spec.name] = spec
     return spec
 
 
 _CPPO_REF = "CPPO, arXiv 2606.10968 Eq. 8-10, Alg. 1"
+# what a CPPO preset fixes; δ, w_min, δ_b, the quantile and top_k stay tunable
+_CPPO_CONVENTIONS = ("divergence", "position_span", "delta_b_max_factor", "delta_b_max", "loss_form",
+                     "truncation_cap", "budget", "position_weights", "prefix_budget", "gate")
 for _spec in (
     MethodSpec("pg_is", "control without trust region: M = 1, W = ρ (no cap); shows what trust regions prevent",
                TruncatedParams, masks.no_mask, weights.truncated_ratio,
@@ -207,13 +225,56 @@ for _spec in (
     MethodSpec("cppo_soft", "CPPO with the soft gate M = min(1, 1/x_t) instead of the hard mask",
                CppoParams, masks.cppo_mask, weights.truncated_ratio, {"gate": "soft"},
                _CPPO_REF + ", App. C, Fig. 5c"),
+    # CPPO as each port computes it: every convention fixed at once (docs/methods.md, "CPPO conventions")
+    MethodSpec("cppo@paper", "CPPO as the paper states it: Top-K TV (K 20), per-response T, δ_b in [δ_b, 2δ_b], "
+               "ratio form −A·ρ·M without truncation", CppoParams, masks.cppo_mask, weights.truncated_ratio,
+               {"divergence": "topk_tv", "top_k": 20, "position_span": "response", "delta_b_max_factor": 2.0,
+                "loss_form": "ratio", "truncation_cap": math.inf, "budget": "dynamic", "position_weights": "linear",
+                "prefix_budget": True, "gate": "hard"},
+               _CPPO_REF + ", Eq. 11", fixed=_CPPO_CONVENTIONS),
+    MethodSpec("cppo@unirl", "CPPO as Tencent-Hunyuan/UniRL computes it: Binary TV, per-response T, δ_b in "
+               "[δ_b, 2δ_b], ratio form −A·ρ·M without truncation", CppoParams, masks.cppo_mask,
+               weights.truncated_ratio,
+               {"divergence": "binary_tv", "position_span": "response", "delta_b_max_factor": 2.0,
+                "loss_form": "ratio", "truncation_cap": math.inf, "budget": "dynamic", "position_weights": "linear",
+                "prefix_budget": True, "gate": "hard"},
+               "UniRL unirl/algorithms/cppo.py (commit e1211ee)", fixed=_CPPO_CONVENTIONS),
+    MethodSpec("cppo@verl-pr6731", "CPPO as verl PR #6731 computes it: Binary TV, padded T (the horizon), δ_b in "
+               "[δ_b, 5δ_b], −A·sg(min(ρ, 20))·log π·M", CppoParams, masks.cppo_mask, weights.truncated_ratio,
+               {"divergence": "binary_tv", "position_span": "padded", "delta_b_max_factor": 5.0,
+                "loss_form": "reinforce", "truncation_cap": 20.0, "budget": "dynamic", "position_weights": "linear",
+                "prefix_budget": True, "gate": "hard"},
+               "verl PR #6731 compute_policy_loss_cppo (open)", fixed=_CPPO_CONVENTIONS),
+    # rules users run elsewhere (docs/methods.md, "Rules from other frameworks")
+    MethodSpec("sapo", "soft sigmoid gate M = 4σ(x)(1−σ(x)), x = τ(ρ−1), τ by the sign of A; W = ρ",
+               SapoParams, masks.sigmoid_gate, weights.plain_ratio, {},
+               "SAPO arXiv 2511.20347; TRL 1.16 loss_type='sapo'", surrogate=weights.sapo_surrogate),
+    MethodSpec("gspo", "GRPO's clip on the sequence ratio exp(mean_t log ρ_t); W = min(ρ_seq, C)",
+               GspoParams, masks.sequence_clip_mask, weights.sequence_ratio, {"eps_low": 3e-4, "eps_high": 4e-4},
+               "GSPO arXiv 2507.18071; TRL 1.16 importance_sampling_level='sequence'",
+               surrogate=weights.sequence_surrogate),
+    MethodSpec("vespo", "no mask; W = φ(w) = e^λ w^k e^(−λw) of the sequence ratio w = Π_t ρ_t (k, λ by the sign of A)",
+               VespoParams, masks.no_mask, weights.gamma_weight, {}, "TRL 1.16 loss_type='vespo'"),
+    MethodSpec("opsm", "GRPO's clip plus DeepSeek-V3.2's off-policy sequence mask: drop A < 0 responses whose "
+               "mean log μ − log π exceeds δ", OpsmParams, masks.opsm_mask, weights.truncated_ratio, {},
+               "DeepSeek-V3.2 arXiv 2512.02556 Eq. 9; TRL 1.16 off_policy_mask_threshold"),
+    MethodSpec("drpo", "no mask; smooth μ-weighted trust region: −A·ρ + |A|·μ(ρ−1)²/(2ε)",
+               DrpoParams, masks.no_mask, weights.drpo_weight, {},
+               "DRPO arXiv 2606.09821 §3; UniRL unirl/algorithms/drpo.py", surrogate=weights.drpo_surrogate),
+    MethodSpec("dro", "no mask, no importance weight: −A·log π + ½β(log π − log μ)²",
+               DroParams, masks.no_mask, weights.unit_weight, {}, "verl PR #7245 (loss_mode='dro')"),
+    MethodSpec("prime_dppo", "DPPO's Binary-TV mask with a threshold per advantage sign, −A·ρ·M, plus "
+               "τ(log π − log μ)² on every token", PrimeDppoParams, masks.two_sided_divergence_mask,
+               weights.truncated_ratio,
+               {"divergence": "binary_tv", "delta": 0.2, "loss_form": "ratio", "truncation_cap": math.inf},
+               "prime-rl src/prime_rl/trainer/rl/loss.py default_loss_fn"),
 ):
     register(_spec)
 
 
 def list_methods() -> list[dict]:
     """Every registered method: name, description, reference and typed params with defaults."""
-    return [{"name": s.name, "description": s.description, "reference": s.reference,
+    return [{"name": s.name, "description": s.description, "reference": s.reference, "fixed": list(s.fixed),
              "params": describe_fields(s.params_cls, s.defaults)} for s in _REGISTRY.values()]
 
 
@@ -230,6 +291,10 @@ def get_method(name: str, **params) -> Method:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise MethodConfigError(f"{name}: unknown parameter(s) {unknown}; allowed: {', '.join(allowed)}")
+    for key in spec.fixed:
+        if key in params and params[key] != spec.defaults.get(key, spec.params_cls.__dataclass_fields__[key].default):
+            raise MethodConfigError(f"{name}: {key} is fixed at {spec.defaults.get(key)!r} (a convention the name "
+                                    f"stands for); use cppo to change it, got {params[key]!r}")
     try:
         return Method(spec, spec.params_cls(**{**spec.defaults, **params}))
     except MethodConfigError as err:

@@ -29,11 +29,13 @@ def cmd_methods(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=_format_default))
         return 0
+    width = max(14, *(len(r["name"]) for r in rows)) if rows else 14
     for row in rows:
-        print(f"{row['name']:<14} {row['description']}")
-        print(f"{'':<14} ref: {row['reference']}")
+        print(f"{row['name']:<{width}} {row['description']}")
+        print(f"{'':<{width}} ref: {row['reference']}")
         for p in row["params"]:
-            line = f"{'':<16}{p['name']} = {_format_default(p['default'])}  ({p['type']})"
+            fixed = ", fixed by the name" if p["name"] in row["fixed"] else ""
+            line = f"{'':<{width + 2}}{p['name']} = {_format_default(p['default'])}  ({p['type']}{fixed})"
             print(line + (f"  — {p['doc']}" if args.verbose else ""))
         print()
     return 0

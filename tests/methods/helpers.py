@@ -7,7 +7,23 @@ from dataclasses import dataclass
 
 import torch
 
-from methods import PolicyBatch
+from methods import PolicyBatch, get_method, list_methods
+from methods.masks import no_mask
+
+
+def params_of(name: str) -> set:
+    """The parameter names of registered method ``name``."""
+    return {p["name"] for m in list_methods() if m["name"] == name for p in m["params"]}
+
+
+def masks_nothing(name: str) -> bool:
+    """Whether method ``name``'s rule is a weight (or penalty) only: its mask is M = 1."""
+    return get_method(name, horizon=1).spec.mask_rule is no_mask
+
+
+def tunable(name: str, param: str) -> bool:
+    """Whether ``param`` of ``name`` may be set: a parameter of the method that its name does not fix."""
+    return param in params_of(name) and not any(param in m["fixed"] for m in list_methods() if m["name"] == name)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from methods import AGGREGATIONS, DIVERGENCES, LossTotals, PolicyBatch, get_method, list_methods, method_names
-from tests.methods.helpers import random_batch
+from tests.methods.helpers import masks_nothing, random_batch, tunable
 
 ROWS, LENGTH, VOCAB, TOP_K = 6, 24, 32, 4
 # the sequence-level rules at thresholds these batches' drift half passes (at the defaults every response
@@ -23,7 +23,7 @@ def _params_of(name: str) -> set:
 
 
 CASES = [(name, aggregation, None) for name in method_names() for aggregation in AGGREGATIONS] + [
-    (name, "token-mean", divergence) for name in method_names() if "divergence" in _params_of(name)
+    (name, "token-mean", divergence) for name in method_names() if tunable(name, "divergence")
     for divergence in DIVERGENCES]
 
 
@@ -77,10 +77,10 @@ def test_every_method_on_the_device_matches_a_float64_cpu_reference(name, aggreg
         assert bool((close | ~same | ~valid).all())
 
 
-@pytest.mark.parametrize("name", [n for n in method_names() if n not in ("pg_is", "cispo", "minpro")])
+@pytest.mark.parametrize("name", [n for n in method_names() if not masks_nothing(n)])
 def test_the_mask_rules_bind_on_these_batches(name):
     """The comparison above is not of all-kept or all-dropped batches: every mask rule keeps some valid
-    tokens and drops others (the weight rules, pg_is, CISPO and MinPRO, mask nothing)."""
+    tokens and drops others (the weight rules — pg_is, CISPO, MinPRO, VESPO, DRPO, DRO — mask nothing)."""
     kept = dropped = 0
     for seed in SEEDS:
         rb = random_batch(seed, rows=ROWS, length=LENGTH, vocab=VOCAB, top_k=TOP_K, drift=0.6)

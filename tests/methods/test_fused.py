@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from methods import (LossTotals, PolicyBatch, get_method, list_methods, method_names, policy_logprobs_from_hidden,
                      policy_logprobs_from_logits)
+from tests.methods.helpers import tunable
 
 B, T, H, V, K = 3, 11, 8, 40, 5
 TILES = (4, 16)  # several tiles along both axes
@@ -21,9 +22,11 @@ def _takes_divergence(name):
 # smaller than Top-K ones, so they get smaller thresholds. Both tests below are deterministic.
 BINDING = {"grpo": dict(eps_low=0.02, eps_high=0.02), "cispo": dict(cap=1.02), "minpro": dict(cap=1.02),
            "dppo": dict(delta=0.01), "trm_max": dict(delta_max=0.0015), "trm_avg": dict(delta_avg=0.0007),
-           "trm_max_avg": dict(delta_max=0.0015, delta_avg=0.0007),
+           "trm_max_avg": dict(delta_max=0.0015, delta_avg=0.0007), "gspo": dict(eps_low=0.002, eps_high=0.002),
+           "opsm": dict(eps_low=0.02, eps_high=0.02, delta=0.001), "sapo": dict(temperature_pos=20.0, temperature_neg=20.0),
+           "drpo": dict(eps=0.05), "prime_dppo": dict(delta=0.001), "dro": dict(beta=5.0),
            **{name: dict(delta=0.01, delta_b=0.0015) for name in method_names() if name.startswith("cppo")}}
-BINARY = {"dppo": dict(delta=0.001), "trm_max": dict(delta_max=0.0025), "trm_avg": dict(delta_avg=0.001),
+BINARY = {"dppo": dict(delta=0.001), "prime_dppo": dict(delta=0.001), "trm_max": dict(delta_max=0.0025), "trm_avg": dict(delta_avg=0.001),
           "trm_max_avg": dict(delta_max=0.004, delta_avg=0.001),
           **{name: dict(delta=0.001, delta_b=0.00015) for name in method_names() if name.startswith("cppo")}}
 
@@ -38,7 +41,7 @@ def _method(name, divergence=None):
 
 
 CASES = [(name, None) for name in method_names()] + [
-    (name, "binary_tv") for name in method_names() if _takes_divergence(name)]
+    (name, "binary_tv") for name in method_names() if tunable(name, "divergence")]
 
 
 class TinyLM(torch.nn.Module):
@@ -131,11 +134,14 @@ def test_the_cases_bind(device):
             kept, weight = out.mask[valid], out.weight[valid]
             if name in ("cispo", "minpro"):  # the capped importance weight is the rule
                 reduced = weight >= BINDING[name]["cap"] - 1e-6
+            elif name in ("vespo", "drpo"):  # the weight is the rule: it departs from PG-IS's W = ρ
+                ratio = _loss_and_grads(model, roll, _method("pg_is"), fused=True)[0].weight[valid]
+                reduced = (weight - ratio).abs() > 1e-6
             else:
                 reduced = kept < 1
             if bool((kept > 0).any()) and bool(reduced.any()):
                 bound.add((name, divergence))
-    assert bound == set(CASES) - {("pg_is", None)}
+    assert bound == set(CASES) - {("pg_is", None), ("dro", None)}  # DRO's rule is its penalty, always on
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
