@@ -51,9 +51,10 @@ def theory_section(root: Path, out: Path) -> str:
             + (out / "theory_checks.md").read_text())
 
 
-def index_markdown(results, tables, figs, out: Path, table1_rule: str) -> str:
+def index_markdown(results, tables, figs, out: Path, table1_rule: str, first: str = "") -> str:
+    """The report's index; ``first`` (the pre-registered tests) comes right after its title."""
     cells = results.cells
-    lines = [f"# Report of {results.root}\n", "## Cells\n"]
+    lines = [f"# Report of {results.root}\n", *([first] if first else []), "## Cells\n"]
     for sweep, group in cells.groupby("sweep", sort=False):
         counts = group["verdict"].str.replace(r" \(step \d+\)", "", regex=True).value_counts()
         lines.append(f"- **{sweep}**: {len(group)} cells — " + ", ".join(f"{n} {k}" for k, n in counts.items()))

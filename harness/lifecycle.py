@@ -13,6 +13,8 @@ An engine (``harness/engines/``) owns its model, optimiser and checkpoints; ever
 
 from __future__ import annotations
 
+import datetime as dt
+
 import math
 from typing import Optional
 
@@ -55,7 +57,9 @@ class RunRecord:
 
     def __init__(self, spec: RunSpec, store: RunStore):
         self.spec, self.store = spec, store
-        self.resumed_from = list((store.read_status() or {}).get("resumed_from", []))
+        previous = store.read_status() or {}
+        self.resumed_from = list(previous.get("resumed_from", []))
+        self.started_at = previous.get("started_at")  # the first start's (UTC), kept by every resume
         self.rows: list[dict] = []
         self.peak, self.start = 0.0, 0
         self.splits = None  # the task's split names, in every status write (analysis reads them there)
@@ -69,6 +73,9 @@ class RunRecord:
             self.store.truncate_records(start)
         else:
             self.store.clear_records()
+            self.started_at = None
+        if self.started_at is None:
+            self.started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.start, self.splits = start, status.get("splits")
         self.rows = self.store.read_metrics() if start else []  # (another rank may be clearing the file)
         self.peak = max([r["headline"] for r in self.rows if "headline" in r], default=0.0)
@@ -78,7 +85,7 @@ class RunRecord:
         if self.splits is not None:
             status.setdefault("splits", self.splits)
         self.store.write_status(state="running", step=step, config_hash=self.spec.config_hash,
-                                resumed_from=self.resumed_from, **status)
+                                resumed_from=self.resumed_from, started_at=self.started_at, **status)
 
     def judge(self, row: dict, finite: bool = True) -> Optional[dict]:
         """The collapse verdict of a step's row (after its evaluation, if any), else None: non-finite
@@ -108,7 +115,8 @@ class RunRecord:
         status = {**self.verdict, "step": self.rows[-1]["step"], "config_hash": self.spec.config_hash,
                   "t_stop": self.spec.t_stop, "run_dir": str(self.store.dir),
                   "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None,
-                  "resumed_from": self.resumed_from, "provenance": provenance(), **extra}
+                  "resumed_from": self.resumed_from, "started_at": self.started_at, "provenance": provenance(),
+                  **extra}
         self.store.write_status(**status)
         return status
 

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 NUMERIC_PACKAGES = ("torch", "transformers", "trl", "numpy")  # their versions change the numbers
 
 
-def _git(*args, repo: Path = REPO) -> str | None:
+def git(*args, repo: Path = REPO) -> str | None:
+    """git's stdout for ``args`` in ``repo``, stripped; None when git fails or is missing."""
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
@@ -26,10 +27,10 @@ def _git(*args, repo: Path = REPO) -> str | None:
 def code_state(repo: Path = REPO) -> dict:
     """``commit`` (None outside a git checkout) and ``dirty``: whether tracked files outside
     ``results/`` differ from it — new or changed results never make the code dirty."""
-    commit = _git("rev-parse", "HEAD", repo=repo)
+    commit = git("rev-parse", "HEAD", repo=repo)
     if commit is None:
         return {"commit": None, "dirty": None}
-    changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", repo=repo)
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", repo=repo)
     return {"commit": commit, "dirty": bool(changes)}
 
 

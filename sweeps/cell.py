@@ -27,12 +27,17 @@ class CellJob(submitit.helpers.Checkpointable):
     """``CellJob()(config, executor)`` → the run's status dict (never raises: the status is the truth,
     and submitit's debug executor would open a debugger on an exception)."""
 
-    def __call__(self, config: dict, executor: str) -> dict:
+    def __call__(self, config: dict, executor: str, require_clean: bool = False) -> dict:
         from omegaconf import OmegaConf
 
         from harness.store import RunInUse
         from harness.train import run
 
+        from .preregistration import cell_refusal
+
+        refusal = cell_refusal() if require_clean else None
+        if refusal:  # nothing is written: a rerun from a clean tree trains the cell
+            return {"state": "failed", "reason": refusal}
         try:
             return run(OmegaConf.create(config), tags=job_tags(executor))
         except RunInUse as err:

@@ -150,7 +150,7 @@ def cmd_sweep(args) -> int:
     try:
         result = sweep(args.name, args.overrides, executor=args.executor, workers=args.workers,
                        results_root=args.results, progress=not args.no_progress, max_retries=args.retries,
-                       repair_damaged=args.repair)
+                       repair_damaged=args.repair, preregistered=args.preregistered)
     except _user_errors() as err:
         print(f"trh sweep: {_line(err)}", file=sys.stderr)
         return 2
@@ -375,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="move the folders of damaged cells aside (…damaged-<time>) and train them again")
     sw.add_argument("--dry-run", action="store_true",
                     help="with --executor slurm: print the sbatch script and launch command of each cell; submit nothing")
+    sw.add_argument("--preregistered", action="store_true",
+                    help="require the spec's declared test (its 'preregistration' block); a spec with one is always "
+                         "checked: committed and unchanged, and every cell refuses a changed tree")
     sw.set_defaults(func=cmd_sweep)
     se = sub.add_parser("search", parents=[cells], help="an Optuna study over a search spec (resumes after a kill)",
                         description="e.g. trh search search_cppo --trials 20 --workers 2 "

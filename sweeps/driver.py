@@ -25,6 +25,7 @@ from harness.store import (RunStore, StoreError, atomic_write_text, read_manifes
 from .executors import make_executor, resources
 from .runner import CellRunner, Outcome
 from .launch import launch_of
+from .preregistration import launch_record
 from .spec import Cell, SweepError, SweepSpec, expand, load_raw, parse, split_overrides
 
 
@@ -100,10 +101,11 @@ def default_workers(executor: str, res: dict) -> int:
     return max(1, len(os.sched_getaffinity(0)) // res["local"]["cpus_per_task"])
 
 
-def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Path, overrides, executor: str) -> dict:
+def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Path, overrides, executor: str,
+                   previous: dict | None = None, registration: dict | None = None) -> dict:
     """Record this invocation's cells in the sweep's manifest: the union with every earlier invocation's
-    (a filtered rerun adds cells, never removes them). Returns the manifest."""
-    previous = read_manifest(sweep_dir) or {}
+    (a filtered rerun adds cells, never removes them), and a pre-registered sweep's record. Returns it."""
+    previous = previous if previous is not None else (read_manifest(sweep_dir) or {})
     current = [c.manifest_row(root) for c in cells]
     ids = {row["id"] for row in current}
     invocation = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "executor": executor,
@@ -116,6 +118,8 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Pa
                 "seeds": union("seeds", spec.seeds),
                 "cells": [r for r in previous.get("cells", []) if r["id"] not in ids] + current,
                 "invocations": previous.get("invocations", []) + [invocation]}
+    if registration:
+        manifest["preregistration"] = registration
     write_manifest_file(sweep_dir, manifest)
     for cell in cells:  # snapshot each cell's config now: later edits to the config files change nothing
         store = RunStore(cell.run_dir)
@@ -231,8 +235,11 @@ def repair(cells: list[Cell], log=print) -> list[Path]:
 
 def sweep(name: str, overrides=(), executor: str = "local", workers: int | None = None,
           results_root="results", progress: bool = True, max_retries: int = 2, poll_s: float = 1.0,
-          log=print, repair_damaged: bool = False) -> dict:
+          log=print, repair_damaged: bool = False, preregistered: bool = False) -> dict:
     spec, cells, res, hydra_overrides = prepare(name, overrides, results_root, executor)
+    if preregistered and not spec.preregistration:
+        raise SweepError(f"--preregistered: sweep {spec.name!r} declares no test; add a 'preregistration' block "
+                         "(hypotheses, score, reference, family, stopping) to its spec and commit it")
     if repair_damaged:
         repair(cells, log)
     root = Path(results_root)
@@ -243,9 +250,16 @@ def sweep(name: str, overrides=(), executor: str = "local", workers: int | None 
         workers = default_workers(executor, res)
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
+    previous = read_manifest(sweep_dir) or {}
+    registration = None
+    if spec.preregistration:
+        registration = launch_record(spec.path, previous.get("preregistration"))
+        if overrides:
+            raise SweepError(f"pre-registered sweep {spec.name!r}: run it as declared, without overrides {list(overrides)}")
     ex = make_executor(executor, submitit_dir(sweep_dir), res, job_name=f"trh-{spec.name}")
-    manifest = write_manifest(sweep_dir, spec, cells, root, overrides, executor)
-    runner = CellRunner(ex, executor, max_retries=max_retries, log=log, resources=res)
+    manifest = write_manifest(sweep_dir, spec, cells, root, overrides, executor, previous, registration)
+    runner = CellRunner(ex, executor, max_retries=max_retries, log=log, resources=res,
+                        require_clean=bool(spec.preregistration))
     started = time.time()
     outcomes = run_cells(cells, runner, 1 if executor == "debug" else workers, progress, poll_s, label=spec.name,
                          share_tail=share_tail)

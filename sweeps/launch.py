@@ -120,7 +120,12 @@ class LaunchJob(submitit.helpers.Checkpointable):
     """One node's share of a multi-GPU cell: ``accelerate launch`` its GPUs, then report the status
     that rank 0 wrote (a requeue after a timeout resumes from the TRL checkpoint)."""
 
-    def __call__(self, run_dir: str, executor: str) -> dict:
+    def __call__(self, run_dir: str, executor: str, require_clean: bool = False) -> dict:
+        from .preregistration import cell_refusal
+
+        refusal = cell_refusal() if require_clean else None
+        if refusal:
+            return {"state": "failed", "reason": refusal}
         env = submitit.JobEnvironment()
         store = RunStore(run_dir)
         accelerate_file, config_file = store.launch_files

@@ -52,8 +52,10 @@ def finished_status(cell: Cell):
 
 
 class CellRunner:
-    def __init__(self, executor, kind: str, max_retries: int = 2, log=print, resources: dict | None = None):
+    def __init__(self, executor, kind: str, max_retries: int = 2, log=print, resources: dict | None = None,
+                 require_clean: bool = False):
         self.executor, self.kind, self.max_retries, self.log = executor, kind, max_retries, log
+        self.require_clean = require_clean  # a pre-registered sweep: each cell refuses a changed tree
         self.resources = resources
         self.active: dict[str, _Active] = {}
         self.elsewhere: dict[str, tuple[Cell, int]] = {}
@@ -102,9 +104,9 @@ class CellRunner:
         if self.kind == "slurm":
             if narrow:
                 with self.executor.batch():
-                    jobs = [self.executor.submit(job_fn, c.config, self.kind) for c in narrow]
+                    jobs = [self.executor.submit(job_fn, c.config, self.kind, self.require_clean) for c in narrow]
         else:
-            jobs = [self.executor.submit(job_fn, c.config, self.kind) for c in narrow]
+            jobs = [self.executor.submit(job_fn, c.config, self.kind, self.require_clean) for c in narrow]
         jobs += [self._submit_wide(c) for c in wide]
         now = time.time()
         for cell, job in zip(cells, jobs):
@@ -116,7 +118,7 @@ class CellRunner:
         write_launch_files(cell)
         folder = Path(str(self.executor.folder)).parent
         executor = multi_gpu_executor(folder, self.resources, launch_of(cell.config), job_name=f"trh-{cell.setting}-{cell.method}-s{cell.seed}")
-        return executor.submit(LaunchJob(), str(cell.run_dir), self.kind)
+        return executor.submit(LaunchJob(), str(cell.run_dir), self.kind, self.require_clean)
 
     def cancel(self, cell_id: str) -> None:
         act = self.active.pop(cell_id, None)

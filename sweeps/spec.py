@@ -48,7 +48,8 @@ from .errors import SweepError  # noqa: F401 - raised here, imported from here b
 
 SPEC_DIR = Path(__file__).parent / "specs"
 SPEC_KEYS = {"name", "kind", "feeds", "description", "settings", "seeds", "methods", "variants", "overrides",
-             "resources", "setting", "method", "space", "sampler", "pruner", "direction", "collapse_score"}
+             "resources", "setting", "method", "space", "sampler", "pruner", "direction", "collapse_score",
+             "preregistration"}
 
 
 KINDS = ("grid", "tuning", "search")
@@ -80,6 +81,8 @@ class SweepSpec:
     kind: str = "grid"
     aliases: dict = field(default_factory=dict)  # label → the tuned label it duplicates (not run twice)
     notes: list = field(default_factory=list)    # what the command line's axes did not apply to
+    preregistration: dict | None = None          # the declared test (sweeps.preregistration), if any
+    path: Path | None = None                     # the spec file
 
 
 @dataclass
@@ -223,10 +226,15 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
     if not settings or not variants or not seeds:
         raise SweepError(f"{where}: the grid is empty (settings={settings}, variants={[v.label for v in variants]}, "
                          f"seeds={seeds}); each axis needs at least one value")
+    from .preregistration import check_block
+    declared = check_block(raw.get("preregistration"), [v.label for v in variants], where)
+    if declared and kind != "grid":
+        raise SweepError(f"{where}: a pre-registered sweep is a grid of reported runs, not a {kind} sweep")
     return SweepSpec(name=str(raw["name"]), feeds=str(raw.get("feeds", "")),
                      description=str(raw.get("description", "")), settings=settings, variants=variants,
                      seeds=seeds, overrides=[str(o) for o in _as_list(raw, "overrides", where)],
-                     resources=raw.get("resources") or {}, raw=raw, kind=kind, notes=notes)
+                     resources=raw.get("resources") or {}, raw=raw, kind=kind, notes=notes,
+                     preregistration=declared, path=path)
 
 
 def method_axis(variants: list[Variant], wanted: list[str], known: list[str], where: str) -> list[Variant]:

@@ -9,7 +9,9 @@ PACKAGES = ("methods", "harness", "sweeps", "analysis", "theory")
 # what each package may import of ours (methods ← harness ← sweeps → results → analysis; theory ← methods)
 ALLOWED = {"methods": {"methods"}, "harness": {"methods", "harness"},
            # analysis reads results through the store, and the run id's rule (what a configuration is) from the config
-           "analysis": {"analysis", "harness.store", "harness.config"}, "theory": {"methods", "theory"},
+           # and the code's commit (git), to audit a pre-registered sweep
+           "analysis": {"analysis", "harness.store", "harness.config", "harness.provenance"},
+           "theory": {"methods", "theory"},
            "sweeps": {"methods", "harness", "analysis", "sweeps", "theory"}}
 RUN_FOLDER_FILES = ("metrics.jsonl", "diagnostics.jsonl", "status.json", "config.yaml", "checkpoint.pt",
                     "manifest.json", "summary.csv", "trl_checkpoints")

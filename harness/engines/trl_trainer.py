@@ -53,12 +53,13 @@ TRL_INTERNALS = {
 # the value below (the effect it would have is then none) or the trainer refuses to start.
 IGNORED_TRL_OPTIONS = {
     "beta": (0.0, "the KL penalty to a reference model; registry methods have no KL term"),
-    "loss_type": ("dapo", "the registry method and its `aggregation` decide the loss"),
+    "loss_type": ("dapo", "the registry method and its `aggregation` decide the loss (TRL's sapo and vespo "
+                          "are method=sapo, method=vespo)"),
     "top_entropy_quantile": (1.0, "entropy masks are not part of any registry method"),
     "entropy_coef": (0.0, "no entropy bonus in the registry loss"),
     "use_adaptive_entropy": (False, "no entropy bonus in the registry loss"),
-    "off_policy_mask_threshold": (None, "the trust region is the registry method's"),
-    "importance_sampling_level": ("token", "registry methods weight tokens; GSPO-style sequence ratios are not one"),
+    "off_policy_mask_threshold": (None, "the trust region is the registry method's: method=opsm method.delta=..."),
+    "importance_sampling_level": ("token", "the registry method decides the ratio: GSPO's sequence ratio is method=gspo"),
     "delta": (None, "two-sided clipping belongs to TRL's loss"),
 }
 

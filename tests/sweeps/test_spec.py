@@ -12,13 +12,19 @@ from sweeps.spec import SweepError, load_raw, spec_names
 
 GRIDS = {"paper_main": 84, "ablation_mechanism": 40, "ablation_ordering": 30, "ablation_gate": 30, "sensitivity": 40,
          "divergence_kl_tv": 40, "divergence_binary_topk": 30, "position_diagnostics": 2, "smoke": 4, "demo": 7,
-         "lm_smoke": 4, "tune_drift": 126, "drift_main": 110, "drift_confirm": 140, "stress_survival": 80}
+         "lm_smoke": 4, "tune_drift": 126, "drift_main": 110, "drift_confirm": 140, "stress_survival": 80,
+         "tune_rules": 112, "rules_confirm": 110}
 # a stand-in for tune_drift's choices (the real ones need its 108 runs): arm → the chosen overrides
 FAKE_CHOICE = {"cppo": ["++method.delta=0.02", "++method.delta_b=0.001"], "dppo": ["++method.delta=0.01"],
                "cppo_kl": ["++method.divergence=topk_kl", "++method.delta=0.03", "++method.delta_b=0.002"],
                "grpo": ["++method.eps_low=0.05", "++method.eps_high=0.07"], "cispo": ["++method.cap=1.5"],
                "minpro": ["++method.cap=1.25"], "trm_max": ["++method.delta_max=0.1"],
-               "trm_avg": ["++method.delta_avg=0.003"], "trm_max_avg": ["++method.delta_max=0.2", "++method.delta_avg=0.004"]}
+               "trm_avg": ["++method.delta_avg=0.003"], "trm_max_avg": ["++method.delta_max=0.2", "++method.delta_avg=0.004"],
+               **{preset: ["++method.delta=0.02", "++method.delta_b=0.001"]
+                  for preset in ("cppo_paper", "cppo_unirl", "cppo_verl")},
+               "sapo": ["++method.temperature_pos=30.0", "++method.temperature_neg=31.5"],
+               "gspo": ["++method.eps_low=0.003", "++method.eps_high=0.004"], "vespo": ["++method.k_pos=4.0"],
+               "opsm": ["++method.delta=0.01"], "drpo": ["++method.eps=0.03"]}
 
 
 @pytest.fixture
@@ -215,7 +221,7 @@ def test_search_cli_errors_before_any_trial(tmp_path, capsys):
 def _fake_slurm(tmp_path, ping_output, code):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool, body in {"sbatch": "exit 0", "scontrol": f"echo '{ping_output}'; exit {code}"}.items():
+    for tool, body in {"sbatch": "exit 0", "srun": "exit 0", "scontrol": f"echo '{ping_output}'; exit {code}"}.items():
         path = bin_dir / tool
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(path.stat().st_mode | stat.S_IEXEC)

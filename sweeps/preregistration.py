@@ -1,0 +1,92 @@
+"""Pre-registered sweeps: the spec declares its test before any cell runs, and the code that trains the
+cells is committed and unchanged.
+
+A spec with a ``preregistration`` block (docs/sweeps.md, "Pre-registered sweeps")::
+
+    preregistration:
+      hypotheses: what is tested and why, in words
+      score: heldout            # the primary score: heldout (test splits at the validation choice) or validation
+      reference: cppo           # the arm every other arm of the family is compared with
+      family: [dppo, grpo]      # the comparisons of the primary test; Holm over exactly these
+      stopping: all seeds of every arm; no interim look
+
+At launch ``trh sweep`` refuses unless the spec file is committed and unchanged and no tracked file
+outside ``results/`` differs from the commit; it records the spec's git blob and the commit in the
+manifest, and on a rerun refuses a spec whose blob changed. Every cell refuses to start on a changed
+tree. ``trh report`` puts the declared test first and audits the record (``analysis.preregistered``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from analysis.preregistered import FIELDS, PRIMARY_SCORES, spec_blob
+from harness.provenance import REPO, code_state, git
+
+from .errors import SweepError
+
+
+def check_block(block, labels: list[str], where: str) -> dict | None:
+    """The validated ``preregistration`` block of a spec (None when the spec has none)."""
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise SweepError(f"{where}: preregistration must be a mapping with {', '.join(FIELDS)}")
+    missing = [f for f in FIELDS if f not in block]
+    unknown = sorted(set(block) - set(FIELDS))
+    if missing or unknown:
+        raise SweepError(f"{where}: preregistration needs exactly {', '.join(FIELDS)}; "
+                         + (f"missing {missing}" if missing else f"unknown {unknown}"))
+    for key in ("hypotheses", "stopping"):
+        if not isinstance(block[key], str) or not block[key].strip():
+            raise SweepError(f"{where}: preregistration.{key} must be a non-empty text")
+    if block["score"] not in PRIMARY_SCORES:
+        raise SweepError(f"{where}: preregistration.score must be one of {list(PRIMARY_SCORES)}, got {block['score']!r}")
+    family = block["family"]
+    if not isinstance(family, list) or not family:
+        raise SweepError(f"{where}: preregistration.family must be a non-empty list of the spec's labels")
+    for name in [block["reference"], *family]:
+        if name not in labels:
+            raise SweepError(f"{where}: preregistration names {name!r}, not a label of the spec; labels: {', '.join(labels)}")
+    if block["reference"] in family:
+        raise SweepError(f"{where}: preregistration.family must not hold the reference {block['reference']!r}")
+    return dict(block)
+
+
+def launch_record(spec_path: Path, previous: dict | None, repo: Path = REPO) -> dict:
+    """Check that the spec and the code are committed and unchanged; the record the manifest keeps
+    (the first launch's, kept by every rerun). Raises SweepError naming what is not committed."""
+    path = Path(spec_path).resolve()
+    try:
+        relative = path.relative_to(repo.resolve())
+    except ValueError:
+        raise SweepError(f"a pre-registered spec must be a file of this repository ({repo}); {path} is not") from None
+    if git("ls-files", "--error-unmatch", str(relative), repo=repo) is None:
+        raise SweepError(f"pre-registered sweep: commit the spec first ({relative} is not tracked by git)")
+    if git("status", "--porcelain", "--", str(relative), repo=repo):
+        raise SweepError(f"pre-registered sweep: {relative} differs from the last commit; commit it before launching")
+    state = code_state(repo)
+    if state["dirty"]:
+        raise SweepError("pre-registered sweep: tracked files outside results/ differ from the commit "
+                         f"{state['commit'][:12]}; commit or stash them (git status) before launching")
+    blob = spec_blob(path, repo)
+    if previous:
+        if previous.get("spec_blob") != blob:
+            raise SweepError(f"pre-registered sweep: {relative} changed since its launch at commit "
+                             f"{str(previous.get('commit'))[:12]} (blob {str(previous.get('spec_blob'))[:12]} → "
+                             f"{str(blob)[:12]}); a registered spec is not edited — declare a new sweep")
+        return previous
+    return {"spec_path": str(relative), "spec_blob": blob, "commit": state["commit"],
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def cell_refusal(repo: Path = REPO) -> str | None:
+    """Why a cell of a pre-registered sweep must not start here (None: the tree is clean)."""
+    state = code_state(repo)
+    if state["commit"] is None:
+        return "pre-registered sweep: the code is not a git checkout, so its commit cannot be recorded"
+    if state["dirty"]:
+        return (f"pre-registered sweep: tracked files outside results/ differ from commit {state['commit'][:12]}; "
+                "the cell did not start (commit or stash the changes, then rerun the sweep)")
+    return None
