@@ -18,6 +18,7 @@ from harness.store import FINISHED, RunStore
 
 from . import compare as C
 from . import markdown as M
+from . import stats as S
 
 FIELDS = ("hypotheses", "score", "reference", "family", "stopping")
 PRIMARY_SCORES = {"heldout": "heldout_headline", "validation": "best_headline"}
@@ -39,16 +40,20 @@ def audit(record: dict, statuses: list[dict], repo: Path = REPO) -> list[str]:
     elif now != record["spec_blob"]:
         problems.append(f"the spec {record['spec_path']} was edited after the launch (blob "
                         f"{record['spec_blob'][:12]} at launch, {str(now)[:12]} now)")
-    dirty = [s for s in statuses if (s.get("provenance") or {}).get("dirty") is not False]
+    def states(status):  # the code at every start and resume, and at the finish
+        return [*status.get("code_log", []), status.get("provenance") or {}]
+
+    dirty = [s for s in statuses if any(c.get("dirty") is not False for c in states(s))]
     if dirty:
-        problems.append(f"{len(dirty)} of {len(statuses)} finished cells ran with uncommitted changes (or do not say)")
+        problems.append(f"{len(dirty)} of {len(statuses)} finished cells ran with uncommitted changes at a start, "
+                        "a resume or the finish (or do not say)")
     def trained_at(commit):  # the registered commit or later, earlier (a reused cell), or unrelated
         if git("merge-base", "--is-ancestor", record["commit"], commit, repo=repo) is not None:
             return "after"
         return "before" if git("merge-base", "--is-ancestor", commit, record["commit"], repo=repo) is not None else "stray"
 
-    when = {c: trained_at(c) for c in {(s.get("provenance") or {}).get("commit") for s in statuses} - {None}}
-    reused = sum(when.get((s.get("provenance") or {}).get("commit")) == "before" for s in statuses)
+    when = {c: trained_at(c) for c in {c.get("commit") for s in statuses for c in states(s)} - {None}}
+    reused = sum(any(when.get(c.get("commit")) == "before" for c in states(s)) for s in statuses)
     if reused:
         problems.append(f"{reused} cells were trained before the registration, by an earlier commit (cells reused "
                         "from earlier sweeps: their scores could be known when the test was declared)")
@@ -56,17 +61,32 @@ def audit(record: dict, statuses: list[dict], repo: Path = REPO) -> list[str]:
     if strays:
         problems.append(f"cells trained from {len(strays)} commit(s) unrelated to the registered "
                         f"{record['commit'][:12]} (or that this clone does not hold): {', '.join(c[:12] for c in strays)}")
-    early = [s for s in statuses if s.get("started_at") and s["started_at"] < record["at"]]
+    unknown = [s for s in statuses if s.get("started_at") in (None, "unknown")]
+    if unknown:
+        problems.append(f"{len(unknown)} cells do not record when they started")
+    early = [s for s in statuses if s.get("started_at") not in (None, "unknown") and s["started_at"] < record["at"]]
     if early:
         problems.append(f"{len(early)} cells started before the registration at {record['at']}")
     return problems
 
 
 def declared_test(cells: pd.DataFrame, block: dict) -> pd.DataFrame:
-    """The declared comparisons: reference − each family member, paired by seed, Holm over the family."""
+    """The declared comparisons: reference − each family member, paired by seed, Holm over the whole
+    family — a member without scores (yet) counts at p = 1, so the correction never shrinks."""
     settings = list(dict.fromkeys(cells["setting"]))
-    return C.comparisons(cells, settings, [block["reference"], *block["family"]], block["reference"],
-                         score=PRIMARY_SCORES[block["score"]])
+    frame = C.comparisons(cells, settings, [block["reference"], *block["family"]], block["reference"],
+                          score=PRIMARY_SCORES[block["score"]])
+    done = set(frame["other"]) if not frame.empty else set()
+    missing = [m for m in block["family"] if m not in done]
+    if not missing:
+        return frame
+    rows = pd.DataFrame([{"score": PRIMARY_SCORES[block["score"]], "setting": settings[0], "reference": block["reference"],
+                          "other": m, "seeds": 0, "p": 1.0, "note": "no scores yet: counted at p = 1"} for m in missing])
+    frame = pd.concat([frame, rows], ignore_index=True) if not frame.empty else rows
+    frame["p_holm"] = S.holm(frame["p"])
+    frame["verdict"] = [v if isinstance(v, str) and n else "not computed" for v, n in
+                        zip(frame.get("verdict", pd.Series([None] * len(frame))), frame["seeds"])]
+    return frame
 
 
 def preregistered_section(results, out: Path) -> str:
@@ -88,8 +108,9 @@ def preregistered_section(results, out: Path) -> str:
                                                            "**" + "; ".join(problems) + "**."),
                 f"\n\nHypotheses: {block['hypotheses'].strip()}\n",
                 f"Primary test: {block['reference']} − each of {', '.join(block['family'])} on the "
-                f"{C.SCORES[PRIMARY_SCORES[block['score']]]}, paired by seed, two-sided exact permutation p, Holm "
-                f"over these {len(block['family'])} comparisons. Stopping rule: {block['stopping'].strip()}\n",
+                f"{C.SCORES[PRIMARY_SCORES[block['score']]]}, paired by seed, two-sided permutation p (exact over "
+                f"all sign flips up to {S.EXACT_MAX_SEEDS} seeds, Monte Carlo beyond), Holm over these "
+                f"{len(block['family'])} comparisons. Stopping rule: {block['stopping'].strip()}\n",
                 f"Cells: {len(finished)} finished of {len(cells)}"
                 + ("" if len(finished) == len(cells) else " — **the declared test is not complete**") + ".\n"]
         if not cmp.empty:

@@ -19,7 +19,7 @@ import math
 from typing import Optional
 
 from .config import ConfigError, RunSpec
-from .provenance import provenance
+from .provenance import code_state, provenance
 from .store import FINISHED, RunStore, best_within_window
 
 
@@ -38,7 +38,7 @@ def finished(spec: RunSpec, store: RunStore) -> Optional[dict]:
 def record_failure(spec: RunSpec, store: RunStore, err: BaseException) -> None:
     """A crash becomes the run's verdict (the caller re-raises)."""
     rows, previous = store.read_metrics(), store.read_status() or {}
-    kept = {k: previous[k] for k in ("splits",) if k in previous}
+    kept = {k: previous[k] for k in ("splits", "started_at", "code_log") if k in previous}
     store.write_status(state="failed", reason=f"{type(err).__name__}: {err}", config_hash=spec.config_hash,
                        step=rows[-1]["step"] if rows else 0, resumed_from=previous.get("resumed_from", []), **kept)
 
@@ -60,6 +60,7 @@ class RunRecord:
         previous = store.read_status() or {}
         self.resumed_from = list(previous.get("resumed_from", []))
         self.started_at = previous.get("started_at")  # the first start's (UTC), kept by every resume
+        self.code_log = list(previous.get("code_log", []))  # the code's commit at every start and resume
         self.rows: list[dict] = []
         self.peak, self.start = 0.0, 0
         self.splits = None  # the task's split names, in every status write (analysis reads them there)
@@ -68,14 +69,15 @@ class RunRecord:
     def begin(self, start: int, **status) -> None:
         """Resume after step ``start`` (its checkpoint's; later rows are recomputed) or, at 0, start
         afresh; then the status says running."""
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         if start:
             self.resumed_from.append(start)
             self.store.truncate_records(start)
+            self.started_at = self.started_at or "unknown"  # a run begun before runs recorded it
         else:
             self.store.clear_records()
-            self.started_at = None
-        if self.started_at is None:
-            self.started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            self.started_at, self.code_log = now, []
+        self.code_log.append({"step": start, "at": now, **code_state()})
         self.start, self.splits = start, status.get("splits")
         self.rows = self.store.read_metrics() if start else []  # (another rank may be clearing the file)
         self.peak = max([r["headline"] for r in self.rows if "headline" in r], default=0.0)
@@ -85,7 +87,8 @@ class RunRecord:
         if self.splits is not None:
             status.setdefault("splits", self.splits)
         self.store.write_status(state="running", step=step, config_hash=self.spec.config_hash,
-                                resumed_from=self.resumed_from, started_at=self.started_at, **status)
+                                resumed_from=self.resumed_from, started_at=self.started_at, code_log=self.code_log,
+                                **status)
 
     def judge(self, row: dict, finite: bool = True) -> Optional[dict]:
         """The collapse verdict of a step's row (after its evaluation, if any), else None: non-finite
@@ -115,7 +118,8 @@ class RunRecord:
         status = {**self.verdict, "step": self.rows[-1]["step"], "config_hash": self.spec.config_hash,
                   "t_stop": self.spec.t_stop, "run_dir": str(self.store.dir),
                   "best_headline": best["headline"] if best else None, "best_step": best["step"] if best else None,
-                  "resumed_from": self.resumed_from, "started_at": self.started_at, "provenance": provenance(),
+                  "resumed_from": self.resumed_from, "started_at": self.started_at, "code_log": self.code_log,
+                  "provenance": provenance(),
                   **extra}
         self.store.write_status(**status)
         return status

@@ -26,12 +26,13 @@ def git(*args, repo: Path = REPO) -> str | None:
 
 def code_state(repo: Path = REPO) -> dict:
     """``commit`` (None outside a git checkout) and ``dirty``: whether tracked files outside
-    ``results/`` differ from it — new or changed results never make the code dirty."""
+    ``results/`` differ from it — new or changed results never make the code dirty; None where git
+    could not say (a damaged index, a timeout)."""
     commit = git("rev-parse", "HEAD", repo=repo)
     if commit is None:
         return {"commit": None, "dirty": None}
     changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", repo=repo)
-    return {"commit": commit, "dirty": bool(changes)}
+    return {"commit": commit, "dirty": None if changes is None else bool(changes)}  # None: git could not tell
 
 
 def _version(package: str) -> str | None:

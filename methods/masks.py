@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .batch import BatchError
 from .context import TokenContext
 from .seeds import derive_seed
 
@@ -56,8 +57,11 @@ def two_sided_divergence_mask(ctx: TokenContext, params) -> MaskResult:
 def sequence_clip_mask(ctx: TokenContext, params) -> MaskResult:
     """GSPO (arXiv 2507.18071 Eq. 5-7; TRL importance_sampling_level="sequence"): GRPO's clip applied to
     the sequence ratio ρ_seq = exp(mean_t log ρ_t), so a response is kept or dropped whole."""
-    seq_ratio = ctx.sequence_log_ratio().exp()[:, None].expand_as(ctx.ratio)
     a = ctx.advantages
+    if bool(_varies_within_rows(ctx)):
+        raise BatchError("advantages: gspo's sequence ratio needs one advantage per response ([B], or [B, T] "
+                         "constant along each response); these vary within a response")
+    seq_ratio = ctx.sequence_log_ratio().exp()[:, None].expand_as(ctx.ratio)
     keep = ((a * (seq_ratio - 1.0) <= 0) | ((a > 0) & (seq_ratio <= 1.0 + params.eps_high))
             | ((a < 0) & (seq_ratio >= 1.0 - params.eps_low)))
     result = _keep(ctx, keep)
@@ -90,6 +94,14 @@ def sigmoid_gate(ctx: TokenContext, params) -> MaskResult:
     gate = torch.where(ctx.valid, 4.0 * s * (1.0 - s), torch.zeros_like(s))
     ctx.extras["temperature"] = tau  # the ratio form's surrogate reads it
     return MaskResult(mask=gate, details={"temperature": tau})
+
+
+def _varies_within_rows(ctx: TokenContext) -> torch.Tensor:
+    """Whether any response's advantage differs between its valid tokens (padding may hold anything)."""
+    big = torch.finfo(ctx.advantages.dtype).max
+    high = torch.where(ctx.valid, ctx.advantages, torch.full_like(ctx.advantages, -big)).amax(-1)
+    low = torch.where(ctx.valid, ctx.advantages, torch.full_like(ctx.advantages, big)).amin(-1)
+    return ((high != low) & (ctx.lengths > 0)).any()
 
 
 def _by_sign(ctx: TokenContext, if_true: float, otherwise: float, positive: torch.Tensor) -> torch.Tensor:
@@ -150,10 +162,12 @@ def position_weights(ctx: TokenContext, params, dtype=torch.float64) -> torch.Te
     if params.position_weights == "uniform":
         return valid.to(dtype)
     t = ctx.position.to(dtype)
-    if params.position_span == "padded":  # verl PR #6731: one span for every row, weights clamped to [w_min, 1]
+    if params.position_span == "padded":
+        # verl PR #6731: t is the column (a masked gap still advances it), one span for every row — the
+        # horizon, or the batch's width where none is set (verl pads every batch to max_response_length)
+        t = torch.arange(1, valid.shape[-1] + 1, dtype=dtype, device=valid.device).expand_as(t)
         padded = params.horizon if params.horizon is not None else valid.shape[-1]
-        span = torch.full_like(t[:, :1], max(padded - 1, 1))
-        w = 1.0 - (1.0 - params.w_min) * ((t - 1.0) / span).clamp(0.0, 1.0)
+        w = 1.0 - (1.0 - params.w_min) * ((t - 1.0) / max(padded - 1, 1)).clamp(0.0, 1.0)
     else:
         span = (ctx.lengths - 1).clamp_min(1).to(dtype)[:, None]
         w = 1.0 - (1.0 - params.w_min) * (t - 1.0) / span

@@ -221,7 +221,8 @@ class PrimeDppoParams(DppoParams):
 
     def _check(self):
         super()._check()
-        _positive(self, "delta_low", allow_none=True)
+        if self.delta_low is not None and not self.delta_low >= 0:
+            raise MethodConfigError(f"delta_low must be >= 0 or None, got {self.delta_low!r}")
         if not self.tau >= 0:
             raise MethodConfigError(f"tau must be >= 0, got {self.tau!r}")
 
@@ -248,8 +249,9 @@ class CppoParams(DppoParams):
     delta_b_max_factor: float = _doc("upper clamp of the dynamic δ_b as a multiple of delta_b (paper, UniRL: 2; "
                                      "verl PR #6731: 5), used when delta_b_max is None", 2.0)
     position_span: Literal["response", "padded"] = _doc(
-        "T of the position weights: each response's own length (paper, UniRL) or the padded response length, "
-        "the horizon H where set (verl PR #6731: max_response_length)", "response")
+        "T of the position weights: each response's own length (paper, UniRL), or the padded response length "
+        "with t the column index (verl PR #6731, which pads to max_response_length): the horizon H where set, "
+        "else the batch's width", "response")
 
     def _check(self):
         super()._check()

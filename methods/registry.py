@@ -7,7 +7,7 @@ default; SAPO's sigmoid, GSPO's sequence ratio, DRPO's quadratic) — the same g
 The bracketed penalty (DRO, prime-rl) is the one term not proportional to A; its κ is ``params.penalty_coef``.
 
 A new method: its params class (if new) in ``params.py``, one mask rule in ``masks.py`` (or weight
-rule in ``weights.py``), one ``MethodSpec`` below, one closed-form test — nothing else (the
+rule in ``weights.py``), one ``MethodSpec`` below, one hand-computed test — nothing else (the
 registry is the one list of names; docs/methods.md, "Adding a method").
 """
 
@@ -42,7 +42,7 @@ METRIC_NAMES = (
     "ratio_mean", "ratio_min", "ratio_max",   # ρ before truncation, over valid tokens
     "truncated_fraction",       # share of valid tokens with ρ > C
     "mismatch_abs_logp",        # mean |logp − logp_mu|
-    "seq_acceptance_rate",      # TRM
+    "seq_acceptance_rate",      # TRM, GSPO, OPSM: share of non-empty responses the sequence-level test keeps
     "prefix_ratio_mean",        # MinPRO: mean ρ̲
     "cap_hit_fraction",         # CISPO / MinPRO
     "lower_clip_fraction",      # CISPO / MinPRO with a lower bound
@@ -225,7 +225,7 @@ for _spec in (
     MethodSpec("cppo_soft", "CPPO with the soft gate M = min(1, 1/x_t) instead of the hard mask",
                CppoParams, masks.cppo_mask, weights.truncated_ratio, {"gate": "soft"},
                _CPPO_REF + ", App. C, Fig. 5c"),
-    # CPPO as each port computes it: every convention fixed at once (docs/methods.md, "CPPO conventions")
+    # CPPO as each port computes it: every convention fixed at once (docs/methods.md, "CPPO as each port computes it")
     MethodSpec("cppo@paper", "CPPO as the paper states it: Top-K TV (K 20), per-response T, δ_b in [δ_b, 2δ_b], "
                "ratio form −A·ρ·M without truncation", CppoParams, masks.cppo_mask, weights.truncated_ratio,
                {"divergence": "topk_tv", "top_k": 20, "position_span": "response", "delta_b_max_factor": 2.0,
@@ -245,7 +245,7 @@ for _spec in (
                 "loss_form": "reinforce", "truncation_cap": 20.0, "budget": "dynamic", "position_weights": "linear",
                 "prefix_budget": True, "gate": "hard"},
                "verl PR #6731 compute_policy_loss_cppo (open)", fixed=_CPPO_CONVENTIONS),
-    # rules users run elsewhere (docs/methods.md, "Rules from other frameworks")
+    # rules users run elsewhere (docs/methods.md, "Where the newer rules come from, and how they are checked")
     MethodSpec("sapo", "soft sigmoid gate M = 4σ(x)(1−σ(x)), x = τ(ρ−1), τ by the sign of A; W = ρ",
                SapoParams, masks.sigmoid_gate, weights.plain_ratio, {},
                "SAPO arXiv 2511.20347; TRL 1.16 loss_type='sapo'", surrogate=weights.sapo_surrogate),

@@ -33,12 +33,13 @@ class CellJob(submitit.helpers.Checkpointable):
         from harness.store import RunInUse
         from harness.train import run
 
-        from .preregistration import cell_refusal
-
-        refusal = cell_refusal() if require_clean else None
-        if refusal:  # nothing is written: a rerun from a clean tree trains the cell
-            return {"state": "failed", "reason": refusal}
         try:
+            if require_clean:
+                from .preregistration import cell_refusal
+
+                refusal = cell_refusal()
+                if refusal:  # no training starts: a rerun from a clean tree trains the cell
+                    return {"state": "failed", "reason": refusal}
             return run(OmegaConf.create(config), tags=job_tags(executor))
         except RunInUse as err:
             return {"state": "in_use", "reason": str(err)}

@@ -129,6 +129,28 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, cells: list[Cell], root: Pa
     return manifest
 
 
+def registered(spec: SweepSpec, cells: list[Cell], overrides, previous: dict | None) -> dict | None:
+    """A pre-registered sweep's record (``sweeps.preregistration``), checked before anything runs: the
+    spec and code committed, no override but resources, and on a rerun the very cells of the first launch."""
+    if previous and not spec.preregistration:
+        raise SweepError(f"sweep {spec.name!r} was launched pre-registered; its spec has lost its "
+                         "'preregistration' block (a registered spec is not edited — declare a new sweep)")
+    if not spec.preregistration:
+        return None
+    axes, hydra_overrides, _ = split_overrides(overrides)
+    if axes or hydra_overrides:
+        raise SweepError(f"pre-registered sweep {spec.name!r}: run it as declared, without overrides "
+                         f"{[o for o in overrides if '=' in o and not o.split('=')[0].startswith(('slurm.', 'local.'))]}")
+    record = launch_record(spec.path, previous)
+    ids = sorted(c.id for c in cells)
+    if previous and previous.get("cells") not in (None, ids):
+        gone, new = sorted(set(previous["cells"]) - set(ids)), sorted(set(ids) - set(previous["cells"]))
+        raise SweepError(f"pre-registered sweep {spec.name!r}: its cells changed since the launch (a tuned "
+                         f"choice or a config default moved): {len(new)} new, {len(gone)} gone, e.g. "
+                         f"{(new or gone)[0]}; the registered cells are fixed — declare a new sweep")
+    return {**record, "cells": ids}
+
+
 def room_for(workers: int, in_flight: int, pending: int, share_tail: bool = False) -> int:
     """How many more cells to start now. With ``share_tail``, once fewer than 2 × ``workers`` cells are
     left (running and pending) they all run at once: a last partial round would leave cores idle,
@@ -240,22 +262,18 @@ def sweep(name: str, overrides=(), executor: str = "local", workers: int | None 
     if preregistered and not spec.preregistration:
         raise SweepError(f"--preregistered: sweep {spec.name!r} declares no test; add a 'preregistration' block "
                          "(hypotheses, score, reference, family, stopping) to its spec and commit it")
-    if repair_damaged:
-        repair(cells, log)
     root = Path(results_root)
     sweep_dir = sweep_folder(root, spec.name)
+    previous = read_manifest(sweep_dir) or {}
+    registration = registered(spec, cells, overrides, previous.get("preregistration"))
+    if repair_damaged:
+        repair(cells, log)
     # an explicit --workers is a cap (memory, a shared machine); the default may share the last round
     share_tail = workers is None and executor == "local" and res["local"]["share_tail"]
     if workers is None:
         workers = default_workers(executor, res)
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
-    previous = read_manifest(sweep_dir) or {}
-    registration = None
-    if spec.preregistration:
-        registration = launch_record(spec.path, previous.get("preregistration"))
-        if overrides:
-            raise SweepError(f"pre-registered sweep {spec.name!r}: run it as declared, without overrides {list(overrides)}")
     ex = make_executor(executor, submitit_dir(sweep_dir), res, job_name=f"trh-{spec.name}")
     manifest = write_manifest(sweep_dir, spec, cells, root, overrides, executor, previous, registration)
     runner = CellRunner(ex, executor, max_retries=max_retries, log=log, resources=res,

@@ -64,9 +64,14 @@ def launch_record(spec_path: Path, previous: dict | None, repo: Path = REPO) -> 
         raise SweepError(f"a pre-registered spec must be a file of this repository ({repo}); {path} is not") from None
     if git("ls-files", "--error-unmatch", str(relative), repo=repo) is None:
         raise SweepError(f"pre-registered sweep: commit the spec first ({relative} is not tracked by git)")
-    if git("status", "--porcelain", "--", str(relative), repo=repo):
+    spec_state = git("status", "--porcelain", "--", str(relative), repo=repo)
+    if spec_state is None:
+        raise SweepError(f"pre-registered sweep: git cannot tell whether {relative} is committed (git status failed)")
+    if spec_state:
         raise SweepError(f"pre-registered sweep: {relative} differs from the last commit; commit it before launching")
     state = code_state(repo)
+    if state["dirty"] is None:
+        raise SweepError("pre-registered sweep: git cannot tell whether the code is committed (git status failed)")
     if state["dirty"]:
         raise SweepError("pre-registered sweep: tracked files outside results/ differ from the commit "
                          f"{state['commit'][:12]}; commit or stash them (git status) before launching")
@@ -86,7 +91,8 @@ def cell_refusal(repo: Path = REPO) -> str | None:
     state = code_state(repo)
     if state["commit"] is None:
         return "pre-registered sweep: the code is not a git checkout, so its commit cannot be recorded"
-    if state["dirty"]:
-        return (f"pre-registered sweep: tracked files outside results/ differ from commit {state['commit'][:12]}; "
+    if state["dirty"] is not False:
+        return (f"pre-registered sweep: tracked files outside results/ differ from commit {state['commit'][:12]} "
+                "(or git cannot tell); "
                 "the cell did not start (commit or stash the changes, then rerun the sweep)")
     return None

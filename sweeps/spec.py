@@ -230,6 +230,9 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
     declared = check_block(raw.get("preregistration"), [v.label for v in variants], where)
     if declared and kind != "grid":
         raise SweepError(f"{where}: a pre-registered sweep is a grid of reported runs, not a {kind} sweep")
+    if declared and len(settings) != 1:
+        raise SweepError(f"{where}: a pre-registered sweep declares one test, on one setting; got {settings} "
+                         "(declare one sweep per setting, or one test over all of them in words and sweeps)")
     return SweepSpec(name=str(raw["name"]), feeds=str(raw.get("feeds", "")),
                      description=str(raw.get("description", "")), settings=settings, variants=variants,
                      seeds=seeds, overrides=[str(o) for o in _as_list(raw, "overrides", where)],

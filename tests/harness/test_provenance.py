@@ -32,3 +32,16 @@ def test_dirty_means_tracked_code_changed_not_results(tmp_path):
 def test_environment_names_the_packages_that_decide_numbers():
     env = environment()
     assert {"python", "torch", "transformers", "trl", "numpy", "cpu"} <= set(env) and env["cpu"]
+
+
+def test_a_git_that_cannot_read_its_index_is_not_a_clean_tree(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "harness").mkdir(parents=True)
+    (repo / "harness" / "train.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "init")
+    (repo / "harness" / "train.py").write_text("x = 2\n")
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "damaged-index"))
+    (tmp_path / "damaged-index").write_text("not an index")
+    assert code_state(repo)["dirty"] is None

@@ -135,9 +135,14 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
     monkeypatch.setattr(local_engine, "evaluate", real_evaluate)
     store = RunStore(tmp_path / "resumed")
     assert store.checkpoint_path.exists()
-    assert store.read_status()["state"] in ("running", "failed")
+    crashed = store.read_status()
+    assert crashed["state"] in ("running", "failed")
     status, _ = run(tmp_path, "eval.every=3", "engine.checkpoint_every=2", name="resumed")
     assert status["state"] == "done"
+    # the first start's time survives the crash and the resume; the code is logged at each of the two starts
+    assert status["started_at"] == crashed["started_at"] and status["started_at"] <= status["code_log"][-1]["at"]
+    assert [entry["step"] for entry in status["code_log"]] == [0, 2]
+    assert all(set(entry) == {"step", "at", "commit", "dirty"} for entry in status["code_log"])
     _, uninterrupted = run(tmp_path, "eval.every=3", "engine.checkpoint_every=2", name="uninterrupted")
     assert strip_times(store.read_metrics()) == strip_times(uninterrupted.read_metrics())
     assert [r["step"] for r in store.read_metrics()] == [0, 1, 2, 3, 4]

@@ -97,6 +97,15 @@ def test_prime_dppo_hand_computed():
     assert grad_of("prime_dppo", b, aggregation="token-mean", delta=0.1, delta_low=0.25)[0].mask.item() == 1.0
 
 
+def test_gspo_refuses_advantages_that_vary_within_a_response():
+    from methods import BatchError
+    b = token_batch([[0.1, 0.3]], [[0.0, 0.0]], [[1.0, -1.0]])
+    with pytest.raises(BatchError, match="one advantage per response"):
+        get_method("gspo", horizon=4)(b)
+    b = token_batch([[0.1, 0.3, 0.0]], [[0.0, 0.0, 0.0]], [[1.0, 1.0, -5.0]], mask=[[True, True, False]])
+    get_method("gspo", horizon=4)(b)  # padding may hold anything
+
+
 def test_padded_position_weights_hand_computed():
     b = random_batch(0, rows=1, length=5, lengths=[3]).batch
     w = get_method("cppo@verl-pr6731", horizon=5)(b).details["position_weight"][0].tolist()

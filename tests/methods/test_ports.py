@@ -214,12 +214,22 @@ def test_cppo_verl_preset_equals_verl_pr(seed, horizon):
 
 
 def test_the_position_span_changes_the_mask():
-    """UniRL's and verl's presets differ only in T of the weights and the clamp; on responses much shorter
-    than the padded length their masks differ."""
+    """The span alone (everything else equal) changes CPPO's mask on responses shorter than the horizon."""
     logp, mu, mask, adv = tensors(3, drift=0.8, lengths=[12, 4, 9, 2, 7])
-    unirl = registry("cppo@unirl", logp, mu, mask, adv, horizon=64, delta=0.1, w_min=0.5, delta_b=0.02)[0]
-    verl = registry("cppo@verl-pr6731", logp, mu, mask, adv, horizon=64, delta=0.1, w_min=0.5, delta_b=0.02)[0]
-    assert not torch.equal(unirl.mask, verl.mask)
+    params = dict(horizon=64, delta=0.1, w_min=0.5, delta_b=0.02, divergence="binary_tv")
+    own = registry("cppo", logp, mu, mask, adv, position_span="response", **params)[0]
+    padded = registry("cppo", logp, mu, mask, adv, position_span="padded", **params)[0]
+    assert not torch.equal(own.mask, padded.mask)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cppo_verl_preset_numbers_positions_by_column_across_masked_gaps(seed):
+    """verl masks tool output inside a response (multi-turn): its position index still advances there."""
+    logp, mu, mask, adv = tensors(seed, drift=0.6, lengths=[LENGTH] * ROWS)
+    mask[:, 2:5] = False  # a masked gap in every response
+    keep, _ = verl_pr6731_keep(mu, logp, adv[:, None], mask, 0.05, 0.5, 0.01)
+    out, _ = registry("cppo@verl-pr6731", logp, mu, mask, adv, horizon=LENGTH, delta=0.05, w_min=0.5, delta_b=0.01)
+    assert out.mask.tolist() == keep.tolist()
 
 
 def _peer_function(path: Path, name: str):

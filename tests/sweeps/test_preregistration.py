@@ -147,3 +147,38 @@ def test_report_puts_the_declared_test_first_and_flags_a_later_edit(repo, tmp_pa
         AP.audit = original
     csv = (tmp_path / "report" / "preregistered_paper_main.csv").read_text()
     assert csv.count("\n") == 3  # header + the two declared comparisons
+
+
+def test_a_rerun_must_be_the_registered_sweep(repo, monkeypatch):
+    import sweeps.driver as D
+    from sweeps.driver import prepare, registered
+
+    spec, cells, _, _ = prepare(str(repo / "sweeps" / "specs" / "confirm.yaml"), [], repo / "res")
+    monkeypatch.setattr(D, "launch_record", lambda path, previous: previous or {"commit": "c", "spec_blob": "b"})
+    first = registered(spec, cells, [], None)
+    assert first["cells"] == sorted(c.id for c in cells)
+    assert registered(spec, cells, ["slurm.partition=gpu", "local.cpus_per_task=1"], first) == first
+    for overrides in (["seed=5"], ["rl.lr=1e-3"]):
+        with pytest.raises(SweepError, match="run it as declared"):
+            registered(spec, cells, overrides, first)
+    with pytest.raises(SweepError, match="its cells changed since the launch"):
+        registered(spec, cells[:-1], [], first)
+    spec.preregistration = None
+    with pytest.raises(SweepError, match="lost its 'preregistration' block"):
+        registered(spec, cells, [], first)
+
+
+def test_a_family_member_without_scores_counts_at_p_1():
+    import pandas as pd
+
+    from analysis.preregistered import declared_test
+    rows = [{"label": label, "setting": "s", "seed": seed, "state": "done", "best_headline": h, "best_step": 10}
+            for label, shift in (("cppo", 0.1), ("dppo", 0.0)) for seed, h in enumerate([0.5, 0.6, 0.55, 0.7, 0.65,
+                                                                                         0.58, 0.62, 0.61])
+            for h in [h + shift]]
+    frame = declared_test(pd.DataFrame(rows), {"reference": "cppo", "family": ["dppo", "grpo"], "score": "validation"})
+    assert list(frame["other"]) == ["dppo", "grpo"]
+    grpo = frame[frame["other"] == "grpo"].iloc[0]
+    assert grpo["p"] == 1.0 and grpo["verdict"] == "not computed"
+    dppo = frame[frame["other"] == "dppo"].iloc[0]
+    assert dppo["p_holm"] == pytest.approx(min(1.0, 2 * dppo["p"]))  # Holm over both, not over the one computed
