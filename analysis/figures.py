@@ -440,15 +440,22 @@ def fig_tuning(table: pd.DataFrame, out: Path, stem: str, title: str, formats=("
         use_cap = capped is not None and pd.to_numeric(capped, errors="coerce").fillna(0).gt(0).any() and \
             pd.to_numeric(group.get("mask_fraction"), errors="coerce").fillna(0).eq(0).all()
         group = group.assign(x=100 * pd.to_numeric(group["cap_hit" if use_cap else "mask_fraction"],
-                                                    errors="coerce").fillna(0)).sort_values("x", kind="stable")
+                                                    errors="coerce").fillna(0))
+        weight_rule = not group["x"].gt(0).any()  # masks and caps nothing (VESPO, DRPO): the grid's order instead
+        group = group.assign(x=np.arange(len(group))) if weight_rule else group.sort_values("x", kind="stable")
         x, y = group["x"].to_numpy(), 100 * group["score"].to_numpy()
         err = np.vstack([y - 100 * group["low"].to_numpy(), 100 * group["high"].to_numpy() - y])
         ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="o-", color="0.3", ms=4, lw=1, capsize=2)
         chosen = group["chosen"].to_numpy(dtype=bool)
         ax.plot(x[chosen], y[chosen], "*", color="#d62728", ms=13, zorder=3)
-        ax.set_xscale("symlog", linthresh=0.1)
         ax.set_title(ARM_NAMES.get(method, display_name(method)), fontsize=9)
-        ax.set_xlabel(("weights capped" if use_cap else "tokens masked") + " (%)", fontsize=8)
+        if weight_rule:
+            ax.set_xticks(x, [str(label).removeprefix(str(method)).strip() for label in group["label"]],
+                          rotation=35, ha="right", fontsize=6)
+            ax.set_xlabel("configuration (a weight rule: nothing masked)", fontsize=8)
+        else:
+            ax.set_xscale("symlog", linthresh=0.1)
+            ax.set_xlabel(("weights capped" if use_cap else "tokens masked") + " (%)", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(methods):]:
         ax.axis("off")

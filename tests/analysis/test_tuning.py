@@ -150,3 +150,24 @@ def test_report_writes_the_tuning_table_and_never_uses_it_as_table1(tmp_path):
     assert "grpo 2, dppo 2 (equal: yes)" in text and text.count("**chosen**") == 2
     assert (tmp_path / "out" / "tuning_tune_x.png").exists()
     assert "tuning_tune_x" in out["tables"]["written"]
+
+
+def test_a_weight_rule_is_plotted_in_grid_order(tmp_path, monkeypatch):
+    """A rule that masks and caps nothing (VESPO, DRPO) has no binding rate to plot against: its panel
+    shows the configurations in the spec's order, labelled, instead of a degenerate axis at 0 %."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from analysis import figures
+
+    table = pd.DataFrame({"arm": ["drpo"] * 3 + ["gspo"] * 2, "label": ["drpo ε 0.1", "drpo ε 1", "drpo ε 12.5",
+                                                                       "gspo ε 0.01", "gspo ε 0.1"],
+                          "score": [0.6, 0.7, 0.65, 0.8, 0.7], "low": [0.5] * 5, "high": [0.9] * 5,
+                          "mask_fraction": [0.0, 0.0, 0.0, 0.3, 0.1], "chosen": [False, True, False, True, False]})
+    axes = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out, stem, formats: axes.extend(fig.axes) or [])
+    figures.fig_tuning(table, tmp_path, "t", "title")
+    drpo, gspo = axes[0], axes[1]
+    assert [t.get_text() for t in drpo.get_xticklabels()] == ["ε 0.1", "ε 1", "ε 12.5"]
+    assert drpo.get_xscale() == "linear" and gspo.get_xscale() == "symlog"
+    plt.close("all")
