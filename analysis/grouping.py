@@ -25,6 +25,13 @@ def signature(config: dict | None) -> str | None:
     if not config:
         return None
     try:
+        from omegaconf import OmegaConf
+
+        # a cell not started yet holds the sweep's snapshot, with ${...} interpolations its run resolves
+        config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation that cannot resolve: compare the config as written
+        pass
+    try:
         from harness.config import id_dict
 
         view = id_dict(config)

@@ -80,8 +80,11 @@ def declared_test(cells: pd.DataFrame, block: dict) -> pd.DataFrame:
     missing = [m for m in block["family"] if m not in done]
     if not missing:
         return frame
+    nan = float("nan")
     rows = pd.DataFrame([{"score": PRIMARY_SCORES[block["score"]], "setting": settings[0], "reference": block["reference"],
-                          "other": m, "seeds": 0, "p": 1.0, "note": "no scores yet: counted at p = 1"} for m in missing])
+                          "other": m, "seeds": 0, "diff": nan, "ci_low": nan, "ci_high": nan, "interval": "none",
+                          "p": 1.0, "sd_diff": nan, "note": "no scores yet: counted at p = 1", "seeds_needed": nan,
+                          "detectable": nan} for m in missing])
     frame = pd.concat([frame, rows], ignore_index=True) if not frame.empty else rows
     frame["p_holm"] = S.holm(frame["p"])
     frame["verdict"] = [v if isinstance(v, str) and n else "not computed" for v, n in

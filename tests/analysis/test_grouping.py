@@ -148,3 +148,17 @@ def test_a_split_configuration_reads_the_same_in_every_setting(tmp_path):
     cells = load_results(root).cells
     assert set(cells["label"]) == {"cppo [delta=0.1]", "cppo [delta=0.2]"}
     assert set(cells.loc[cells["setting"] == "long_s", "label"]) == {"cppo [delta=0.1]"}
+
+
+def test_a_cell_not_started_yet_groups_with_its_finished_seeds(tmp_path):
+    """Mid-sweep, a queued cell holds the sweep's snapshot (with ${...} interpolations and every default
+    written out) while a finished one holds its resolved config: the same configuration, one label."""
+    from harness.config import resolve
+    from sweeps.driver import prepare
+
+    _, cells, _, _ = prepare("smoke", [], tmp_path)
+    snapshot = cells[0].config
+    assert "${" in json.dumps(snapshot)
+    from omegaconf import OmegaConf
+    resolved = resolve(OmegaConf.create(snapshot)).resolved
+    assert signature(snapshot) == signature(resolved)
