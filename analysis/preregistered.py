@@ -35,25 +35,25 @@ def audit(record: dict, statuses: list[dict], repo: Path = REPO) -> list[str]:
     problems = []
     path = Path(repo) / record["spec_path"]
     now = spec_blob(path, repo) if path.exists() else None
-    if not path.exists():
-        problems.append(f"the registered spec {record['spec_path']} is gone")
+    if now is None:
+        problems.append(f"the registered spec {record['spec_path']} is gone (or git cannot read it)")
     elif now != record["spec_blob"]:
         problems.append(f"the spec {record['spec_path']} was edited after the launch (blob "
                         f"{record['spec_blob'][:12]} at launch, {str(now)[:12]} now)")
-    def states(status):  # the code at every start and resume, and at the finish
-        return [*status.get("code_log", []), status.get("provenance") or {}]
-
-    dirty = [s for s in statuses if any(c.get("dirty") is not False for c in states(s))]
+    # per cell, the code at every start and resume, and at the finish
+    code = [[*s.get("code_log", []), s.get("provenance") or {}] for s in statuses]
+    dirty = sum(any(c.get("dirty") is not False for c in states) for states in code)
     if dirty:
-        problems.append(f"{len(dirty)} of {len(statuses)} finished cells ran with uncommitted changes at a start, "
+        problems.append(f"{dirty} of {len(statuses)} finished cells ran with uncommitted changes at a start, "
                         "a resume or the finish (or do not say)")
+
     def trained_at(commit):  # the registered commit or later, earlier (a reused cell), or unrelated
         if git("merge-base", "--is-ancestor", record["commit"], commit, repo=repo) is not None:
             return "after"
         return "before" if git("merge-base", "--is-ancestor", commit, record["commit"], repo=repo) is not None else "stray"
 
-    when = {c: trained_at(c) for c in {c.get("commit") for s in statuses for c in states(s)} - {None}}
-    reused = sum(any(when.get(c.get("commit")) == "before" for c in states(s)) for s in statuses)
+    when = {c: trained_at(c) for c in {c.get("commit") for states in code for c in states} - {None}}
+    reused = sum(any(when.get(c.get("commit")) == "before" for c in states) for states in code)
     if reused:
         problems.append(f"{reused} cells were trained before the registration, by an earlier commit (cells reused "
                         "from earlier sweeps: their scores could be known when the test was declared)")

@@ -68,6 +68,12 @@ class TokenContext:
             self.extras["rollout_prob"] = torch.where(self.valid, self.rollout_logp.exp(), torch.zeros_like(self.ratio))
         return self.extras["rollout_prob"]
 
+    def sequence_ratio(self) -> torch.Tensor:
+        """[B, T] GSPO's sequence ratio ρ_seq = exp(mean_t log ρ_t) on every position of its response."""
+        if "sequence_ratio" not in self.extras:
+            self.extras["sequence_ratio"] = self.sequence_log_ratio().exp()[:, None].expand_as(self.ratio)
+        return self.extras["sequence_ratio"]
+
     def sequence_log_ratio(self) -> torch.Tensor:
         """[B] mean over each response's tokens of log ρ_t (0 for an empty response): the log of GSPO's
         geometric-mean sequence ratio; computed once per call, whichever rule asks first."""

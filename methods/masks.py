@@ -50,8 +50,7 @@ def two_sided_divergence_mask(ctx: TokenContext, params) -> MaskResult:
     """prime-rl's default loss (``default_loss_fn``): DPPO's mask with a threshold per advantage sign,
     keep if toward μ or D_t ≤ (δ if A > 0 else δ_low)."""
     low = params.delta if params.delta_low is None else params.delta_low
-    threshold = torch.where(ctx.advantages > 0, torch.full_like(ctx.ratio, params.delta), torch.full_like(ctx.ratio, low))
-    return _keep(ctx, ctx.toward_mu | (ctx.divergence <= threshold))
+    return _keep(ctx, ctx.toward_mu | (ctx.divergence <= _by_sign(ctx, params.delta, low)))
 
 
 def sequence_clip_mask(ctx: TokenContext, params) -> MaskResult:
@@ -61,11 +60,11 @@ def sequence_clip_mask(ctx: TokenContext, params) -> MaskResult:
     if bool(_varies_within_rows(ctx)):
         raise BatchError("advantages: gspo's sequence ratio needs one advantage per response ([B], or [B, T] "
                          "constant along each response); these vary within a response")
-    seq_ratio = ctx.sequence_log_ratio().exp()[:, None].expand_as(ctx.ratio)
+    seq_ratio = ctx.sequence_ratio()
     keep = ((a * (seq_ratio - 1.0) <= 0) | ((a > 0) & (seq_ratio <= 1.0 + params.eps_high))
             | ((a < 0) & (seq_ratio >= 1.0 - params.eps_low)))
     result = _keep(ctx, keep)
-    result.metrics["seq_acceptance_rate"] = _accepted(ctx, result.mask)
+    result.metrics["seq_acceptance_rate"] = _response_share(ctx, ((result.mask > 0) | ~ctx.valid).all(-1))
     result.details["sequence_ratio"] = seq_ratio
     return result
 
@@ -77,10 +76,7 @@ def opsm_mask(ctx: TokenContext, params) -> MaskResult:
     seq_kl = -ctx.sequence_log_ratio()
     off_policy = (ctx.advantages < 0) & (seq_kl[:, None] > params.delta)
     result = _keep(ctx, ppo_clip_mask(ctx, params).mask.bool() & ~off_policy)
-    has_tokens = ctx.lengths > 0
-    dropped = (off_policy & ctx.valid).any(-1)
-    result.metrics["seq_acceptance_rate"] = ((~dropped)[has_tokens].float().mean() if bool(has_tokens.any())
-                                             else torch.tensor(NAN))
+    result.metrics["seq_acceptance_rate"] = _response_share(ctx, ~(off_policy & ctx.valid).any(-1))
     result.details["sequence_kl"] = seq_kl
     return result
 
@@ -89,7 +85,7 @@ def sigmoid_gate(ctx: TokenContext, params) -> MaskResult:
     """SAPO (arXiv 2511.20347; TRL loss_type="sapo"): the soft gate M_t = 4σ(x)(1 − σ(x)), x = τ(ρ_t − 1),
     τ by the sign of A — the derivative of (4/τ)σ(τ(ρ−1)) over ρ, so −A·M·ρ·∇log π is TRL's gradient.
     M = 1 at ρ = 1 and decays smoothly away from it in both directions (no toward-μ exemption)."""
-    tau = _by_sign(ctx, params.temperature_pos, params.temperature_neg, positive=ctx.advantages > 0)
+    tau = _by_sign(ctx, params.temperature_pos, params.temperature_neg)
     s = torch.sigmoid(tau * (ctx.ratio - 1.0))
     gate = torch.where(ctx.valid, 4.0 * s * (1.0 - s), torch.zeros_like(s))
     ctx.extras["temperature"] = tau  # the ratio form's surrogate reads it
@@ -104,15 +100,15 @@ def _varies_within_rows(ctx: TokenContext) -> torch.Tensor:
     return ((high != low) & (ctx.lengths > 0)).any()
 
 
-def _by_sign(ctx: TokenContext, if_true: float, otherwise: float, positive: torch.Tensor) -> torch.Tensor:
-    return torch.where(positive, torch.full_like(ctx.ratio, if_true), torch.full_like(ctx.ratio, otherwise))
+def _by_sign(ctx: TokenContext, if_positive: float, otherwise: float) -> torch.Tensor:
+    """[B, T] ``if_positive`` where A > 0, else ``otherwise`` (the rules' per-sign parameters)."""
+    return torch.where(ctx.advantages > 0, torch.full_like(ctx.ratio, if_positive), torch.full_like(ctx.ratio, otherwise))
 
 
-def _accepted(ctx: TokenContext, mask: torch.Tensor) -> torch.Tensor:
-    """Share of non-empty responses whose tokens are all kept."""
+def _response_share(ctx: TokenContext, accepted: torch.Tensor) -> torch.Tensor:
+    """Share of the non-empty responses that ``accepted`` [B] marks (NaN without one)."""
     has_tokens = ctx.lengths > 0
-    whole = ((mask > 0) | ~ctx.valid).all(-1)
-    return whole[has_tokens].float().mean() if bool(has_tokens.any()) else torch.tensor(NAN)
+    return accepted[has_tokens].float().mean() if bool(has_tokens.any()) else torch.tensor(NAN)
 
 
 def trm_sequence_mask(ctx: TokenContext, params) -> MaskResult:

@@ -177,8 +177,9 @@ def register(spec: MethodSpec) -> MethodSpec:
     unknown = set(spec.defaults) - {f for f in spec.params_cls.__dataclass_fields__}
     if unknown:
         raise ValueError(f"{spec.name}: defaults name unknown params {sorted(unknown)}")
-    if set(spec.fixed) - set(spec.params_cls.__dataclass_fields__):
-        raise ValueError(f"{spec.name}: fixed names unknown params {sorted(set(spec.fixed) - set(spec.params_cls.__dataclass_fields__))}")
+    unknown_fixed = set(spec.fixed) - set(spec.params_cls.__dataclass_fields__)
+    if unknown_fixed:
+        raise ValueError(f"{spec.name}: fixed names unknown params {sorted(unknown_fixed)}")
     spec.params_cls(**spec.defaults)  # the registered defaults themselves must validate
     _REGISTRY[spec.name] = spec
     return spec
@@ -291,9 +292,10 @@ def get_method(name: str, **params) -> Method:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise MethodConfigError(f"{name}: unknown parameter(s) {unknown}; allowed: {', '.join(allowed)}")
-    for key in spec.fixed:
-        if key in params and params[key] != spec.defaults.get(key, spec.params_cls.__dataclass_fields__[key].default):
-            raise MethodConfigError(f"{name}: {key} is fixed at {spec.defaults.get(key)!r} (a convention the name "
+    for key in (k for k in spec.fixed if k in params):
+        fixed = spec.defaults.get(key, spec.params_cls.__dataclass_fields__[key].default)
+        if params[key] != fixed:
+            raise MethodConfigError(f"{name}: {key} is fixed at {fixed!r} (a convention the name "
                                     f"stands for); use cppo to change it, got {params[key]!r}")
     try:
         return Method(spec, spec.params_cls(**{**spec.defaults, **params}))

@@ -74,7 +74,7 @@ def unit_weight(ctx: TokenContext, params) -> WeightResult:
 def sequence_ratio(ctx: TokenContext, params) -> WeightResult:
     """GSPO: W_t = min(ρ_seq, C) on every token of the response. The aggregation weighs a response's
     tokens equally, so this equals the gradient of the sequence ratio spread over its tokens."""
-    seq_ratio = ctx.sequence_log_ratio().exp()[:, None].expand_as(ctx.ratio)
+    seq_ratio = ctx.sequence_ratio()
     cap = params.truncation_cap
     return WeightResult(_on_valid(ctx, seq_ratio.clamp(max=cap)), {"truncated_fraction": ctx.fraction(seq_ratio > cap)})
 

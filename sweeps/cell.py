@@ -34,12 +34,11 @@ class CellJob(submitit.helpers.Checkpointable):
         from harness.train import run
 
         try:
-            if require_clean:
-                from .preregistration import cell_refusal
+            from .preregistration import refused
 
-                refusal = cell_refusal()
-                if refusal:  # no training starts: a rerun from a clean tree trains the cell
-                    return {"state": "failed", "reason": refusal}
+            refusal = refused(require_clean)
+            if refusal:  # no training starts: a rerun from a clean tree trains the cell
+                return refusal
             return run(OmegaConf.create(config), tags=job_tags(executor))
         except RunInUse as err:
             return {"state": "in_use", "reason": str(err)}

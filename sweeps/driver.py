@@ -137,10 +137,11 @@ def registered(spec: SweepSpec, cells: list[Cell], overrides, previous: dict | N
                          "'preregistration' block (a registered spec is not edited — declare a new sweep)")
     if not spec.preregistration:
         return None
-    axes, hydra_overrides, _ = split_overrides(overrides)
-    if axes or hydra_overrides:
+    _, _, resources = split_overrides(overrides)
+    declared_otherwise = [o for o in overrides if o not in resources]
+    if declared_otherwise:
         raise SweepError(f"pre-registered sweep {spec.name!r}: run it as declared, without overrides "
-                         f"{[o for o in overrides if '=' in o and not o.split('=')[0].startswith(('slurm.', 'local.'))]}")
+                         f"{declared_otherwise}")
     record = launch_record(spec.path, previous)
     ids = sorted(c.id for c in cells)
     if previous and previous.get("cells") not in (None, ids):

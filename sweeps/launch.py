@@ -121,11 +121,11 @@ class LaunchJob(submitit.helpers.Checkpointable):
     that rank 0 wrote (a requeue after a timeout resumes from the TRL checkpoint)."""
 
     def __call__(self, run_dir: str, executor: str, require_clean: bool = False) -> dict:
-        from .preregistration import cell_refusal
+        from .preregistration import refused
 
-        refusal = cell_refusal() if require_clean else None
+        refusal = refused(require_clean)
         if refusal:
-            return {"state": "failed", "reason": refusal}
+            return refusal
         env = submitit.JobEnvironment()
         store = RunStore(run_dir)
         accelerate_file, config_file = store.launch_files

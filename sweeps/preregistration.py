@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from analysis.preregistered import FIELDS, PRIMARY_SCORES, spec_blob
 from harness.provenance import REPO, code_state, git
 
 from .errors import SweepError
@@ -29,6 +28,8 @@ from .errors import SweepError
 
 def check_block(block, labels: list[str], where: str) -> dict | None:
     """The validated ``preregistration`` block of a spec (None when the spec has none)."""
+    from analysis.preregistered import FIELDS, PRIMARY_SCORES  # the report's names (pandas: not for each cell)
+
     if block is None:
         return None
     if not isinstance(block, dict):
@@ -57,6 +58,8 @@ def check_block(block, labels: list[str], where: str) -> dict | None:
 def launch_record(spec_path: Path, previous: dict | None, repo: Path = REPO) -> dict:
     """Check that the spec and the code are committed and unchanged; the record the manifest keeps
     (the first launch's, kept by every rerun). Raises SweepError naming what is not committed."""
+    from analysis.preregistered import spec_blob
+
     path = Path(spec_path).resolve()
     try:
         relative = path.relative_to(repo.resolve())
@@ -96,3 +99,9 @@ def cell_refusal(repo: Path = REPO) -> str | None:
                 "(or git cannot tell); "
                 "the cell did not start (commit or stash the changes, then rerun the sweep)")
     return None
+
+
+def refused(require_clean: bool) -> dict | None:
+    """The status a cell job returns instead of training when it must refuse (see ``cell_refusal``)."""
+    refusal = cell_refusal() if require_clean else None
+    return {"state": "failed", "reason": refusal} if refusal else None
