@@ -191,7 +191,10 @@ def _nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def _scatter(values: torch.Tensor, rows: torch.Tensor, shape, fill) -> torch.Tensor:
-    """Values of the active rows placed into a full-batch tensor (finished rows get ``fill``)."""
+    """Values of the active rows placed into a full-batch tensor (finished rows get ``fill``); while
+    every row is active (``rows`` is then ``0..n-1`` in order) that tensor is ``values`` itself."""
+    if len(rows) == shape[0]:
+        return values
     out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
     out[rows] = values
     return out
@@ -261,7 +264,7 @@ def sample(
         logits = logits.repeat_interleave(group, 0)
     lean = lean and prompt_mask is None and not preallocate and decode.supports(model)
     if lean:
-        cache = decode.LeanCache(cache)
+        cache = decode.LeanCache(cache, prompt_ids.shape[1] + max_new_tokens)
     active = torch.arange(n, device=device)  # rows still generating, in the cache's row order
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     tokens, alive, logps, top_ids, top_logps = [], [], [], [], []

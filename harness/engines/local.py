@@ -88,8 +88,11 @@ def train(spec: RunSpec, store: RunStore, keep_model=None) -> dict:
             metrics, diag = _update(spec, step, model, optimizer, method, roll, adv, chunk, horizon)
             step_metrics.append(metrics)
             diag_records.append(diag)
-            lagged.append(copy.deepcopy(model.state_dict()))
+            if spec.engine.mismatch.lag:  # μ lags k updates behind: every update's weights may be sampled from
+                lagged.append(copy.deepcopy(model.state_dict()))
         updates = len(step_metrics)
+        if updates and not spec.engine.mismatch.lag:  # μ is π after the step's last update: copy that one only
+            lagged.append(copy.deepcopy(model.state_dict()))
         t2 = time.perf_counter()
 
         # --- 4. record, evaluate, judge -----------------------------------------------------------

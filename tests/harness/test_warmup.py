@@ -60,8 +60,37 @@ def test_retraining_reproduces_the_shipped_warm_up(tmp_path):
         torch.testing.assert_close(state[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def _sweep_settings() -> list[str]:
+    """Every setting a committed sweep spec trains on."""
+    import yaml
+
+    from sweeps.spec import SPEC_DIR
+
+    out = set()
+    for path in SPEC_DIR.glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        out.update(raw.get("settings") or [raw["setting"]] if "setting" in raw or "settings" in raw else [])
+    return sorted(out)
+
+
+@pytest.mark.parametrize("setting", _sweep_settings())
+def test_every_committed_sweep_starts_from_a_shipped_warm_up(setting):
+    """A fresh clone trains no warm-up for any committed sweep (the long_s warm-up alone took minutes)."""
+    spec = resolve(compose([f"setting={setting}"]))
+    if spec.engine.name != "local":
+        pytest.skip(f"{setting} runs engine={spec.engine.name}, which has no warm-up")
+    task = make_task(spec.task)
+    key = warmup.warmup_key(spec.model, spec.warmup, task)
+    found = warmup.shipped(key)
+    assert found is not None, f"{setting}'s warm-up {key} is not shipped: run scripts/ship_warmup.py setting={setting}"
+    state, info = found
+    assert info["key"] == key
+    fresh = build_model(spec.model, CharTokenizer(task.alphabet).vocab_size, task.max_positions, seed=0)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in fresh.state_dict().items()}
+
+
 def test_other_warm_ups_are_trained_and_cached():
-    spec = resolve(compose(["setting=smoke"]))
+    spec = resolve(compose(["setting=smoke", "warmup.seed=3"]))
     state, info = warmup.warm_start(spec.model, spec.warmup, make_task(spec.task))
     assert "source" not in info and (warmup.cache_dir() / f"{info['key']}.pt").exists()
 
@@ -107,3 +136,14 @@ def test_a_warm_up_can_start_from_the_warm_up_of_a_task_variant(monkeypatch):
 def test_a_bad_start_from_is_one_line_naming_the_key(value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         _chain(f"warmup.start_from={value}")
+
+
+def test_no_shipped_warm_ups_trains_even_a_shipped_one(monkeypatch):
+    """``TRH_NO_SHIPPED_WARMUPS`` ignores the shipped files: the warm-up is trained (and cached)."""
+    spec = resolve(compose(["setting=smoke"]))
+    task = make_task(spec.task)
+    assert warmup.shipped(warmup.warmup_key(spec.model, spec.warmup, task)) is not None
+    monkeypatch.setenv("TRH_NO_SHIPPED_WARMUPS", "1")
+    trained = []
+    monkeypatch.setattr(warmup, "train", lambda *args, **kwargs: trained.append(args) or ({}, {"key": "trained"}))
+    assert warmup.warm_start(spec.model, spec.warmup, task) == ({}, {"key": "trained"}) and len(trained) == 1
