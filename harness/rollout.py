@@ -8,6 +8,7 @@ are applied by the caller's choice of rollout model and ``logit_noise``; μ is w
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -200,7 +201,20 @@ def _scatter(values: torch.Tensor, rows: torch.Tensor, shape, fill) -> torch.Ten
     return out
 
 
-@torch.no_grad()
+def _in_inference_mode(fn):
+    """Run ``fn`` under ``torch.inference_mode`` — less bookkeeping per operation than ``no_grad``
+    (about a tenth of a rollout's time on CPU, the same values) — and return its Rollout as ordinary
+    tensors, which a later loss may save for its backward (an inference tensor may not be)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.inference_mode():
+            out = fn(*args, **kwargs)
+        return dataclasses.replace(out, **{f.name: getattr(out, f.name).clone() for f in dataclasses.fields(out)
+                                           if getattr(out, f.name) is not None})
+    return run
+
+
+@_in_inference_mode
 def sample(
     model,
     prompt_ids: torch.Tensor,
