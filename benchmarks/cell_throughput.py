@@ -1,7 +1,7 @@
 """One study cell's wall time on this code and on an earlier commit, measured in turn, and whether the
 two computed the same run.
 
-    python benchmarks/cell_throughput.py --baseline 83317a0            # 3 rounds, ≈ 4 min on 2 cores
+    python benchmarks/cell_throughput.py --baseline 83317a0            # 3 rounds after a warm one, ≈ 7 min
     python benchmarks/cell_throughput.py --baseline 83317a0 --steps 10 --rounds 5
 
 A cell is what a sweep runs for each (method, setting, seed): one ``python -m harness.train`` process,
@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 def overrides(args) -> list[str]:
@@ -90,6 +93,7 @@ def outcome(run_dir: Path) -> dict:
     strip = lambda row: {k: _plain(v) for k, v in row.items()  # noqa: E731
                          if not k.startswith("time_") and _plain(v) is not None}
     return {"rows": [strip(r) for r in rows], "held_out": strip(status.get("held_out") or {}),
+            "warmup": (status.get("warmup") or {}).get("key"),
             "phases": {k: sum(r.get(k, 0.0) for r in rows) for k in ("time_rollout", "time_update", "time_eval")}
             | {"time_held_out": (status.get("held_out") or {}).get("time_eval", 0.0)}}
 
@@ -116,7 +120,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--steps", type=int, default=0, help="shorten the cell to this many RL steps (0: as set)")
     args = parser.parse_args(argv)
-    commit = git("rev-parse", "--verify", f"{args.baseline}^{{commit}}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.baseline}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if found.returncode:
+        parser.error(f"--baseline: no commit named {args.baseline!r} in {ROOT}")
+    commit = found.stdout.strip()
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     print(f"cell: {' '.join(overrides(args))}")
     print(f"now: {git('rev-parse', '--short', 'HEAD')}{' + uncommitted changes' if dirty else ''}; "
@@ -140,10 +150,15 @@ def main(argv=None) -> int:
                     print(f"round {r}{' (untimed)' if not r else ''} {arm:>8}: {seconds:6.1f} s  "
                           + "  ".join(f"{k[5:]} {v:5.1f}" for k, v in outcome(run_dir)["phases"].items()),
                           flush=True)
-        finally:
-            git("worktree", "remove", "--force", str(baseline))
+        finally:  # a failed removal must not hide the error that got here; prune forgets the folder
+            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, capture_output=True)
+            subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
     now, before = (statistics.median(times[arm]) for arm in ("now", "baseline"))
     differs = first_difference(outcomes["now"], outcomes["baseline"])
+    keys = {arm: outcomes[arm]["warmup"] for arm in outcomes}
+    if keys["now"] != keys["baseline"]:  # then a difference says nothing about the code under test
+        print(f"note: the arms started from different warm-ups ({keys['now']} now, {keys['baseline']} baseline): "
+              "the baseline computes another warm-up key and trained its own")
     print(f"cell wall time, median of {args.rounds}: now {now:.1f} s, baseline {before:.1f} s, "
           f"ratio now/baseline {now / before:.2f}; "
           + ("metrics identical" if differs is None else f"METRICS DIFFER ({differs})"))

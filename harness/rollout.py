@@ -209,8 +209,8 @@ def _in_inference_mode(fn):
     def run(*args, **kwargs):
         with torch.inference_mode():
             out = fn(*args, **kwargs)
-        return dataclasses.replace(out, **{f.name: getattr(out, f.name).clone() for f in dataclasses.fields(out)
-                                           if getattr(out, f.name) is not None})
+        return dataclasses.replace(out, **{f.name: value.clone() for f in dataclasses.fields(out)
+                                           if (value := getattr(out, f.name)) is not None and value.is_inference()})
     return run
 
 
@@ -255,9 +255,9 @@ def sample(
     with less Python per token.
 
     ``preallocate`` writes the KV cache into buffers sized for the whole generation instead of growing
-    a ``DynamicCache`` by concatenation: bitwise the same samples, but on CPU it measured 0.91–0.98×
-    the growing cache's tokens/s (``benchmarks/engine_throughput.py``; attention over strided views
-    costs what the concatenation saved), so it is off by default.
+    a ``DynamicCache`` by concatenation: bitwise the same samples, but through the model's forward on
+    CPU it measured 0.91–0.98× the growing cache's tokens/s (``benchmarks/engine_throughput.py``), so
+    it is off by default there; the lean decode step preallocates its own cache.
     """
     if record_top_k and top_p < 1.0:
         raise ValueError(f"sample: top_p={top_p} with record_top_k={record_top_k}: a nucleus renormalises the "

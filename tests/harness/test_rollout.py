@@ -198,3 +198,19 @@ def test_the_lean_decode_step_gives_the_same_samples(bf16):
     assert runs[0].finished.any() and not runs[0].finished.all()
     for key in ("response_ids", "response_mask", "finished", "rollout_logp", "rollout_topk_ids", "rollout_topk_logp"):
         assert torch.equal(getattr(runs[0], key), getattr(runs[1], key)), key
+
+
+def test_a_rollout_hands_back_ordinary_tensors_a_loss_may_save():
+    """``sample`` decodes under ``torch.inference_mode`` but returns tensors autograd may save for a
+    backward (an inference tensor may not be), and leaves its input alone."""
+    tok = CharTokenizer(ADDITION)
+    model = build_model(ModelSize(32, 2, 64, 2, 1), tok.vocab_size, 64, seed=0)
+    prompts = torch.tensor([[tok.bos_id] + tok.encode("12+34=")] * 2)
+    roll = sample(model, prompts, 6, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), record_top_k=4,
+                  lean=True)
+    fields = (roll.prompt_ids, roll.response_ids, roll.response_mask, roll.finished, roll.rollout_logp,
+              roll.rollout_topk_ids, roll.rollout_topk_logp)
+    assert not any(t.is_inference() for t in fields) and roll.prompt_ids is prompts
+    weight = torch.ones(roll.rollout_logp.shape, requires_grad=True)
+    (weight * roll.rollout_logp).sum().backward()  # saves rollout_logp for the backward
+    assert torch.equal(weight.grad, roll.rollout_logp)

@@ -60,23 +60,32 @@ def test_retraining_reproduces_the_shipped_warm_up(tmp_path):
         torch.testing.assert_close(state[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def _sweep_settings() -> list[str]:
-    """Every setting a committed sweep spec trains on."""
-    import yaml
-
-    from sweeps.spec import SPEC_DIR
+def _sweep_configs() -> list[tuple]:
+    """Every (setting, overrides) a committed sweep spec trains, read by the sweeps' own loader; only
+    the overrides that could change a warm-up are kept (a method's parameters cannot)."""
+    from sweeps.search import parse_search
+    from sweeps.spec import load_raw, parse, spec_names
 
     out = set()
-    for path in SPEC_DIR.glob("*.yaml"):
-        raw = yaml.safe_load(path.read_text())
-        out.update(raw.get("settings") or [raw["setting"]] if "setting" in raw or "settings" in raw else [])
+    for name in spec_names():
+        raw, path = load_raw(name)
+        if "setting" in raw:  # an Optuna search: one setting
+            search = parse_search(raw, {})
+            pairs = [(search.setting, search.overrides)]
+        else:
+            spec = parse(raw, path)
+            pairs = [(s, spec.overrides + v.overrides) for s in spec.settings for v in spec.variants]
+        for setting, overrides in pairs:
+            kept = tuple(o for o in overrides if not o.lstrip("+").startswith("method"))
+            out.add((setting, kept))
+    assert out, "no committed sweep spec found"
     return sorted(out)
 
 
-@pytest.mark.parametrize("setting", _sweep_settings())
-def test_every_committed_sweep_starts_from_a_shipped_warm_up(setting):
+@pytest.mark.parametrize("setting,overrides", _sweep_configs())
+def test_every_committed_sweep_starts_from_a_shipped_warm_up(setting, overrides):
     """A fresh clone trains no warm-up for any committed sweep (the long_s warm-up alone took minutes)."""
-    spec = resolve(compose([f"setting={setting}"]))
+    spec = resolve(compose([f"setting={setting}", *overrides]))
     if spec.engine.name != "local":
         pytest.skip(f"{setting} runs engine={spec.engine.name}, which has no warm-up")
     task = make_task(spec.task)
