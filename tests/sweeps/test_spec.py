@@ -13,7 +13,8 @@ from sweeps.spec import SweepError, load_raw, spec_names
 GRIDS = {"paper_main": 84, "ablation_mechanism": 40, "ablation_ordering": 30, "ablation_gate": 30, "sensitivity": 40,
          "divergence_kl_tv": 40, "divergence_binary_topk": 30, "position_diagnostics": 2, "smoke": 4, "demo": 7,
          "lm_smoke": 4, "tune_drift": 126, "drift_main": 110, "drift_confirm": 140, "stress_survival": 80,
-         "tune_rules": 112, "rules_confirm": 110, "horizon_pilot": 16}
+         "tune_rules": 112, "rules_confirm": 110, "horizon_pilot": 16,
+         **{f"tune_h{t}": 24 for t in (14, 27, 59, 115)}}
 # a stand-in for tune_drift's choices (the real ones need its 108 runs): arm → the chosen overrides
 FAKE_CHOICE = {"cppo": ["++method.delta=0.02", "++method.delta_b=0.001"], "dppo": ["++method.delta=0.01"],
                "cppo_kl": ["++method.divergence=topk_kl", "++method.delta=0.03", "++method.delta_b=0.002"],
