@@ -10,11 +10,9 @@ are the same (``tests/harness/test_rollout.py`` compares the samples bitwise). I
 preallocated for the whole generation and written in place: growing it by concatenation, as
 ``DynamicCache`` does, copied the whole cache and allocated a fresh, larger block at every layer of
 every token: 37 % of the held-out evaluation's time on CPU (its batches are large), less in a
-rollout. The attention
-reads a view of the filled positions, which the SDPA kernel computes bitwise as it computes a
-contiguous copy. It covers what the local engine
-samples: rows without padding, full attention, the sdpa implementation; anything else goes through
-the model's forward.
+rollout. The attention reads a view of the filled positions, which the SDPA kernel computes bitwise
+as it computes a contiguous copy. It covers what the local engine samples: rows without padding,
+full attention, the sdpa implementation; anything else goes through the model's forward.
 """
 
 from __future__ import annotations
