@@ -4,7 +4,10 @@ A sweep launched with a ``preregistration`` block (``sweeps.preregistration``) k
 spec's git blob, the commit and the time of its launch. Here that record is checked against what is on
 disk now — the spec unchanged, every finished cell trained from a clean tree at the registered commit or
 a later one, none started before the registration — and the declared comparisons are computed exactly
-as declared: reference − each family member on the declared score, paired by seed, Holm over the family.
+as declared: reference − each family member on the declared score, paired by seed, Holm over the family
+(and its settings). A sweep over several settings declares a ``trend`` as its primary test: the slope of
+reference − other over log2 of each setting's horizon (``declared_trend``); its comparisons are then
+its secondary, declared family.
 """
 
 from __future__ import annotations
@@ -19,8 +22,14 @@ from harness.store import FINISHED, RunStore
 from . import compare as C
 from . import markdown as M
 from . import stats as S
+from . import tables as T
 
 FIELDS = ("hypotheses", "score", "reference", "family", "stopping")
+OPTIONAL = ("trend",)
+TREND_KEYS = ("other", "horizon", "model")
+TREND_MODELS = {"seed_slopes": "each seed's least-squares slope of the paired difference over log2(horizon); the "
+                               "mean slope with its 95 % interval (Student t below 20 seeds, BCa bootstrap from 20) "
+                               "and the two-sided sign-flip permutation p over seeds"}
 PRIMARY_SCORES = {"heldout": "heldout_headline", "validation": "best_headline"}
 
 
@@ -71,20 +80,20 @@ def audit(record: dict, statuses: list[dict], repo: Path = REPO) -> list[str]:
 
 
 def declared_test(cells: pd.DataFrame, block: dict) -> pd.DataFrame:
-    """The declared comparisons: reference − each family member, paired by seed, Holm over the whole
-    family — a member without scores (yet) counts at p = 1, so the correction never shrinks."""
+    """The declared comparisons: reference − each family member at each setting, paired by seed, Holm over
+    all of them — a comparison without scores (yet) counts at p = 1, so the correction never shrinks."""
     settings = list(dict.fromkeys(cells["setting"]))
     frame = C.comparisons(cells, settings, [block["reference"], *block["family"]], block["reference"],
                           score=PRIMARY_SCORES[block["score"]])
-    done = set(frame["other"]) if not frame.empty else set()
-    missing = [m for m in block["family"] if m not in done]
+    done = set(zip(frame["setting"], frame["other"])) if not frame.empty else set()
+    missing = [(s, m) for s in settings for m in block["family"] if (s, m) not in done]
     if not missing:
         return frame
     nan = float("nan")
-    rows = pd.DataFrame([{"score": PRIMARY_SCORES[block["score"]], "setting": settings[0], "reference": block["reference"],
+    rows = pd.DataFrame([{"score": PRIMARY_SCORES[block["score"]], "setting": s, "reference": block["reference"],
                           "other": m, "seeds": 0, "diff": nan, "ci_low": nan, "ci_high": nan, "interval": "none",
                           "p": 1.0, "sd_diff": nan, "note": "no scores yet: counted at p = 1", "seeds_needed": nan,
-                          "detectable": nan} for m in missing])
+                          "detectable": nan} for s, m in missing])
     frame = pd.concat([frame, rows], ignore_index=True) if not frame.empty else rows
     frame["p_holm"] = S.holm(frame["p"])
     frame["verdict"] = [v if isinstance(v, str) and n else "not computed" for v, n in
@@ -92,9 +101,57 @@ def declared_test(cells: pd.DataFrame, block: dict) -> pd.DataFrame:
     return frame
 
 
-def preregistered_section(results, out: Path) -> str:
+def declared_trend(cells: pd.DataFrame, block: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The declared trend (``block["trend"]``): per setting, the paired difference reference − other over
+    the seeds that have both, and the slope of that difference per doubling of the horizon, from the seeds
+    that have it at every horizon (``analysis.stats.seed_slopes``). Returns (per-horizon rows, the slope row)."""
+    trend, score = block["trend"], PRIMARY_SCORES[block["score"]]
+    horizon = {str(k): float(v) for k, v in trend["horizon"].items()}
+    by_seed, rows = {}, []
+    for setting, x in sorted(horizon.items(), key=lambda kv: kv[1]):
+        ref = C.seed_scores(cells, block["reference"], setting, score)
+        other = C.seed_scores(cells, trend["other"], setting, score)
+        paired = S.paired_comparison(ref, other, bounds=(-1.0, 1.0))
+        for s in paired.seeds:
+            by_seed.setdefault(s, {})[x] = ref[s] - other[s]
+        rows.append({"setting": setting, "horizon": x, "seeds": len(paired.seeds), "diff": paired.diff.estimate,
+                     "ci_low": paired.diff.low, "ci_high": paired.diff.high, "interval": paired.diff.method})
+    fit = S.seed_slopes(by_seed, horizon.values())
+    incomplete = sorted(set(by_seed) - set(fit.seeds))
+    slope = pd.DataFrame([{
+        "score": score, "reference": block["reference"], "other": trend["other"], "model": trend["model"],
+        "seeds": len(fit.seeds), "slope_per_doubling": fit.slope.estimate, "ci_low": fit.slope.low,
+        "ci_high": fit.slope.high, "interval": fit.slope.method, "p": fit.p if fit.seeds else float("nan"),
+        "sd_slope": fit.sd, "detectable": fit.detectable,
+        "verdict": S.verdict(fit.slope, fit.p) if len(fit.seeds) > 1 else "not computed",
+        "note": (f"{len(incomplete)} seed(s) lack a score at some horizon and are left out: "
+                 f"{', '.join(map(str, incomplete))}" if incomplete else "")}])
+    return pd.DataFrame(rows), slope
+
+
+def _trend_text(per_horizon: pd.DataFrame, slope: pd.DataFrame, block: dict) -> list[str]:
+    row = slope.iloc[0]
+    words = {"better": "the difference grows with the horizon", "worse": "the difference shrinks with the horizon",
+             "no detectable difference": "no trend detectable", "not computed": "not computed (fewer than 2 seeds)"}
+    detect = "—" if pd.isna(row["detectable"]) else f"{100 * row['detectable']:.2f}"
+    table = pd.DataFrame({"setting": per_horizon["setting"], "horizon": per_horizon["horizon"].map(lambda v: f"{v:g}"),
+                          "seeds": per_horizon["seeds"],
+                          f"{block['reference']} − {block['trend']['other']} (points, 95% CI)": [
+                              C.interval_text(d, lo, hi) for d, lo, hi in
+                              zip(per_horizon["diff"], per_horizon["ci_low"], per_horizon["ci_high"])]})
+    return [f"Primary test ({row['model']}): the slope of {block['reference']} − {block['trend']['other']} on the "
+            f"{C.SCORES[row['score']]}, over log2(horizon) — {TREND_MODELS[row['model']]}.\n",
+            f"**Slope: {C.interval_text(row['slope_per_doubling'], row['ci_low'], row['ci_high'])} points per doubling "
+            f"of the horizon ({row['seeds']} seeds, {row['interval']} interval), p = {row['p']:.3g}: "
+            f"{words[row['verdict']]}.** Smallest slope these seeds detect at 80 % power (α = {S.ALPHA}): "
+            f"{detect} points per doubling." + (f" Note: {row['note']}." if row["note"] else "") + "\n",
+            T.to_markdown(table, index=False) + "\n"]
+
+
+def preregistered_section(results, out: Path, formats=("png",)) -> str:
     """The report's first section: each pre-registered sweep's declared test and its audit
-    (``preregistered_<sweep>.md``/``.csv``); empty when no sweep of this root is pre-registered."""
+    (``preregistered_<sweep>.md``/``.csv``, and a declared trend's figure ``preregistered_<sweep>_horizon``);
+    empty when no sweep of this root is pre-registered."""
     parts = []
     for sweep, manifest in results.sweeps.items():
         record, block = manifest.get("preregistration"), (manifest.get("spec") or {}).get("preregistration")
@@ -109,17 +166,30 @@ def preregistered_section(results, out: Path) -> str:
                 f"Registered at commit {record['commit'][:12]} on {record['at']} (spec {record['spec_path']}, blob "
                 f"{record['spec_blob'][:12]}). Audit: " + ("no problem found." if not problems else
                                                            "**" + "; ".join(problems) + "**."),
-                f"\n\nHypotheses: {block['hypotheses'].strip()}\n",
-                f"Primary test: {block['reference']} − each of {', '.join(block['family'])} on the "
-                f"{C.SCORES[PRIMARY_SCORES[block['score']]]}, paired by seed, two-sided permutation p (exact over "
-                f"all sign flips up to {S.EXACT_MAX_SEEDS} seeds, Monte Carlo beyond), Holm over these "
-                f"{len(block['family'])} comparisons. Stopping rule: {block['stopping'].strip()}\n",
-                f"Cells: {len(finished)} finished of {len(cells)}"
-                + ("" if len(finished) == len(cells) else " — **the declared test is not complete**") + ".\n"]
+                f"\n\nHypotheses: {block['hypotheses'].strip()}\n"]
+        if block.get("trend"):
+            per_horizon, slope = declared_trend(cells, block)
+            text += _trend_text(per_horizon, slope, block)
+            slope.to_csv(out / f"preregistered_{sweep}_trend.csv", index=False)
+            per_horizon.to_csv(out / f"preregistered_{sweep}_by_horizon.csv", index=False)
+        text += [f"{'Secondary (declared) tests' if block.get('trend') else 'Primary test'}: {block['reference']} − "
+                 f"each of {', '.join(block['family'])} at each of the {cells['setting'].nunique()} setting(s) on the "
+                 f"{C.SCORES[PRIMARY_SCORES[block['score']]]}, paired by seed, two-sided permutation p (exact over "
+                 f"all sign flips up to {S.EXACT_MAX_SEEDS} seeds, Monte Carlo beyond), Holm over these "
+                 f"{len(block['family']) * cells['setting'].nunique()} comparisons. Stopping rule: "
+                 f"{block['stopping'].strip()}\n",
+                 f"Cells: {len(finished)} finished of {len(cells)}"
+                 + ("" if len(finished) == len(cells) else " — **the declared test is not complete**") + ".\n"]
         if not cmp.empty:
             table = M.comparisons_markdown(cmp, {}, block["reference"]).split("\n## ", 1)[1]
             text.append("\n#### " + table)
             cmp.to_csv(out / f"preregistered_{sweep}.csv", index=False)
+        if block.get("trend") and formats:
+            from .horizon import horizon_figure
+
+            paths = horizon_figure(cmp, block["trend"]["horizon"], slope.iloc[0], sweep, out,
+                                   f"preregistered_{sweep}_horizon", formats)
+            text += [f"![{sweep}: the declared differences against the horizon]({p.name})\n" for p in paths[:1]]
         section = "\n".join(text)
         (out / f"preregistered_{sweep}.md").write_text(f"# Pre-registered: {sweep}\n\n" + section.split("\n", 1)[1])
         parts.append(section)

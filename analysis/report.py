@@ -367,7 +367,7 @@ def build_report(root, out=None, table_formats=TABLE_FORMATS, figure_formats=("p
             else {"written": {}, "notes": []})
     from .preregistered import preregistered_section
 
-    index = (I.index_markdown(results, tables, figs, out, TABLE1_RULE, first=preregistered_section(results, out))
+    index = (I.index_markdown(results, tables, figs, out, TABLE1_RULE, first=preregistered_section(results, out, figure_formats))
              + I.factorial_section(results, out, figure_formats) + I.search_section(results.root, out, figure_formats) + I.theory_section(results.root, out))
     (out / "report.md").write_text(index)
     from .html import write_html

@@ -1,6 +1,7 @@
 """How sure a comparison is: intervals over seeds, paired permutation tests, Holm's correction,
 aggregates across settings (mean and IQM with stratified bootstrap intervals, probability of
-improvement, in the manner of rliable), evaluation-noise SDs and a seeds-needed estimate.
+improvement, in the manner of rliable), evaluation-noise SDs, a seeds-needed estimate, and the trend of
+a paired difference over a horizon (per-seed slopes).
 
 Built on ``scipy.stats`` (``bootstrap``, ``permutation_test``, ``ttest_1samp``, ``trim_mean``, ``chi2``)
 and ``statsmodels`` (Holm's step-down correction, t-test power). Every function takes plain arrays of
@@ -197,6 +198,35 @@ def detectable_difference(sd_diff: float, n_pairs: int, power: float = 0.8, alph
     effect = TTestPower().solve_power(effect_size=None, nobs=n_pairs, alpha=alpha, power=power,
                                       alternative="two-sided")
     return float(effect * sd_diff)
+
+
+@dataclass(frozen=True)
+class Trend:
+    slope: Interval           # mean over seeds of each seed's slope: the difference's change per doubling of x
+    p: float                  # two-sided sign-flip permutation p of mean slope = 0
+    sd: float                 # SD of the per-seed slopes (NaN below two seeds)
+    seeds: tuple              # the seeds with a difference at every x
+    detectable: float | None  # the smallest |slope| these seeds detect at 80 % power (two-sided ``alpha``)
+
+
+def seed_slopes(diff_by_seed: dict, xs, interval: str = "auto", seed: int = 0, alpha: float = ALPHA) -> Trend:
+    """The trend of a paired difference over log2(x), respecting the pairing by seed: ``diff_by_seed[s][x]``
+    is the difference (reference − other, both trained with seed s) at x. Each seed with a difference at
+    every x gets its least-squares slope over log2(x); the seeds' slopes are independent, so the mean
+    slope gets the usual one-sample interval (``mean_interval``) and the exact sign-flip test. With every
+    seed complete, the mean slope equals the slope fitted to all the differences at once."""
+    xs = sorted(set(float(x) for x in xs))
+    if len(xs) < 2 or xs[0] <= 0:
+        raise ValueError(f"a trend over log2(x) needs at least two distinct positive x, got {xs}")
+    centred = np.log2(xs) - np.log2(xs).mean()
+    weights = centred / (centred ** 2).sum()  # slope = Σ w_i d_i: least squares on one seed's points
+    complete = tuple(sorted(s for s, row in diff_by_seed.items()
+                            if all(np.isfinite(row.get(x, math.nan)) for x in xs)))
+    slopes = np.array([float(weights @ np.array([diff_by_seed[s][x] for x in xs])) for s in complete])
+    sd = float(slopes.std(ddof=1)) if len(slopes) > 1 else math.nan
+    return Trend(slope=mean_interval(slopes, interval=interval, seed=seed),
+                 p=paired_permutation_p(slopes, np.zeros_like(slopes), seed), sd=sd, seeds=complete,
+                 detectable=detectable_difference(sd, len(slopes), alpha=alpha))
 
 
 def noise_sd(values, confidence: float = CONFIDENCE) -> Interval:

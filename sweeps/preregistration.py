@@ -9,6 +9,10 @@ A spec with a ``preregistration`` block (docs/sweeps.md, "Pre-registered sweeps"
       reference: cppo           # the arm every other arm of the family is compared with
       family: [dppo, grpo]      # the comparisons of the primary test; Holm over exactly these
       stopping: all seeds of every arm; no interim look
+      trend:                    # optional; required over several settings: the primary test becomes a trend
+        other: dppo             #   the slope of reference − other ...
+        horizon: {chain_h14: 14, chain_h27: 27}   # ... over log2 of each setting's horizon (every setting)
+        model: seed_slopes      #   analysis.stats.seed_slopes; the family's comparisons become secondary
 
 At launch ``trh sweep`` refuses unless the spec file is committed and unchanged and no tracked file
 outside ``results/`` differs from the commit; it records the spec's git blob and the commit in the
@@ -26,18 +30,18 @@ from harness.provenance import REPO, code_state, git
 from .errors import SweepError
 
 
-def check_block(block, labels: list[str], where: str) -> dict | None:
+def check_block(block, labels: list[str], settings: list[str], where: str) -> dict | None:
     """The validated ``preregistration`` block of a spec (None when the spec has none)."""
-    from analysis.preregistered import FIELDS, PRIMARY_SCORES  # the report's names (pandas: not for each cell)
+    from analysis.preregistered import FIELDS, OPTIONAL, PRIMARY_SCORES  # the report's names (pandas: not per cell)
 
     if block is None:
         return None
     if not isinstance(block, dict):
         raise SweepError(f"{where}: preregistration must be a mapping with {', '.join(FIELDS)}")
     missing = [f for f in FIELDS if f not in block]
-    unknown = sorted(set(block) - set(FIELDS))
+    unknown = sorted(set(block) - set(FIELDS) - set(OPTIONAL))
     if missing or unknown:
-        raise SweepError(f"{where}: preregistration needs exactly {', '.join(FIELDS)}; "
+        raise SweepError(f"{where}: preregistration needs {', '.join(FIELDS)} (optionally {', '.join(OPTIONAL)}); "
                          + (f"missing {missing}" if missing else f"unknown {unknown}"))
     for key in ("hypotheses", "stopping"):
         if not isinstance(block[key], str) or not block[key].strip():
@@ -52,7 +56,39 @@ def check_block(block, labels: list[str], where: str) -> dict | None:
             raise SweepError(f"{where}: preregistration names {name!r}, not a label of the spec; labels: {', '.join(labels)}")
     if block["reference"] in family:
         raise SweepError(f"{where}: preregistration.family must not hold the reference {block['reference']!r}")
+    if block.get("trend") is not None:
+        return {**block, "trend": check_trend(block["trend"], block["reference"], labels, settings, where)}
+    if len(settings) != 1:
+        raise SweepError(f"{where}: a pre-registered sweep over several settings ({', '.join(settings)}) declares "
+                         "one test over all of them: add preregistration.trend (or declare one sweep per setting)")
     return dict(block)
+
+
+def check_trend(trend, reference: str, labels: list[str], settings: list[str], where: str) -> dict:
+    """The validated ``preregistration.trend``: the slope of reference − ``other`` over log2 of each
+    setting's ``horizon``, by the named ``model``."""
+    from analysis.preregistered import TREND_KEYS, TREND_MODELS
+
+    if not isinstance(trend, dict) or set(trend) != set(TREND_KEYS):
+        got = sorted(trend) if isinstance(trend, dict) else repr(trend)
+        raise SweepError(f"{where}: preregistration.trend must be a mapping with exactly {', '.join(TREND_KEYS)}; got {got}")
+    if trend["other"] not in labels or trend["other"] == reference:
+        raise SweepError(f"{where}: preregistration.trend.other must be a label of the spec other than the reference "
+                         f"{reference!r}; labels: {', '.join(labels)}; got {trend['other']!r}")
+    if trend["model"] not in TREND_MODELS:
+        raise SweepError(f"{where}: preregistration.trend.model must be one of {list(TREND_MODELS)}, got {trend['model']!r}")
+    horizon = trend["horizon"]
+    if not isinstance(horizon, dict) or set(horizon) != set(settings):
+        got = sorted(horizon) if isinstance(horizon, dict) else repr(horizon)
+        raise SweepError(f"{where}: preregistration.trend.horizon must map exactly the sweep's settings "
+                         f"({', '.join(settings)}) to their horizons; got {got}")
+    bad = {k: v for k, v in horizon.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
+    if bad:
+        raise SweepError(f"{where}: preregistration.trend.horizon values must be positive numbers, got {bad}")
+    if len(set(horizon.values())) < 2:
+        raise SweepError(f"{where}: preregistration.trend needs at least two different horizons, got {horizon}")
+    return {"other": str(trend["other"]), "horizon": {str(k): float(v) for k, v in horizon.items()},
+            "model": str(trend["model"])}
 
 
 def launch_record(spec_path: Path, previous: dict | None, repo: Path = REPO) -> dict:

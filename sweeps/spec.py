@@ -25,7 +25,9 @@ same number of variants, and the report shows it as a tuning table, never as Tab
 a later sweep with ``tuned: <that sweep>`` (or ``<that sweep>:<arm>``) runs the arm's chosen
 configuration (the best mean validation headline over the tuning seeds), read from the same results
 folder when the sweep is expanded; its own ``params``/``overrides`` apply on top. Expanding it
-before that arm's tuning cells have all finished is an error.
+before that arm's tuning cells have all finished is an error. Where each setting has its own tuning
+sweep (one per horizon, say), ``tuned`` maps every setting of the sweep to its tuning sweep:
+``tuned: {chain_h14: tune_h14, chain_h27: tune_h27}``.
 """
 
 from __future__ import annotations
@@ -60,11 +62,15 @@ class Variant:
     label: str
     method: str
     overrides: list[str] = field(default_factory=list)
-    tuned: str | None = None  # "<tuning sweep>" or "<tuning sweep>:<arm>": that arm's choice comes first
+    tuned: str | dict | None = None  # "<tuning sweep>[:<arm>]", or {setting: that} per setting: its choice first
     arm: str = ""             # in a tuning sweep: what the configuration tunes (default: the method)
 
     def __post_init__(self):
         self.arm = self.arm or self.method
+
+    def tuned_from(self, setting: str) -> str | None:
+        """The tuning sweep (``<sweep>[:<arm>]``) that chooses this variant's configuration at ``setting``."""
+        return self.tuned.get(setting) if isinstance(self.tuned, dict) else self.tuned
 
 
 @dataclass
@@ -195,11 +201,7 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
         for label, body in raw["variants"].items():
             if not isinstance(body, dict) or "method" not in body:
                 raise SweepError(f"{where}: variant {label!r} must be a mapping with a 'method'")
-            tuned = body.get("tuned")
-            named = isinstance(tuned, str) and all(SAFE_NAME.fullmatch(part) for part in tuned.split(":", 1))
-            if tuned is not None and not named:
-                raise SweepError(f"{where}, variant {label!r}: 'tuned' must name a tuning sweep (optionally "
-                                 f"'<sweep>:<arm>'), got {tuned!r}")
+            tuned = _tuned_field(body.get("tuned"), settings, f"{where}, variant {label!r}")
             variants.append(Variant(str(label), str(body["method"]), variant_overrides(body, f"{where}, variant {label!r}"),
                                     tuned, str(body.get("arm") or body["method"])))
     elif raw.get("variants") is not None:
@@ -227,17 +229,34 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
         raise SweepError(f"{where}: the grid is empty (settings={settings}, variants={[v.label for v in variants]}, "
                          f"seeds={seeds}); each axis needs at least one value")
     from .preregistration import check_block
-    declared = check_block(raw.get("preregistration"), [v.label for v in variants], where)
+    declared = check_block(raw.get("preregistration"), [v.label for v in variants], settings, where)
     if declared and kind != "grid":
         raise SweepError(f"{where}: a pre-registered sweep is a grid of reported runs, not a {kind} sweep")
-    if declared and len(settings) != 1:
-        raise SweepError(f"{where}: a pre-registered sweep declares one test, on one setting; got {settings} "
-                         "(declare one sweep per setting, or one test over all of them in words and sweeps)")
     return SweepSpec(name=str(raw["name"]), feeds=str(raw.get("feeds", "")),
                      description=str(raw.get("description", "")), settings=settings, variants=variants,
                      seeds=seeds, overrides=[str(o) for o in _as_list(raw, "overrides", where)],
                      resources=raw.get("resources") or {}, raw=raw, kind=kind, notes=notes,
                      preregistration=declared, path=path)
+
+
+def _tuned_field(tuned, settings: list[str], where: str):
+    """A variant's ``tuned``: one tuning sweep for every setting, or a mapping naming one per setting."""
+    def named(value) -> bool:
+        return isinstance(value, str) and all(SAFE_NAME.fullmatch(part) for part in value.split(":", 1))
+
+    if tuned is None or named(tuned):
+        return tuned
+    if not isinstance(tuned, dict):
+        raise SweepError(f"{where}: 'tuned' must name a tuning sweep (optionally '<sweep>:<arm>'), or map each "
+                         f"setting to one, got {tuned!r}")
+    bad = {k: v for k, v in tuned.items() if not named(v)}
+    if bad:
+        raise SweepError(f"{where}: 'tuned' must map settings to tuning sweeps (optionally '<sweep>:<arm>'), got {bad}")
+    missing = [s for s in settings if s not in tuned]
+    if missing:
+        raise SweepError(f"{where}: 'tuned' names no tuning sweep for setting(s) {missing}; it maps "
+                         f"{', '.join(map(str, tuned)) or 'nothing'}")
+    return {str(k): str(v) for k, v in tuned.items()}
 
 
 def method_axis(variants: list[Variant], wanted: list[str], known: list[str], where: str) -> list[Variant]:
@@ -277,16 +296,20 @@ def _check_equal_budget(variants: list[Variant], where: str) -> None:
                          f"budget), got {counts}")
 
 
-def resolve_tuned(variants: list[Variant], results_root: Path, where: str) -> list[Variant]:
-    """``tuned:`` variants with their arm's chosen tuning configuration put first (see module doc)."""
-    out = []
+def resolve_tuned(variants: list[Variant], settings: list[str], results_root: Path, where: str) -> dict:
+    """{(setting, label): the chosen tuning configuration's overrides} of the ``tuned:`` variants (see the
+    module doc), each tuning sweep and arm read once."""
+    chosen, out = {}, {}
     for v in variants:
-        if v.tuned is None:
-            out.append(v)
-            continue
-        sweep, _, arm = v.tuned.partition(":")
-        chosen = tuned_overrides(results_root, sweep, arm or v.method, f"{where}, variant {v.label!r}")
-        out.append(Variant(v.label, v.method, chosen + v.overrides, v.tuned, v.arm))
+        for setting in settings:
+            source = v.tuned_from(setting)
+            if source is None:
+                continue
+            sweep, _, arm = source.partition(":")
+            if (sweep, arm or v.method) not in chosen:
+                chosen[(sweep, arm or v.method)] = tuned_overrides(results_root, sweep, arm or v.method,
+                                                                   f"{where}, variant {v.label!r}")
+            out[(setting, v.label)] = chosen[(sweep, arm or v.method)]
     return out
 
 
@@ -348,12 +371,13 @@ def expand(spec: SweepSpec, results_root: Path, overrides=(), threads: int = 1) 
     """The cells of a grid, in submission order: settings interleaved, so that parallel workers warm
     up different settings first instead of queueing on one warm-up."""
     bases, seeds, meta = {}, {}, {}
-    spec.variants = resolve_tuned(spec.variants, results_root, f"sweep {spec.name!r}")
+    chosen = resolve_tuned(spec.variants, spec.settings, results_root, f"sweep {spec.name!r}")
     by_label = {v.label: v for v in spec.variants}
     for v in spec.variants:
         for s in spec.settings:
             key = (s, v.label)
-            bases[key] = [f"setting={s}", f"method={v.method}", *spec.overrides, *v.overrides, *overrides]
+            bases[key] = [f"setting={s}", f"method={v.method}", *spec.overrides, *chosen.get(key, []), *v.overrides,
+                          *overrides]
             seeds[key] = spec.seeds
             meta[key] = v
     built = cell_configs(bases, seeds, runs_dir(results_root), threads, f"sweep {spec.name!r}")

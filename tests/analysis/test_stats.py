@@ -129,3 +129,34 @@ def test_aggregates_across_settings():
     assert S.probability_of_improvement(x, y).estimate == pytest.approx(np.mean(u))
     same = S.probability_of_improvement([[0.5, 0.6]], [[0.5, 0.6]])
     assert same.estimate == pytest.approx(0.5) and same.low < 0.5 < same.high
+
+
+def test_seed_slopes_by_hand_and_equal_to_the_pooled_fit():
+    # horizons 1, 2, 4: log2 = 0, 1, 2, so one seed's least-squares slope is (d_4 − d_1) / 2
+    diffs = {0: {1: 0.0, 2: 1.0, 4: 2.0}, 1: {1: 1.0, 2: 1.0, 4: 1.0}, 2: {1: 0.0, 2: 0.0, 4: 3.0},
+             3: {1: 5.0, 4: 5.0}}  # seed 3 lacks horizon 2: left out
+    trend = S.seed_slopes(diffs, [4, 1, 2])
+    assert trend.seeds == (0, 1, 2)
+    assert trend.slope.estimate == pytest.approx((1.0 + 0.0 + 1.5) / 3)
+    assert trend.sd == pytest.approx(np.std([1.0, 0.0, 1.5], ddof=1))
+    # sign flips of (1, 0, 1.5): |mean| reaches 2.5/3 in 4 of the 8 flips (flipping the 0 changes nothing)
+    assert trend.p == pytest.approx(0.5)
+    assert trend.slope.method == "t" and trend.detectable is None  # 3 seeds cannot reach p < 0.05 at all
+    x = np.log2([1, 2, 4] * 3)
+    y = [diffs[s][h] for s in (0, 1, 2) for h in (1, 2, 4)]
+    assert trend.slope.estimate == pytest.approx(np.polyfit(x, y, 1)[0])  # balanced: the pooled slope
+    with pytest.raises(ValueError, match="two distinct positive"):
+        S.seed_slopes(diffs, [2, 2])
+
+
+def test_seed_slopes_detects_a_real_trend_and_not_a_flat_one():
+    rng = np.random.default_rng(3)
+    horizons = [14, 27, 59, 115]
+
+    def diffs(per_doubling):  # 16 seeds, noise SD 2 points on each paired difference
+        return {s: {h: per_doubling * math.log2(h / 14) + rng.normal(0, 0.02) for h in horizons} for s in range(16)}
+
+    rising = S.seed_slopes(diffs(0.02), horizons)
+    assert rising.p < 0.01 and rising.slope.low > 0 and rising.slope.estimate == pytest.approx(0.02, abs=0.005)
+    flat = S.seed_slopes(diffs(0.0), horizons)
+    assert flat.slope.low < 0 < flat.slope.high and 0 < flat.detectable < 0.02

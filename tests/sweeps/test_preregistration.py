@@ -4,6 +4,7 @@ launch is found at report time, and the report puts the declared test first."""
 import json
 import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -169,8 +170,6 @@ def test_a_rerun_must_be_the_registered_sweep(repo, monkeypatch):
 
 
 def test_a_family_member_without_scores_counts_at_p_1():
-    import pandas as pd
-
     from analysis.preregistered import declared_test
     rows = [{"label": label, "setting": "s", "seed": seed, "state": "done", "best_headline": h, "best_step": 10}
             for label, shift in (("cppo", 0.1), ("dppo", 0.0)) for seed, h in enumerate([0.5, 0.6, 0.55, 0.7, 0.65,
@@ -182,3 +181,69 @@ def test_a_family_member_without_scores_counts_at_p_1():
     assert grpo["p"] == 1.0 and grpo["verdict"] == "not computed"
     dppo = frame[frame["other"] == "dppo"].iloc[0]
     assert dppo["p_holm"] == pytest.approx(min(1.0, 2 * dppo["p"]))  # Holm over both, not over the one computed
+
+
+TREND = {"other": "dppo", "horizon": {"smoke": 14, "smoke_bind": 56}, "model": "seed_slopes"}
+
+
+def test_several_settings_need_a_declared_trend_over_them(repo):
+    raw, path = load_raw(str(repo / "sweeps" / "specs" / "confirm.yaml"))
+    raw = {**raw, "settings": ["smoke", "smoke_bind"]}
+    with pytest.raises(SweepError, match="declares one test over all of them: add preregistration.trend"):
+        parse(raw, path)
+    declared = parse({**raw, "preregistration": {**BLOCK, "trend": TREND}}, path).preregistration
+    assert declared["trend"] == {**TREND, "horizon": {"smoke": 14.0, "smoke_bind": 56.0}}
+    for change, message in [({"other": "cppo"}, "other than the reference 'cppo'"),
+                            ({"other": "sapo"}, "trend.other must be a label"),
+                            ({"model": "ols"}, "trend.model must be one of \\['seed_slopes'\\]"),
+                            ({"horizon": {"smoke": 14}}, "map exactly the sweep's settings"),
+                            ({"horizon": {"smoke": 14, "smoke_bind": -1}}, "positive numbers"),
+                            ({"horizon": {"smoke": 14, "smoke_bind": 14}}, "two different horizons")]:
+        with pytest.raises(SweepError, match=message):
+            parse({**raw, "preregistration": {**BLOCK, "trend": {**TREND, **change}}}, path)
+    with pytest.raises(SweepError, match="exactly other, horizon, model"):
+        parse({**raw, "preregistration": {**BLOCK, "trend": {"other": "dppo"}}}, path)
+
+
+def test_report_puts_the_declared_trend_first(repo, tmp_path):
+    import numpy as np
+
+    from tests.analysis.test_report import _write_cell
+    root, rng = tmp_path / "results", np.random.default_rng(1)
+    horizon = {"h1": 1, "h2": 2, "h4": 4, "h8": 8}
+    cells = []
+    for setting, x in horizon.items():
+        for seed in range(8):  # cppo − dppo = 2 points per doubling, noise SD 0.5 points
+            base = 0.6 + rng.normal(0, 0.05)
+            for method, score in (("dppo", base), ("grpo", base),
+                                  ("cppo", base + 0.02 * np.log2(x) + rng.normal(0, 0.005))):
+                cells.append(_write_cell(root, setting, method, seed, [0.5, score]))
+    spec = repo / "sweeps" / "specs" / "confirm.yaml"
+    record = P.launch_record(spec, None, repo=repo)
+    for cell in cells:
+        status_path = root / cell["run_dir"] / "status.json"
+        status = json.loads(status_path.read_text())
+        status.update(provenance={"commit": record["commit"], "dirty": False}, started_at="9999-01-01T00:00:00+00:00")
+        status_path.write_text(json.dumps(status))
+    block = {**BLOCK, "trend": {**TREND, "horizon": horizon}}
+    (root / "sweeps" / "horizon").mkdir(parents=True)
+    (root / "sweeps" / "horizon" / "manifest.json").write_text(json.dumps(
+        {"sweep": "horizon", "cells": cells, "spec": {"preregistration": block}, "preregistration": record}))
+    import analysis.preregistered as AP
+    original = AP.audit
+    AP.audit = lambda rec, statuses: original(rec, statuses, repo=repo)
+    try:
+        index = build_report(root, out=tmp_path / "report", figure_formats=("png",))["index"]
+    finally:
+        AP.audit = original
+    first = index.split("## Cells")[0]
+    assert "(preregistered_horizon_horizon.png)" in first and (tmp_path / "report" / "preregistered_horizon_horizon.png").exists()
+    primary, secondary = first.split("Secondary (declared) tests")
+    assert "Primary test (seed_slopes): the slope of cppo − dppo" in primary
+    assert "points per doubling of the horizon (8 seeds, t interval)" in primary
+    assert "the difference grows with the horizon" in primary
+    assert "Holm over these 8 comparisons" in secondary  # 2 family members × 4 settings
+    trend = pd.read_csv(tmp_path / "report" / "preregistered_horizon_trend.csv").iloc[0]
+    assert trend["slope_per_doubling"] == pytest.approx(0.02, abs=0.004) and trend["seeds"] == 8
+    by_horizon = pd.read_csv(tmp_path / "report" / "preregistered_horizon_by_horizon.csv")
+    assert list(by_horizon["horizon"]) == [1, 2, 4, 8] and by_horizon["diff"].is_monotonic_increasing

@@ -13,7 +13,7 @@ from sweeps.spec import SweepError, load_raw, spec_names
 GRIDS = {"paper_main": 84, "ablation_mechanism": 40, "ablation_ordering": 30, "ablation_gate": 30, "sensitivity": 40,
          "divergence_kl_tv": 40, "divergence_binary_topk": 30, "position_diagnostics": 2, "smoke": 4, "demo": 7,
          "lm_smoke": 4, "tune_drift": 126, "drift_main": 110, "drift_confirm": 140, "stress_survival": 80,
-         "tune_rules": 112, "rules_confirm": 110, "horizon_pilot": 16,
+         "tune_rules": 112, "rules_confirm": 110, "horizon_pilot": 16, "horizon_confirm": 256,
          **{f"tune_h{t}": 24 for t in (14, 27, 59, 115)}}
 # a stand-in for tune_drift's choices (the real ones need its 108 runs): arm → the chosen overrides
 FAKE_CHOICE = {"cppo": ["++method.delta=0.02", "++method.delta_b=0.001"], "dppo": ["++method.delta=0.01"],
@@ -76,6 +76,35 @@ def test_tuned_specs_use_each_arms_choice(tmp_path, fake_tuning):
     assert {c.id for c in position} == {main_ids[("grpo", 20)], main_ids[("cppo", 20)]}  # nothing of its own
     paper = next(c for c in main if c.label.startswith("GRPO (paper"))
     assert paper.config["method"]["eps_low"] == 0.2 and main_ids[("grpo", 20)] != paper.id
+
+
+def test_each_setting_runs_its_own_tuning_sweeps_choice(tmp_path, monkeypatch):
+    import sweeps.spec as spec_module
+
+    calls = []
+
+    def choice(results_root, sweep, arm, where):  # a distinct choice per tuning sweep: its horizon in δ
+        calls.append((sweep, arm))
+        return [f"++method.{'eps_low' if arm == 'grpo' else 'delta'}=0.{sweep.removeprefix('tune_h')}"]
+
+    monkeypatch.setattr(spec_module, "tuned_overrides", choice)
+    spec, cells, _, _ = prepare("horizon_confirm", [], tmp_path)
+    assert sorted(calls) == sorted((f"tune_h{h}", arm) for h in (14, 27, 59, 115) for arm in ("cppo", "dppo", "grpo"))
+    for c in cells:
+        horizon = c.setting.removeprefix("chain_h")
+        if c.method == "pg_is":
+            assert not any(o.startswith("++method.") for o in c.overrides)
+        else:
+            key = "eps_low" if c.method == "grpo" else "delta"
+            assert c.config["method"][key] == float(f"0.{horizon}"), c.describe()
+    assert {c.seed for c in cells} == set(range(1, 17)) and spec.preregistration["trend"]["other"] == "DPPO"
+    raw, path = load_raw("horizon_confirm")
+    raw["variants"]["CPPO"]["tuned"] = {"chain_h14": "tune_h14"}
+    with pytest.raises(SweepError, match="names no tuning sweep for setting\\(s\\) \\['chain_h27'"):
+        spec_module.parse(raw, path)
+    raw["variants"]["CPPO"]["tuned"] = {"chain_h14": "tune h14!"}
+    with pytest.raises(SweepError, match="must map settings to tuning sweeps"):
+        spec_module.parse(raw, path)
 
 
 def test_tuning_grid_spans_each_arm_equally(tmp_path):
