@@ -73,3 +73,45 @@ def horizon_figure(comparisons: pd.DataFrame, horizon: dict, slope: pd.Series | 
                        fontsize=9)
     fig.tight_layout()
     return _save(fig, out, stem, formats)
+
+
+def position_by_horizon(results, sweep: str, horizon: dict, out: Path, stem: str, formats=("png",)) -> list[Path]:
+    """The drift's position profile and the mask rate by position at each horizon (one column each): the
+    mean |π(y_t) − μ(y_t)| of the sampled token and the share of tokens masked per position bin, over
+    relative position t / T, pooled over seeds and the evaluation steps after step 0, one line per arm."""
+    from .figures import report_colours
+
+    cells = results.sweep_cells(sweep)
+    settings = [s for s in sorted(horizon, key=horizon.get) if s in set(cells["setting"])]
+    if not settings:
+        return []
+    colours = report_colours(results)
+    fig, axes = plt.subplots(2, len(settings), figsize=(3.2 * len(settings), 5.6), squeeze=False, sharey="row")
+    drawn = False
+    for col, setting in enumerate(settings):
+        for label, group in cells[cells["setting"] == setting].groupby("label", sort=False):
+            rows = [r for run_dir in group["run_dir"] for r in results.curves(run_dir, diagnostics=True).to_dict("records")
+                    if r.get("step", 0) > 0]
+            if not rows:
+                continue
+            ends = [float(e) for e in rows[0]["bin_end"]]
+            centres = [(float(s) + e) / 2 / ends[-1] for s, e in zip(rows[0]["bin_start"], ends)]
+            for row, key in enumerate(("mean_dev", "mask_rate")):
+                values = pd.DataFrame([[float("nan") if v is None else v for v in r.get(key) or []] for r in rows])
+                if values.empty:
+                    continue
+                axes[row][col].plot(centres[:values.shape[1]], values.mean().to_numpy(), marker="o", ms=3,
+                                    color=colours.get(label), label=label)
+                drawn = True
+        axes[0][col].set_title(f"{setting} ({horizon[setting]:g} tokens)", fontsize=9)
+        axes[1][col].set_xlabel("relative position t / T")
+    if not drawn:
+        plt.close(fig)
+        return []
+    axes[0][0].set_ylabel("mean |π(y_t) − μ(y_t)|")
+    axes[0][0].set_yscale("log")
+    axes[1][0].set_ylabel("tokens masked")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{sweep}: drift and masks by position (mean over seeds and evaluation steps after 0)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, stem, formats)

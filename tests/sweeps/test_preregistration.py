@@ -218,6 +218,10 @@ def test_report_puts_the_declared_trend_first(repo, tmp_path):
             for method, score in (("dppo", base), ("grpo", base),
                                   ("cppo", base + 0.02 * np.log2(x) + rng.normal(0, 0.005))):
                 cells.append(_write_cell(root, setting, method, seed, [0.5, score]))
+                bins = [0, x, 2 * x]  # two position bins; the drift on the last
+                (root / cells[-1]["run_dir"] / "diagnostics.jsonl").write_text("".join(json.dumps(
+                    {"step": step, "bin_start": bins[:2], "bin_end": bins[1:], "mean_dev": [1e-4, 1e-3],
+                     "top10_dev": [1e-3, 1e-2], "mask_rate": [0.0, 0.05]}) + "\n" for step in (0, 10)))
     spec = repo / "sweeps" / "specs" / "confirm.yaml"
     record = P.launch_record(spec, None, repo=repo)
     for cell in cells:
@@ -237,7 +241,8 @@ def test_report_puts_the_declared_trend_first(repo, tmp_path):
     finally:
         AP.audit = original
     first = index.split("## Cells")[0]
-    assert "(preregistered_horizon_horizon.png)" in first and (tmp_path / "report" / "preregistered_horizon_horizon.png").exists()
+    for figure in ("preregistered_horizon_horizon.png", "horizon_position.png"):
+        assert f"({figure})" in first and (tmp_path / "report" / figure).exists()
     primary, secondary = first.split("Secondary (declared) tests")
     assert "Primary test (seed_slopes): the slope of cppo − dppo" in primary
     assert "points per doubling of the horizon (8 seeds, t interval)" in primary
