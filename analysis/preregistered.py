@@ -148,6 +148,23 @@ def _trend_text(per_horizon: pd.DataFrame, slope: pd.DataFrame, block: dict) -> 
             T.to_markdown(table, index=False) + "\n"]
 
 
+def _trend_section(cells: pd.DataFrame, block: dict, sweep: str, out: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The declared trend's text and CSVs, and (exploratory) the slope without the shortest horizon."""
+    per_horizon, slope = declared_trend(cells, block)
+    text = _trend_text(per_horizon, slope, block)
+    slope.to_csv(out / f"preregistered_{sweep}_trend.csv", index=False)
+    per_horizon.to_csv(out / f"preregistered_{sweep}_by_horizon.csv", index=False)
+    horizon = block["trend"]["horizon"]
+    if len(horizon) >= 3:  # is the slope carried by the shortest horizon alone?
+        shortest = min(horizon, key=horizon.get)
+        rest = {**block, "trend": {**block["trend"], "horizon": {k: v for k, v in horizon.items() if k != shortest}}}
+        row = declared_trend(cells, rest)[1].iloc[0]
+        text.append(f"Exploratory (not the declared test): without the shortest horizon ({shortest}) the slope is "
+                    f"{C.interval_text(row['slope_per_doubling'], row['ci_low'], row['ci_high'])} points per "
+                    f"doubling ({row['seeds']} seeds, p = {row['p']:.3g}).\n")
+    return slope, text
+
+
 def preregistered_section(results, out: Path, formats=("png",)) -> str:
     """The report's first section: each pre-registered sweep's declared test and its audit
     (``preregistered_<sweep>.md``/``.csv``, and a declared trend's figure ``preregistered_<sweep>_horizon``);
@@ -168,10 +185,8 @@ def preregistered_section(results, out: Path, formats=("png",)) -> str:
                                                            "**" + "; ".join(problems) + "**."),
                 f"\n\nHypotheses: {block['hypotheses'].strip()}\n"]
         if block.get("trend"):
-            per_horizon, slope = declared_trend(cells, block)
-            text += _trend_text(per_horizon, slope, block)
-            slope.to_csv(out / f"preregistered_{sweep}_trend.csv", index=False)
-            per_horizon.to_csv(out / f"preregistered_{sweep}_by_horizon.csv", index=False)
+            slope, trend_text = _trend_section(cells, block, sweep, out)
+            text += trend_text
         text += [f"{'Secondary (declared) tests' if block.get('trend') else 'Primary test'}: {block['reference']} − "
                  f"each of {', '.join(block['family'])} at each of the {cells['setting'].nunique()} setting(s) on the "
                  f"{C.SCORES[PRIMARY_SCORES[block['score']]]}, paired by seed, two-sided permutation p (exact over "

@@ -247,6 +247,7 @@ def test_report_puts_the_declared_trend_first(repo, tmp_path):
     assert "Primary test (seed_slopes): the slope of cppo − dppo" in primary
     assert "points per doubling of the horizon (8 seeds, t interval)" in primary
     assert "the difference grows with the horizon" in primary
+    assert "Exploratory (not the declared test): without the shortest horizon (h1) the slope is" in primary
     assert "Holm over these 8 comparisons" in secondary  # 2 family members × 4 settings
     trend = pd.read_csv(tmp_path / "report" / "preregistered_horizon_trend.csv").iloc[0]
     assert trend["slope_per_doubling"] == pytest.approx(0.02, abs=0.004) and trend["seeds"] == 8
