@@ -153,7 +153,7 @@ def _t_stop_line(ax, cells):
     ax.axvline(t_stop, color="0.5", ls=":", lw=1)
 
 
-def _save(fig, out: Path, stem: str, formats) -> list[Path]:
+def save_figure(fig, out: Path, stem: str, formats) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
@@ -189,7 +189,7 @@ def fig_validation(results: Results, sweep: str, settings: list[str], out: Path,
             handles.setdefault(label, handle)
     fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                frameon=False)
-    return _save(fig, out, stem, formats)
+    return save_figure(fig, out, stem, formats)
 
 
 def _compared_note(fig, settings) -> None:
@@ -218,7 +218,7 @@ def fig_panels(results: Results, panels: list[tuple[str, str]], out: Path, stem:
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{title}; {BAND}", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out, stem, formats)
+    return save_figure(fig, out, stem, formats)
 
 
 def fig_warmup(results: Results, sweep: str, settings: list[str], out: Path, formats=("png",)) -> list[Path]:
@@ -246,7 +246,7 @@ def fig_warmup(results: Results, sweep: str, settings: list[str], out: Path, for
                 ax.set_xlabel("step")
     fig.suptitle(f"CPPO warm-up diagnostics (3-step moving average; {BAND})", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out, "fig7_warmup_diagnostics", formats)
+    return save_figure(fig, out, "fig7_warmup_diagnostics", formats)
 
 
 def _validation_splits(cells: pd.DataFrame) -> list[str]:
@@ -287,7 +287,7 @@ def fig_setting_grid(results: Results, sweep: str, setting: str, out: Path, stem
     _legend_below(fig, axes[1][0], ncol=7)
     fig.suptitle(f"{setting} ({sweep}); {BAND}", fontsize=11)
     _compared_note(fig, [setting])
-    return _save(fig, out, stem, formats)
+    return save_figure(fig, out, stem, formats)
 
 
 def position_threshold(results: Results, cells) -> tuple[str, float, float]:
@@ -342,7 +342,7 @@ def fig_position(results: Results, sweep: str, out: Path, formats=("png",)) -> l
     fig.suptitle(f"Position diagnostic ({cells['setting'].iloc[0]}; pooled over eval steps and seeds; band = range "
                  "over eval steps and seeds)", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out, "fig2_position_diagnostic", formats)
+    return save_figure(fig, out, "fig2_position_diagnostic", formats)
 
 
 def _mismatch_on(results: Results, run_dir: str) -> bool:
@@ -374,7 +374,7 @@ def fig_forest(cmp: pd.DataFrame, names: dict, out: Path, avg_label: str, format
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("Paired differences over seeds, 95 % intervals; filled = detected after Holm correction", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out, stem, formats)
+    return save_figure(fig, out, stem, formats)
 
 
 def _legend_below(fig, ax, ncol: int = 4):
@@ -418,7 +418,7 @@ def fig_prefix_schematic(record: dict, out: Path, formats=("png",)) -> list[Path
                  f"update {record['update'] + 1}; δ_b = {record['delta_b']:.4f}; toward-μ tokens are never masked)",
                  fontsize=9)
     fig.tight_layout()
-    return _save(fig, out, "fig3_prefix_constraint", formats)
+    return save_figure(fig, out, "fig3_prefix_constraint", formats)
 
 
 ARM_NAMES = {"cppo_kl": "CPPO (Top-K KL)"}  # tuning arms that are not registry methods
@@ -463,4 +463,4 @@ def fig_tuning(table: pd.DataFrame, out: Path, stem: str, title: str, formats=("
         ax.set_ylabel("validation headline (%)", fontsize=8)
     fig.suptitle(title + " (★ chosen)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out, stem, formats)
+    return save_figure(fig, out, stem, formats)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .figures import _save, plt
+from .figures import plt, save_figure
 from .tables import display_name, paper
 
 SETTINGS_DIR = Path(__file__).resolve().parents[1] / "harness" / "conf" / "setting"
@@ -72,7 +72,7 @@ def horizon_figure(comparisons: pd.DataFrame, horizon: dict, slope: pd.Series | 
     ax_paper.set_title("the paper: Qwen3 models on AIME, one run each\n(a different model and task; no intervals)",
                        fontsize=9)
     fig.tight_layout()
-    return _save(fig, out, stem, formats)
+    return save_figure(fig, out, stem, formats)
 
 
 def position_by_horizon(results, sweep: str, horizon: dict, out: Path, stem: str, formats=("png",)) -> list[Path]:
@@ -114,4 +114,4 @@ def position_by_horizon(results, sweep: str, horizon: dict, out: Path, stem: str
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"{sweep}: drift and masks by position (mean over seeds and evaluation steps after 0)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out, stem, formats)
+    return save_figure(fig, out, stem, formats)
