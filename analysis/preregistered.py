@@ -29,7 +29,8 @@ OPTIONAL = ("trend",)
 TREND_KEYS = ("other", "horizon", "model")
 TREND_MODELS = {"seed_slopes": "each seed's least-squares slope of the paired difference over log2(horizon); the "
                                "mean slope with its 95 % interval (Student t below 20 seeds, BCa bootstrap from 20) "
-                               "and the two-sided sign-flip permutation p over seeds"}
+                               "and the two-sided sign-flip permutation p over seeds (exact up to "
+                               f"{S.EXACT_MAX_SEEDS} seeds, Monte Carlo with {S.RESAMPLES} resamples beyond)"}
 PRIMARY_SCORES = {"heldout": "heldout_headline", "validation": "best_headline"}
 
 
@@ -129,7 +130,7 @@ def declared_trend(cells: pd.DataFrame, block: dict) -> tuple[pd.DataFrame, pd.D
     return pd.DataFrame(rows), slope
 
 
-def _trend_text(per_horizon: pd.DataFrame, slope: pd.DataFrame, block: dict) -> list[str]:
+def _trend_text(per_horizon: pd.DataFrame, slope: pd.DataFrame, block: dict, interim: str = "") -> list[str]:
     row = slope.iloc[0]
     words = {"better": "the difference grows with the horizon", "worse": "the difference shrinks with the horizon",
              "no detectable difference": "no trend detectable", "not computed": "not computed (fewer than 2 seeds)"}
@@ -141,17 +142,18 @@ def _trend_text(per_horizon: pd.DataFrame, slope: pd.DataFrame, block: dict) -> 
                               zip(per_horizon["diff"], per_horizon["ci_low"], per_horizon["ci_high"])]})
     return [f"Primary test ({row['model']}): the slope of {block['reference']} − {block['trend']['other']} on the "
             f"{C.SCORES[row['score']]}, over log2(horizon) — {TREND_MODELS[row['model']]}.\n",
-            f"**Slope: {C.interval_text(row['slope_per_doubling'], row['ci_low'], row['ci_high'])} points per doubling "
+            f"**{interim}Slope: {C.interval_text(row['slope_per_doubling'], row['ci_low'], row['ci_high'])} points per doubling "
             f"of the horizon ({row['seeds']} seeds, {row['interval']} interval), p = {row['p']:.3g}: "
             f"{words[row['verdict']]}.** Smallest slope these seeds detect at 80 % power (α = {S.ALPHA}): "
             f"{detect} points per doubling." + (f" Note: {row['note']}." if row["note"] else "") + "\n",
             T.to_markdown(table, index=False) + "\n"]
 
 
-def _trend_section(cells: pd.DataFrame, block: dict, sweep: str, out: Path) -> tuple[pd.DataFrame, list[str]]:
+def _trend_section(cells: pd.DataFrame, block: dict, sweep: str, out: Path,
+                   interim: str = "") -> tuple[pd.DataFrame, list[str]]:
     """The declared trend's text and CSVs, and (exploratory) the slope without the shortest horizon."""
     per_horizon, slope = declared_trend(cells, block)
-    text = _trend_text(per_horizon, slope, block)
+    text = _trend_text(per_horizon, slope, block, interim)
     slope.to_csv(out / f"preregistered_{sweep}_trend.csv", index=False)
     per_horizon.to_csv(out / f"preregistered_{sweep}_by_horizon.csv", index=False)
     horizon = block["trend"]["horizon"]
@@ -183,18 +185,19 @@ def preregistered_section(results, out: Path, formats=("png",)) -> str:
                 f"Registered at commit {record['commit'][:12]} on {record['at']} (spec {record['spec_path']}, blob "
                 f"{record['spec_blob'][:12]}). Audit: " + ("no problem found." if not problems else
                                                            "**" + "; ".join(problems) + "**."),
-                f"\n\nHypotheses: {block['hypotheses'].strip()}\n"]
+                f"\n\nHypotheses: {block['hypotheses'].strip()}\n",
+                f"Cells: {len(finished)} finished of {len(cells)}"
+                + ("" if len(finished) == len(cells) else " — **the declared test is not complete**") + ".\n"]
+        interim = "" if len(finished) == len(cells) else f"Interim ({len(finished)} of {len(cells)} cells), not the answer: "
         if block.get("trend"):
-            slope, trend_text = _trend_section(cells, block, sweep, out)
+            slope, trend_text = _trend_section(cells, block, sweep, out, interim)
             text += trend_text
         text += [f"{'Secondary (declared) tests' if block.get('trend') else 'Primary test'}: {block['reference']} − "
                  f"each of {', '.join(block['family'])} at each of the {cells['setting'].nunique()} setting(s) on the "
                  f"{C.SCORES[PRIMARY_SCORES[block['score']]]}, paired by seed, two-sided permutation p (exact over "
                  f"all sign flips up to {S.EXACT_MAX_SEEDS} seeds, Monte Carlo beyond), Holm over these "
                  f"{len(block['family']) * cells['setting'].nunique()} comparisons. Stopping rule: "
-                 f"{block['stopping'].strip()}\n",
-                 f"Cells: {len(finished)} finished of {len(cells)}"
-                 + ("" if len(finished) == len(cells) else " — **the declared test is not complete**") + ".\n"]
+                 f"{block['stopping'].strip()}\n"]
         if not cmp.empty:
             table = M.comparisons_markdown(cmp, {}, block["reference"]).split("\n## ", 1)[1]
             text.append("\n#### " + table)

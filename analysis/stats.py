@@ -213,8 +213,9 @@ def seed_slopes(diff_by_seed: dict, xs, interval: str = "auto", seed: int = 0, a
     """The trend of a paired difference over log2(x), respecting the pairing by seed: ``diff_by_seed[s][x]``
     is the difference (reference − other, both trained with seed s) at x. Each seed with a difference at
     every x gets its least-squares slope over log2(x); the seeds' slopes are independent, so the mean
-    slope gets the usual one-sample interval (``mean_interval``) and the exact sign-flip test. With every
-    seed complete, the mean slope equals the slope fitted to all the differences at once."""
+    slope gets the usual one-sample interval (``mean_interval``) and the sign-flip permutation test (exact
+    up to EXACT_MAX_SEEDS seeds, Monte Carlo beyond). With every seed complete, the mean slope equals the
+    slope fitted to all the differences at once."""
     xs = sorted(set(float(x) for x in xs))
     if len(xs) < 2 or xs[0] <= 0:
         raise ValueError(f"a trend over log2(x) needs at least two distinct positive x, got {xs}")

@@ -10,8 +10,8 @@
 # Run it from its own checkout (git worktree add --detach ../study) so that editing code elsewhere
 # never stops its cells.
 set -uo pipefail
+root=$(realpath -m "${1:-$(dirname "$0")/../results/horizon}")   # a relative root is the caller's
 cd "$(dirname "$0")/.."
-root=${1:-results/horizon}
 if [ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ]; then
     echo "run_horizon_study: tracked files outside results/ differ from commit $(git rev-parse --short HEAD);" \
          "commit or stash them first (git status)" >&2

@@ -14,13 +14,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.store import FINISHED, RunStore, runs_dir  # noqa: E402
+from harness.store import FINISHED, RunStore, StoreError, runs_dir  # noqa: E402
 
 
-def finished_cells(root: Path) -> list[Path]:
+def finished_cells(root: Path, log=print) -> list[Path]:
+    """The run folders whose cell has finished and that no live process holds; never a folder that a
+    repair moved aside (``<cell>.damaged-<time>``) or one whose status cannot be read (named)."""
     folder = runs_dir(root)
-    cells = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    return [p for p in cells if (RunStore(p).read_status() or {}).get("state") in FINISHED]
+    out = []
+    for path in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+        if ".damaged-" in path.name:
+            continue
+        store = RunStore(path)
+        try:
+            state = (store.read_status() or {}).get("state")
+        except StoreError as err:
+            log(f"skipped {path.name}: {err}")
+            continue
+        if state in FINISHED and not store.in_use():
+            out.append(path)
+    return out
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ tree. ``trh report`` puts the declared test first and audits the record (``analy
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 
 from harness.provenance import REPO, code_state, git
@@ -75,18 +76,20 @@ def check_trend(trend, reference: str, labels: list[str], settings: list[str], w
     if trend["other"] not in labels or trend["other"] == reference:
         raise SweepError(f"{where}: preregistration.trend.other must be a label of the spec other than the reference "
                          f"{reference!r}; labels: {', '.join(labels)}; got {trend['other']!r}")
-    if trend["model"] not in TREND_MODELS:
+    if not isinstance(trend["model"], str) or trend["model"] not in TREND_MODELS:
         raise SweepError(f"{where}: preregistration.trend.model must be one of {list(TREND_MODELS)}, got {trend['model']!r}")
     horizon = trend["horizon"]
     if not isinstance(horizon, dict) or set(horizon) != set(settings):
         got = sorted(horizon) if isinstance(horizon, dict) else repr(horizon)
-        raise SweepError(f"{where}: preregistration.trend.horizon must map exactly the sweep's settings "
+        raise SweepError(f"{where}: preregistration.trend.horizon must map exactly the spec's settings "
                          f"({', '.join(settings)}) to their horizons; got {got}")
-    bad = {k: v for k, v in horizon.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
+    bad = {k: v for k, v in horizon.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not v > 0}
     if bad:
-        raise SweepError(f"{where}: preregistration.trend.horizon values must be positive numbers, got {bad}")
-    if len(set(horizon.values())) < 2:
-        raise SweepError(f"{where}: preregistration.trend needs at least two different horizons, got {horizon}")
+        raise SweepError(f"{where}: preregistration.trend.horizon values must be finite positive numbers, got {bad}")
+    if len(set(horizon.values())) != len(horizon) or len(horizon) < 2:
+        raise SweepError(f"{where}: preregistration.trend needs a different horizon for each setting (at least two), "
+                         f"got {horizon}")
     return {"other": str(trend["other"]), "horizon": {str(k): float(v) for k, v in horizon.items()},
             "model": str(trend["model"])}
 

@@ -191,7 +191,8 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
     """Validate a grid spec and apply the command line's grid axes."""
     axes = axes or {}
     where = f"sweep {raw['name']!r}"
-    settings = _match_settings(axes.get("setting") or [str(s) for s in _as_list(raw, "settings", where)], where)
+    declared = _match_settings([str(s) for s in _as_list(raw, "settings", where)], where)  # the spec's own
+    settings = _match_settings(axes["setting"], where) if axes.get("setting") else declared
     seeds = _int_seeds(axes.get("seed") or _as_list(raw, "seeds", where), where)
     methods_known = available("method")
     if raw.get("variants") is not None and raw.get("methods") is not None:
@@ -201,7 +202,7 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
         for label, body in raw["variants"].items():
             if not isinstance(body, dict) or "method" not in body:
                 raise SweepError(f"{where}: variant {label!r} must be a mapping with a 'method'")
-            tuned = _tuned_field(body.get("tuned"), settings, f"{where}, variant {label!r}")
+            tuned = _tuned_field(body.get("tuned"), declared, settings, f"{where}, variant {label!r}")
             variants.append(Variant(str(label), str(body["method"]), variant_overrides(body, f"{where}, variant {label!r}"),
                                     tuned, str(body.get("arm") or body["method"])))
     elif raw.get("variants") is not None:
@@ -229,18 +230,19 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
         raise SweepError(f"{where}: the grid is empty (settings={settings}, variants={[v.label for v in variants]}, "
                          f"seeds={seeds}); each axis needs at least one value")
     from .preregistration import check_block
-    declared = check_block(raw.get("preregistration"), [v.label for v in variants], settings, where)
-    if declared and kind != "grid":
+    registration = check_block(raw.get("preregistration"), [v.label for v in variants], declared, where)
+    if registration and kind != "grid":
         raise SweepError(f"{where}: a pre-registered sweep is a grid of reported runs, not a {kind} sweep")
     return SweepSpec(name=str(raw["name"]), feeds=str(raw.get("feeds", "")),
                      description=str(raw.get("description", "")), settings=settings, variants=variants,
                      seeds=seeds, overrides=[str(o) for o in _as_list(raw, "overrides", where)],
                      resources=raw.get("resources") or {}, raw=raw, kind=kind, notes=notes,
-                     preregistration=declared, path=path)
+                     preregistration=registration, path=path)
 
 
-def _tuned_field(tuned, settings: list[str], where: str):
-    """A variant's ``tuned``: one tuning sweep for every setting, or a mapping naming one per setting."""
+def _tuned_field(tuned, declared: list[str], settings: list[str], where: str):
+    """A variant's ``tuned``: one tuning sweep for every setting, or a mapping naming one per setting (keys
+    among the spec's ``declared`` settings; every setting this invocation runs named)."""
     def named(value) -> bool:
         return isinstance(value, str) and all(SAFE_NAME.fullmatch(part) for part in value.split(":", 1))
 
@@ -252,6 +254,10 @@ def _tuned_field(tuned, settings: list[str], where: str):
     bad = {k: v for k, v in tuned.items() if not named(v)}
     if bad:
         raise SweepError(f"{where}: 'tuned' must map settings to tuning sweeps (optionally '<sweep>:<arm>'), got {bad}")
+    unknown = [k for k in tuned if k not in declared and k not in settings]
+    if unknown:
+        raise SweepError(f"{where}: 'tuned' names setting(s) {unknown} that the spec does not run; its settings: "
+                         f"{', '.join(declared)}")
     missing = [s for s in settings if s not in tuned]
     if missing:
         raise SweepError(f"{where}: 'tuned' names no tuning sweep for setting(s) {missing}; it maps "

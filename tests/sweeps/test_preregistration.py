@@ -4,11 +4,13 @@ launch is found at report time, and the report puts the declared test first."""
 import json
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from analysis.preregistered import audit, spec_blob
+from analysis import stats as S
+from analysis.preregistered import audit, declared_test, spec_blob
 from analysis.report import build_report
 from sweeps import preregistration as P
 from sweeps.errors import SweepError
@@ -169,8 +171,18 @@ def test_a_rerun_must_be_the_registered_sweep(repo, monkeypatch):
         registered(spec, cells, [], first)
 
 
+def test_a_family_member_without_scores_at_one_setting_counts_there_at_p_1():
+    rows = [{"label": label, "setting": setting, "seed": seed, "state": "done", "best_headline": 0.5 + 0.01 * seed + shift,
+             "best_step": 10} for setting in ("a", "b") for label, shift in (("cppo", 0.1), ("dppo", 0.0), ("grpo", 0.0))
+            for seed in range(8) if not (setting == "b" and label == "grpo")]
+    frame = declared_test(pd.DataFrame(rows), {"reference": "cppo", "family": ["dppo", "grpo"], "score": "validation"})
+    assert sorted(zip(frame["setting"], frame["other"])) == [("a", "dppo"), ("a", "grpo"), ("b", "dppo"), ("b", "grpo")]
+    missing = frame[(frame["setting"] == "b") & (frame["other"] == "grpo")].iloc[0]
+    assert missing["p"] == 1.0 and missing["verdict"] == "not computed"
+    assert np.allclose(frame["p_holm"], S.holm(frame["p"]))  # Holm over all four
+
+
 def test_a_family_member_without_scores_counts_at_p_1():
-    from analysis.preregistered import declared_test
     rows = [{"label": label, "setting": "s", "seed": seed, "state": "done", "best_headline": h, "best_step": 10}
             for label, shift in (("cppo", 0.1), ("dppo", 0.0)) for seed, h in enumerate([0.5, 0.6, 0.55, 0.7, 0.65,
                                                                                          0.58, 0.62, 0.61])
@@ -196,18 +208,21 @@ def test_several_settings_need_a_declared_trend_over_them(repo):
     for change, message in [({"other": "cppo"}, "other than the reference 'cppo'"),
                             ({"other": "sapo"}, "trend.other must be a label"),
                             ({"model": "ols"}, "trend.model must be one of \\['seed_slopes'\\]"),
-                            ({"horizon": {"smoke": 14}}, "map exactly the sweep's settings"),
-                            ({"horizon": {"smoke": 14, "smoke_bind": -1}}, "positive numbers"),
-                            ({"horizon": {"smoke": 14, "smoke_bind": 14}}, "two different horizons")]:
+                            ({"horizon": {"smoke": 14}}, "map exactly the spec's settings"),
+                            ({"model": ["seed_slopes"]}, "trend.model must be one of"),
+                            ({"horizon": {"smoke": 14, "smoke_bind": -1}}, "finite positive numbers"),
+                            ({"horizon": {"smoke": 14, "smoke_bind": float("inf")}}, "finite positive numbers"),
+                            ({"horizon": {"smoke": 14, "smoke_bind": 14}}, "a different horizon for each setting")]:
         with pytest.raises(SweepError, match=message):
             parse({**raw, "preregistration": {**BLOCK, "trend": {**TREND, **change}}}, path)
     with pytest.raises(SweepError, match="exactly other, horizon, model"):
         parse({**raw, "preregistration": {**BLOCK, "trend": {"other": "dppo"}}}, path)
+    # a command line that narrows the settings is checked against the spec's own (and refused at launch)
+    narrowed = parse({**raw, "preregistration": {**BLOCK, "trend": TREND}}, path, {"setting": ["smoke"]})
+    assert narrowed.settings == ["smoke"] and narrowed.preregistration["trend"]["horizon"]["smoke_bind"] == 56.0
 
 
 def test_report_puts_the_declared_trend_first(repo, tmp_path):
-    import numpy as np
-
     from tests.analysis.test_report import _write_cell
     root, rng = tmp_path / "results", np.random.default_rng(1)
     horizon = {"h1": 1, "h2": 2, "h4": 4, "h8": 8}
@@ -249,6 +264,8 @@ def test_report_puts_the_declared_trend_first(repo, tmp_path):
     assert "the difference grows with the horizon" in primary
     assert "Exploratory (not the declared test): without the shortest horizon (h1) the slope is" in primary
     assert "Holm over these 8 comparisons" in secondary  # 2 family members × 4 settings
+    declared = pd.read_csv(tmp_path / "report" / "preregistered_horizon.csv")
+    assert len(declared) == 8 and np.allclose(declared["p_holm"], S.holm(declared["p"]))
     trend = pd.read_csv(tmp_path / "report" / "preregistered_horizon_trend.csv").iloc[0]
     assert trend["slope_per_doubling"] == pytest.approx(0.02, abs=0.004) and trend["seeds"] == 8
     by_horizon = pd.read_csv(tmp_path / "report" / "preregistered_horizon_by_horizon.csv")

@@ -98,7 +98,14 @@ def test_each_setting_runs_its_own_tuning_sweeps_choice(tmp_path, monkeypatch):
             key = "eps_low" if c.method == "grpo" else "delta"
             assert c.config["method"][key] == float(f"0.{horizon}"), c.describe()
     assert {c.seed for c in cells} == set(range(1, 17)) and spec.preregistration["trend"]["other"] == "DPPO"
+    calls.clear()
+    _, narrowed, _, _ = prepare("horizon_confirm", ["setting=chain_h27"], tmp_path)  # one horizon: its own choice
+    assert {c.setting for c in narrowed} == {"chain_h27"} and {s for s, _ in calls} == {"tune_h27"}
+    assert {c.id for c in narrowed} == {c.id for c in cells if c.setting == "chain_h27"}
     raw, path = load_raw("horizon_confirm")
+    raw["variants"]["CPPO"]["tuned"] = {**raw["variants"]["CPPO"]["tuned"], "chain_h15": "tune_h14"}
+    with pytest.raises(SweepError, match="names setting\\(s\\) \\['chain_h15'\\] that the spec does not run"):
+        spec_module.parse(raw, path)
     raw["variants"]["CPPO"]["tuned"] = {"chain_h14": "tune_h14"}
     with pytest.raises(SweepError, match="names no tuning sweep for setting\\(s\\) \\['chain_h27'"):
         spec_module.parse(raw, path)
