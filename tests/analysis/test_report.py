@@ -235,8 +235,8 @@ def test_fig7_plots_steps_in_order(results_root, tmp_path, monkeypatch):
                 for t in range(0, 41, 10)]
         (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plotted = []
-    real_save = F._save
-    monkeypatch.setattr(F, "_save", lambda fig, *a: plotted.extend(
+    real_save = F.save_figure
+    monkeypatch.setattr(F, "save_figure", lambda fig, *a: plotted.extend(
         line.get_xdata() for ax in fig.axes for line in ax.lines if len(line.get_xdata()) > 2) or real_save(fig, *a))
     assert F.fig_warmup(load_results(results_root), "paper_main", ["base_s"], tmp_path)
     assert plotted and all(list(x) == sorted(x) for x in plotted)

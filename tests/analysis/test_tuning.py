@@ -165,7 +165,7 @@ def test_a_weight_rule_is_plotted_in_grid_order(tmp_path, monkeypatch):
                           "score": [0.6, 0.7, 0.65, 0.8, 0.7], "low": [0.5] * 5, "high": [0.9] * 5,
                           "mask_fraction": [0.0, 0.0, 0.0, 0.3, 0.1], "chosen": [False, True, False, True, False]})
     axes = []
-    monkeypatch.setattr(figures, "_save", lambda fig, out, stem, formats: axes.extend(fig.axes) or [])
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out, stem, formats: axes.extend(fig.axes) or [])
     figures.fig_tuning(table, tmp_path, "t", "title")
     drpo, gspo = axes[0], axes[1]
     assert [t.get_text() for t in drpo.get_xticklabels()] == ["ε 0.1", "ε 1", "ε 12.5"]
