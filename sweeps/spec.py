@@ -42,11 +42,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, available, compose_many, resolve
-from harness.store import FINISHED, read_manifest, runs_dir, sweep_dir
+from harness.store import runs_dir
 from methods import list_methods
 
 from .axes import GRID_KEYS, cross_axes, split_overrides, sweep_values  # noqa: F401 - the command line's axes
 from .errors import SweepError  # noqa: F401 - raised here, imported from here by the callers
+from .tuned import resolve_tuned, tuned_field
 
 SPEC_DIR = Path(__file__).parent / "specs"
 SPEC_KEYS = {"name", "kind", "feeds", "description", "settings", "seeds", "methods", "variants", "overrides",
@@ -202,7 +203,7 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
         for label, body in raw["variants"].items():
             if not isinstance(body, dict) or "method" not in body:
                 raise SweepError(f"{where}: variant {label!r} must be a mapping with a 'method'")
-            tuned = _tuned_field(body.get("tuned"), declared, settings, f"{where}, variant {label!r}")
+            tuned = tuned_field(body.get("tuned"), declared, settings, SAFE_NAME, f"{where}, variant {label!r}")
             variants.append(Variant(str(label), str(body["method"]), variant_overrides(body, f"{where}, variant {label!r}"),
                                     tuned, str(body.get("arm") or body["method"])))
     elif raw.get("variants") is not None:
@@ -238,31 +239,6 @@ def parse(raw: dict, path: Path, axes: dict | None = None) -> SweepSpec:
                      seeds=seeds, overrides=[str(o) for o in _as_list(raw, "overrides", where)],
                      resources=raw.get("resources") or {}, raw=raw, kind=kind, notes=notes,
                      preregistration=registration, path=path)
-
-
-def _tuned_field(tuned, declared: list[str], settings: list[str], where: str):
-    """A variant's ``tuned``: one tuning sweep for every setting, or a mapping naming one per setting (keys
-    among the spec's ``declared`` settings; every setting this invocation runs named)."""
-    def named(value) -> bool:
-        return isinstance(value, str) and all(SAFE_NAME.fullmatch(part) for part in value.split(":", 1))
-
-    if tuned is None or named(tuned):
-        return tuned
-    if not isinstance(tuned, dict):
-        raise SweepError(f"{where}: 'tuned' must name a tuning sweep (optionally '<sweep>:<arm>'), or map each "
-                         f"setting to one, got {tuned!r}")
-    bad = {k: v for k, v in tuned.items() if not named(v)}
-    if bad:
-        raise SweepError(f"{where}: 'tuned' must map settings to tuning sweeps (optionally '<sweep>:<arm>'), got {bad}")
-    unknown = [k for k in tuned if k not in declared and k not in settings]
-    if unknown:
-        raise SweepError(f"{where}: 'tuned' names setting(s) {unknown} that the spec does not run; its settings: "
-                         f"{', '.join(declared)}")
-    missing = [s for s in settings if s not in tuned]
-    if missing:
-        raise SweepError(f"{where}: 'tuned' names no tuning sweep for setting(s) {missing}; it maps "
-                         f"{', '.join(map(str, tuned)) or 'nothing'}")
-    return {str(k): str(v) for k, v in tuned.items()}
 
 
 def method_axis(variants: list[Variant], wanted: list[str], known: list[str], where: str) -> list[Variant]:
@@ -302,47 +278,6 @@ def _check_equal_budget(variants: list[Variant], where: str) -> None:
                          f"budget), got {counts}")
 
 
-def resolve_tuned(variants: list[Variant], settings: list[str], results_root: Path, where: str) -> dict:
-    """{(setting, label): the chosen tuning configuration's overrides} of the ``tuned:`` variants (see the
-    module doc), each tuning sweep and arm read once."""
-    chosen, out = {}, {}
-    for v in variants:
-        for setting in settings:
-            source = v.tuned_from(setting)
-            if source is None:
-                continue
-            sweep, _, arm = source.partition(":")
-            if (sweep, arm or v.method) not in chosen:
-                chosen[(sweep, arm or v.method)] = tuned_overrides(results_root, sweep, arm or v.method,
-                                                                   f"{where}, variant {v.label!r}")
-            out[(setting, v.label)] = chosen[(sweep, arm or v.method)]
-    return out
-
-
-def tuned_overrides(results_root: Path, sweep: str, arm: str, where: str) -> list[str]:
-    """The overrides of ``arm``'s chosen configuration in tuning sweep ``sweep`` under ``results_root``."""
-    from analysis import tuning
-    from analysis.load import load_results
-
-    folder = sweep_dir(results_root, sweep)
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise SweepError(f"{where}: tuned from sweep {sweep!r}, which has not run in {results_root} "
-                         f"(trh sweep {sweep} --results {results_root})")
-    if not tuning.is_tuning(manifest):
-        raise SweepError(f"{where}: sweep {sweep!r} is not a tuning sweep (kind: tuning)")
-    cells = tuning.with_arms(load_results(folder).cells, manifest)
-    cells = cells[cells["arm"] == arm]
-    if cells.empty:
-        raise SweepError(f"{where}: tuning sweep {sweep!r} has no configuration of {arm!r}")
-    label = tuning.choose(cells).get(arm)
-    if label is None:
-        done = int(cells["state"].isin(FINISHED).sum())
-        raise SweepError(f"{where}: {arm!r} is still being tuned in {sweep!r} ({done} of {len(cells)} cells "
-                         f"finished; trh sweep {sweep} --results {results_root})")
-    return variant_overrides(manifest["spec"]["variants"][label], f"{where}: {sweep!r}, variant {label!r}")
-
-
 def cell_configs(base_overrides_by_key: dict, seeds_by_key: dict, results_root: Path, threads: int,
                  where: str) -> dict:
     """Compose one config per distinct override list, then copy it per seed (Hydra's compose takes
@@ -377,7 +312,7 @@ def expand(spec: SweepSpec, results_root: Path, overrides=(), threads: int = 1) 
     """The cells of a grid, in submission order: settings interleaved, so that parallel workers warm
     up different settings first instead of queueing on one warm-up."""
     bases, seeds, meta = {}, {}, {}
-    chosen = resolve_tuned(spec.variants, spec.settings, results_root, f"sweep {spec.name!r}")
+    chosen = resolve_tuned(spec.variants, spec.settings, results_root, f"sweep {spec.name!r}", variant_overrides)
     by_label = {v.label: v for v in spec.variants}
     for v in spec.variants:
         for s in spec.settings:

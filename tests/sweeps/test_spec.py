@@ -30,15 +30,15 @@ FAKE_CHOICE = {"cppo": ["++method.delta=0.02", "++method.delta_b=0.001"], "dppo"
 
 @pytest.fixture
 def fake_tuning(monkeypatch):
-    import sweeps.spec as spec_module
+    import sweeps.tuned as tuned_module
 
     calls = []
 
-    def choice(results_root, sweep, arm, where):
+    def choice(results_root, sweep, arm, where, to_overrides):
         calls.append((sweep, arm))
         return list(FAKE_CHOICE[arm])
 
-    monkeypatch.setattr(spec_module, "tuned_overrides", choice)
+    monkeypatch.setattr(tuned_module, "tuned_overrides", choice)
     return calls
 
 
@@ -80,14 +80,15 @@ def test_tuned_specs_use_each_arms_choice(tmp_path, fake_tuning):
 
 def test_each_setting_runs_its_own_tuning_sweeps_choice(tmp_path, monkeypatch):
     import sweeps.spec as spec_module
+    import sweeps.tuned as tuned_module
 
     calls = []
 
-    def choice(results_root, sweep, arm, where):  # a distinct choice per tuning sweep: its horizon in δ
+    def choice(results_root, sweep, arm, where, to_overrides):  # a distinct choice per tuning sweep: its horizon in δ
         calls.append((sweep, arm))
         return [f"++method.{'eps_low' if arm == 'grpo' else 'delta'}=0.{sweep.removeprefix('tune_h')}"]
 
-    monkeypatch.setattr(spec_module, "tuned_overrides", choice)
+    monkeypatch.setattr(tuned_module, "tuned_overrides", choice)
     spec, cells, _, _ = prepare("horizon_confirm", [], tmp_path)
     assert sorted(calls) == sorted((f"tune_h{h}", arm) for h in (14, 27, 59, 115) for arm in ("cppo", "dppo", "grpo"))
     for c in cells:
