@@ -27,15 +27,15 @@ def paper_gains() -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def horizon_figure(comparisons: pd.DataFrame, horizon: dict, slope: pd.Series | None, sweep: str, out: Path,
-                   stem: str, formats=("png",)) -> list[Path]:
+def horizon_figure(comparisons: pd.DataFrame, horizon: dict, slope: pd.Series | None, sweep: str, colours: dict,
+                   out: Path, stem: str, formats=("png",)) -> list[Path]:
     """Left: reference − each other arm per horizon (points, 95 % interval over seeds), with the declared
-    slope in the title; right: the paper's gains. ``comparisons`` is the declared test's frame."""
+    slope in the title; right: the paper's gains. ``comparisons`` is the declared test's frame; ``colours``
+    the report's label → colour (``figures.report_colours``)."""
     frame = comparisons[comparisons["seeds"] > 0].copy()
     if frame.empty:
         return []
     frame["horizon"] = frame["setting"].map(lambda s: float(horizon[s]))
-    colors = {m: row['color'] for m, row in paper()['methods'].items()}
     fig, (ax, ax_paper) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
     others = list(dict.fromkeys(frame["other"]))
     for k, other in enumerate(others):
@@ -44,7 +44,7 @@ def horizon_figure(comparisons: pd.DataFrame, horizon: dict, slope: pd.Series | 
         y = 100 * rows["diff"]
         err = [100 * (rows["diff"] - rows["ci_low"]), 100 * (rows["ci_high"] - rows["diff"])]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, lw=1.2, label=f"{rows['reference'].iloc[0]} − {other}",
-                    color=colors.get(str(other).lower()))
+                    color=colours.get(other))
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(frame["horizon"].unique()), [f"{h:g}" for h in sorted(frame["horizon"].unique())])
@@ -58,7 +58,7 @@ def horizon_figure(comparisons: pd.DataFrame, horizon: dict, slope: pd.Series | 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, title="bars: 95 % CI over seeds", title_fontsize=7)
     gains = paper_gains()
-    ax_paper.scatter(gains["response_tokens"], gains["gain"], color=colors.get("cppo"), zorder=3)
+    ax_paper.scatter(gains["response_tokens"], gains["gain"], color=paper()["methods"]["cppo"]["color"], zorder=3)
     for row in gains.itertuples():
         ax_paper.annotate(row.column, (row.response_tokens, row.gain), textcoords="offset points", xytext=(5, 3),
                           fontsize=8)
@@ -75,17 +75,16 @@ def horizon_figure(comparisons: pd.DataFrame, horizon: dict, slope: pd.Series | 
     return save_figure(fig, out, stem, formats)
 
 
-def position_by_horizon(results, sweep: str, horizon: dict, out: Path, stem: str, formats=("png",)) -> list[Path]:
+def position_by_horizon(results, sweep: str, horizon: dict, colours: dict, out: Path, stem: str,
+                        formats=("png",)) -> list[Path]:
     """The drift's position profile and the mask rate by position at each horizon (one column each): the
     mean |π(y_t) − μ(y_t)| of the sampled token and the share of tokens masked per position bin, over
-    relative position t / T, pooled over seeds and the evaluation steps after step 0, one line per arm."""
-    from .figures import report_colours
-
+    relative position t / T, pooled over seeds and the evaluation steps after step 0, one line per arm
+    (``colours``: as in ``horizon_figure``)."""
     cells = results.sweep_cells(sweep)
     settings = [s for s in sorted(horizon, key=horizon.get) if s in set(cells["setting"])]
     if not settings:
         return []
-    colours = report_colours(results)
     fig, axes = plt.subplots(2, len(settings), figsize=(3.2 * len(settings), 5.6), squeeze=False, sharey="row")
     drawn = False
     for col, setting in enumerate(settings):

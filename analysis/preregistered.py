@@ -203,12 +203,15 @@ def preregistered_section(results, out: Path, formats=("png",)) -> str:
             text.append("\n#### " + table)
             cmp.to_csv(out / f"preregistered_{sweep}.csv", index=False)
         if block.get("trend") and formats:
+            from .figures import report_colours
             from .horizon import horizon_figure, position_by_horizon
 
-            paths = horizon_figure(cmp, block["trend"]["horizon"], slope.iloc[0], sweep, out,
+            colours = report_colours(results)  # one colour per arm in both figures
+            paths = horizon_figure(cmp, block["trend"]["horizon"], slope.iloc[0], sweep, colours, out,
                                    f"preregistered_{sweep}_horizon", formats)
             text += [f"![{sweep}: the declared differences against the horizon]({p.name})\n" for p in paths[:1]]
-            paths = position_by_horizon(results, sweep, block["trend"]["horizon"], out, f"{sweep}_position", formats)
+            paths = position_by_horizon(results, sweep, block["trend"]["horizon"], colours, out, f"{sweep}_position",
+                                        formats)
             text += [f"Descriptive, not a test: the drift and the masks by position at each horizon.\n\n"
                      f"![{sweep}: drift and masks by position]({p.name})\n" for p in paths[:1]]
         section = "\n".join(text)
